@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits_setup():
+    """A tiny ViT trained on the provider's digits and personalized on client 0 (no domain shift)."""
+    from zkapex_flwr.data.images import DomainShift, image_splits
+    from zkapex_flwr.models import build_vit, clone_model
+    from zkapex_flwr.tasks import task_for
+    from zkapex_flwr.training import seed_everything, train
+
+    seed_everything(0)
+    task = task_for("image")
+    splits = image_splits("digits", shift=DomainShift(), forget_classes_=(3,), seed=0)
+    theta_g = train(build_vit((1, 8, 8), 10, seed=0), task, splits.provider_train, epochs=40, lr=2e-3)
+    theta_p = train(clone_model(theta_g), task, splits.client_train, epochs=10, lr=5e-4)
+    return task, splits, theta_g, theta_p

@@ -1,0 +1,78 @@
+"""Training and evaluation loops shared by the provider, the clients and the baselines."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .data.tensors import TensorData
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, batch_size: int = 64,
+          weight_decay: float = 0.01, seed: int = 0, frozen_zero: dict[str, torch.Tensor] | None = None,
+          progress=None, desc: str = "train") -> nn.Module:
+    """Train in place with AdamW and a cosine schedule.
+
+    ``frozen_zero`` maps parameter names to boolean masks of entries that must stay exactly zero (used by
+    the mask + fine-tune baseline). ``progress`` is an optional ``rich.progress.Progress``.
+    """
+    if len(data) == 0:
+        raise ValueError(f"{desc}: no training data")
+    if epochs < 0:
+        raise ValueError(f"{desc}: epochs must be non-negative, got {epochs}")
+    params = dict(model.named_parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    gen = torch.Generator().manual_seed(seed)
+    task_id = progress.add_task(desc, total=steps) if progress is not None else None
+    model.train()
+    for _ in range(epochs):
+        for batch in data.batches(batch_size, shuffle=True, generator=gen):
+            loss = task.per_sample_loss(task.forward(model, batch), batch).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if frozen_zero:
+                with torch.no_grad():
+                    for name, m in frozen_zero.items():
+                        params[name].masked_fill_(m, 0.0)
+            if task_id is not None:
+                progress.advance(task_id)
+    if task_id is not None:
+        progress.remove_task(task_id)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def per_sample_stats(model: nn.Module, task, data: TensorData, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Per-sample loss, entropy, correct count and token/sample count, in data order."""
+    model.eval()
+    cols: dict[str, list[torch.Tensor]] = {"loss": [], "entropy": [], "correct": [], "total": []}
+    for batch in data.batches(batch_size):
+        out = task.forward(model, batch)
+        correct, total = task.per_sample_correct(out, batch)
+        cols["loss"].append(task.per_sample_loss(out, batch))
+        cols["entropy"].append(task.per_sample_entropy(out))
+        cols["correct"].append(correct)
+        cols["total"].append(total)
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def accuracy(model: nn.Module, task, data: TensorData) -> float:
+    """Top-1 accuracy (images) or next-token accuracy (code), pooled over samples/tokens."""
+    if len(data) == 0:
+        raise ValueError("accuracy of an empty dataset is undefined")
+    s = per_sample_stats(model, task, data)
+    return float(s["correct"].sum() / s["total"].sum())
