@@ -44,24 +44,28 @@ def load_images(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class DomainShift:
-    """A fixed per-client input transformation (the client's 'domain')."""
+    """A fixed per-client input transformation (the client's 'domain').
+
+    The default draw is a *style* shift, like photo → sketch in the paper: contrast inversion, a contrast
+    gain and a fixed additive noise pattern; the content (digit shape, orientation) is unchanged, so
+    the global model's knowledge transfers but personalization still matters. Quarter turns and
+    mirroring (``geometric=True``) change the content layout too and are available for harder shifts.
+    """
 
     rotate: int = 0          # quarter turns
     flip: bool = False       # left-right mirror
     invert: bool = False     # x -> 1 - x
+    gain: float = 1.0        # contrast gain around 0.5
     pattern: float = 0.0     # strength of a fixed additive noise pattern
     seed: int = 0            # seeds the pattern
 
     @staticmethod
-    def for_client(client_id: int, seed: int) -> "DomainShift":
+    def for_client(client_id: int, seed: int, geometric: bool = False) -> "DomainShift":
         rng = np.random.default_rng([seed, client_id, 7])
-        shift = DomainShift(rotate=int(rng.integers(4)), flip=bool(rng.integers(2)),
-                            invert=bool(rng.integers(2)), pattern=float(rng.uniform(0.15, 0.35)),
-                            seed=int(rng.integers(2**31)))
-        if shift.rotate == 0 and not shift.flip and not shift.invert:
-            shift = DomainShift(rotate=shift.rotate, flip=shift.flip, invert=True, pattern=shift.pattern,
-                                seed=shift.seed)
-        return shift
+        return DomainShift(rotate=int(rng.integers(4)) if geometric else 0,
+                           flip=bool(rng.integers(2)) if geometric else False,
+                           invert=bool(client_id % 2 == 0), gain=float(rng.uniform(0.6, 1.4)),
+                           pattern=float(rng.uniform(0.15, 0.35)), seed=int(rng.integers(2**31)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.rot90(x, self.rotate, dims=(-2, -1))
@@ -69,6 +73,8 @@ class DomainShift:
             out = torch.flip(out, dims=(-1,))
         if self.invert:
             out = 1.0 - out
+        if self.gain != 1.0:
+            out = (0.5 + (out - 0.5) * self.gain).clamp(0.0, 1.0)
         if self.pattern:
             g = torch.Generator().manual_seed(self.seed)
             noise = torch.randn(x.shape[-3:], generator=g) * self.pattern
@@ -111,9 +117,10 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
     """Build every role of :class:`UnlearningSplits` for one client of an image dataset.
 
     ``forget_mode='class'`` forgets whole classes (``forget_classes_``); ``'samples'`` forgets
-    ``forget_count`` random provider training samples. A forgotten class is withdrawn from the whole
-    federation, so in class mode the client holds none of it either (the retrain gold standard then
-    differs from the unlearned model only by D_f, not by the client's own data). The client's partition is split into its
+    ``forget_count`` random provider training samples. The request covers D_f, the provider's named
+    training data; the client's own samples are its own and stay (``client_retain`` = ``client_train``),
+    so the retrain gold standard (θg without D_f, re-personalized on the same client data) differs from
+    the unlearned model only by D_f. The client's partition is split into its
     training data and ``client_holdout`` of held-out data (personalization accuracy); the shared test
     pool supplies never-seen samples for the membership-inference attack.
     """
@@ -136,14 +143,12 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
     if forget_mode == "class":
         f_idx = forget_classes(py, forget_classes_, num_classes=10)
         fcls = torch.tensor(list(forget_classes_))
-        client_keep = ~torch.isin(cy, fcls)
         hold_keep = ~torch.isin(hy, fcls)
         test_forget = torch.isin(ty, fcls)
         unseen = TensorData((tx[test_forget], ty[test_forget]))
         described = {"forget_classes": list(forget_classes_)}
     elif forget_mode == "samples":
         f_idx = forget_samples(len(py), forget_count, seed)
-        client_keep = torch.ones(len(cy), dtype=torch.bool)
         hold_keep = torch.ones(len(hy), dtype=torch.bool)
         g = torch.Generator().manual_seed(seed + 1)
         pick = torch.randperm(len(ty), generator=g)[:forget_count]
@@ -157,8 +162,8 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
         provider_train=TensorData((px, py)),
         provider_retain=TensorData((px[r_idx], py[r_idx])),
         forget=TensorData((px[f_idx], py[f_idx])),
-        client_train=TensorData((cx[client_keep], cy[client_keep])),
-        client_retain=TensorData((cx[client_keep], cy[client_keep])),
+        client_train=TensorData((cx, cy)),
+        client_retain=TensorData((cx, cy)),
         client_test=TensorData((hx[hold_keep], hy[hold_keep])),
         client_forget=TensorData((shift(px[f_idx]), py[f_idx])),
         client_unseen=unseen,

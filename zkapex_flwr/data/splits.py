@@ -13,7 +13,8 @@ class UnlearningSplits:
     Provider side (source domain): ``provider_train`` trains θg and contains the forget set
     ``forget`` (D_f, as the provider can name it); ``provider_retain`` = provider_train minus D_f.
     Client side (the client's own domain): ``client_train`` personalizes θg into θp (and feeds the
-    client's Fisher); ``client_retain`` is client_train minus anything the request covers;
+    client's Fisher); ``client_retain`` is what the client keeps (its own data: the request covers D_f, the provider's
+    named data, so for the offline datasets it equals client_train);
     ``client_test`` is held-out client data with the forget classes/samples excluded (personalization
     accuracy); ``client_forget`` is D_f seen in the client's domain (forget accuracy, MIA members) and
     ``client_unseen`` never-seen samples drawn like D_f (MIA non-members).

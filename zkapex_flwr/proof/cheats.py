@@ -1,0 +1,100 @@
+"""Dishonest provers (PROTOCOL.md §5), each a real code path that produces bytes for the real verifier.
+
+Used by the tests, by red-teamers and by the fleet simulator. Every function returns what a client
+with that behaviour would send back in the unlearning round; the honest path is
+:meth:`ClientProver.unlearn`. A behaviour never touches the verifier or the registry.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import ProofBundle, StepProof
+from .prover import prove_block
+from .statement import Step, honest_block_steps, quantize
+
+BEHAVIOURS = ("honest", "ignore", "garbage-proof", "mask-only", "partial-mask", "stale-model", "fake-fisher",
+              "replay", "tamper-instances", "wrong-mask", "drop-blocks", "duplicate-block")
+
+
+def _prove(prover, mask_blocks, local_masks, theta, h_hat, request_id, steps_fn=None) -> ProofBundle:
+    spec = prover.circuit.spec
+    out = []
+    with tempfile.TemporaryDirectory(prefix="zkapex-cheat-") as tmp:
+        for t, b in enumerate(mask_blocks):
+            steps = (steps_fn or honest_block_steps)(theta[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
+            out.append(prove_block(prover.circuit, int(b), steps, Path(tmp))[0])
+    return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, out)
+
+
+def _mask_only_steps(theta, h_hat, mask, spec, h_is_fisher=False) -> list[Step]:
+    """Zero the mask, no compensation, but with the right columns and a well-formed chain."""
+    honest = honest_block_steps(theta, h_hat, mask, spec, h_is_fisher=h_is_fisher)
+    current = quantize(theta, spec.scale)
+    steps = []
+    for i, st in enumerate(honest):
+        nxt = current.copy()
+        if i == len(honest) - 1:
+            nxt[np.flatnonzero(mask)] = 0.0
+        steps.append(Step(current, nxt, st.mask, np.zeros_like(st.y), st.columns, st.h))
+        current = nxt
+    return steps
+
+
+def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.random.Generator | None = None,
+                 other: bytes | None = None) -> bytes:
+    """The bytes a client with ``behaviour`` returns for ``mask`` (``other``: a bundle to replay)."""
+    rng = rng or np.random.default_rng(0)
+    blocks = mask.touched_blocks().numpy()
+    local = mask.local_masks().numpy()
+    theta, h_hat = prover.theta[blocks], prover.h_hat[blocks]
+    spec = prover.circuit.spec
+    if behaviour == "honest":
+        return _prove(prover, blocks, local, theta, h_hat, request_id).to_bytes()
+    if behaviour == "ignore":  # claims done, proves nothing
+        return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, []).to_bytes()
+    if behaviour == "garbage-proof":  # a well-formed bundle whose proof bytes are noise
+        bundle = _prove(prover, blocks, local, theta, h_hat, request_id)
+        for bp in bundle.blocks:
+            bp.steps = [StepProof(st.columns, rng.bytes(len(st.proof)), st.instances) for st in bp.steps]
+        return bundle.to_bytes()
+    if behaviour == "mask-only":
+        return _prove(prover, blocks, local, theta, h_hat, request_id, steps_fn=_mask_only_steps).to_bytes()
+    if behaviour == "partial-mask":  # leaves the last masked weight of the largest block in place
+        t = int(np.argmax(local.sum(1)))
+        partial = local.copy()
+        partial[t, np.flatnonzero(local[t])[-1]] = False
+        keep = partial.any(1)
+        return _prove(prover, blocks[keep], partial[keep], theta[keep], h_hat[keep], request_id).to_bytes()
+    if behaviour == "stale-model":  # proves on a model it kept training after committing
+        drift = quantize(theta + rng.normal(0, 1e-2, theta.shape), spec.scale)
+        return _prove(prover, blocks, local, drift, h_hat, request_id).to_bytes()
+    if behaviour == "fake-fisher":  # identity curvature instead of its committed Fisher
+        eye = np.broadcast_to(np.eye(spec.d), h_hat.shape).copy()
+        return _prove(prover, blocks, local, theta, eye, request_id).to_bytes()
+    if behaviour == "replay":
+        if other is None:
+            raise ValueError("replay needs another bundle to replay")
+        return other
+    if behaviour == "tamper-instances":
+        bundle = ProofBundle.from_bytes(_prove(prover, blocks, local, theta, h_hat, request_id).to_bytes())
+        st = bundle.blocks[0].steps[0]
+        bad = bytearray(st.instances[0])
+        bad[0] ^= 1
+        st.instances[0] = bytes(bad)
+        return bundle.to_bytes()
+    if behaviour == "wrong-mask":  # proves a different mask of the same size in the same blocks
+        other_local = np.zeros_like(local)
+        for t in range(len(blocks)):
+            other_local[t, rng.choice(spec.d, size=int(local[t].sum()), replace=False)] = True
+        return _prove(prover, blocks, other_local, theta, h_hat, request_id).to_bytes()
+    if behaviour == "drop-blocks":
+        keep = np.arange(len(blocks)) != len(blocks) - 1
+        return _prove(prover, blocks[keep], local[keep], theta[keep], h_hat[keep], request_id).to_bytes()
+    if behaviour == "duplicate-block":
+        bundle = _prove(prover, blocks, local, theta, h_hat, request_id)
+        bundle.blocks.append(bundle.blocks[0])
+        return bundle.to_bytes()
+    raise ValueError(f"unknown behaviour '{behaviour}'; choose one of {BEHAVIOURS}")

@@ -1,0 +1,246 @@
+"""The column-form Group-OBS certificate as an EZKL (Halo2/KZG) circuit, built once per shape and cached.
+
+One proof step covers one Fisher block of size ``d`` and up to ``K`` masked columns ("slots"):
+
+    inputs  (all ``polycommit``):  θ_in (d), θ_out (d), m (d), y (K), h_1 … h_K (d each)
+    outputs (``public``):          r = [θ_out − θ_in + Σ_j y_j h_j ,  m ⊙ θ_out]      (2d)
+
+where h_j are columns of the block's normalised inverse Fisher Ĥ = C⁻¹ / max|C⁻¹| and m is the
+block's 0/1 mask on the final step of a block (zero on intermediate steps, see ``statement.py``). With
+``input_scale = param_scale = S`` and ``scale_rebase_multiplier = 10`` the residuals are exact integers
+at scale 2S (no lookups); range checks on inputs/outputs are off (``ignore_range_check_inputs_outputs``),
+which costs the column form no soundness that matters (docs/proof-design.md §4) and saves 15–60×.
+
+A circuit is identified by :attr:`CircuitSpec.circuit_id`, a digest of everything that changes its
+keys: form, d, K, S, logrows, the ezkl version and the SRS. Keys live in the cache directory
+(``ZKAPEX_CACHE``, default ``~/.cache/zkapex_flwr``) under that id, built under a file lock so that
+concurrent clients (Ray workers) build each shape once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FORM = "col-v1"
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("ZKAPEX_CACHE", Path.home() / ".cache" / "zkapex_flwr"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ezkl_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("ezkl")
+
+
+# ----------------------------------------------------------------------------------------- SRS
+_WARNED = False
+
+
+def srs_file(logrows: int) -> Path:
+    """The KZG structured reference string for ``logrows``.
+
+    ``ZKAPEX_SRS_DIR`` points at a folder of ceremony SRS files named ``kzg{logrows}.srs`` (what a real
+    deployment must use). Without it an *insecure* test SRS is generated offline with ``ezkl.gen_srs``
+    and cached: fine for simulation, worthless against a provider who knows its toxic waste.
+    """
+    global _WARNED
+    ceremony = os.environ.get("ZKAPEX_SRS_DIR")
+    if ceremony:
+        path = Path(ceremony) / f"kzg{logrows}.srs"
+        if not path.exists():
+            raise FileNotFoundError(f"ZKAPEX_SRS_DIR={ceremony} has no kzg{logrows}.srs")
+        return path
+    path = cache_root() / "srs" / f"kzg{logrows}.srs"
+    if not path.exists():
+        import ezkl
+
+        with _locked(path.with_suffix(".lock")):
+            if not path.exists():
+                tmp = path.with_suffix(".tmp")
+                ezkl.gen_srs(str(tmp), logrows)
+                tmp.replace(path)
+    if not _WARNED:
+        import warnings
+
+        warnings.warn("zkapex-flwr is using an INSECURE test SRS generated with ezkl.gen_srs (simulation only); "
+                      "set ZKAPEX_SRS_DIR to ceremony SRS files for a real deployment", stacklevel=2)
+        _WARNED = True
+    return path
+
+
+def srs_identity(logrows: int) -> str:
+    """A short digest of the SRS file in use (part of the circuit id)."""
+    path = srs_file(logrows)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 16))
+    h.update(str(path.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------- circuit
+@dataclass(frozen=True)
+class CircuitSpec:
+    d: int          # Fisher block size
+    slots: int      # K: masked columns per proof step
+    scale: int = 16  # fixed-point bits S
+
+    def __post_init__(self) -> None:
+        if self.d < 2 or self.slots < 1 or self.slots > self.d:
+            raise ValueError(f"invalid circuit shape d={self.d}, slots={self.slots} (need 1 <= slots <= d)")
+        if not 8 <= self.scale <= 24:
+            raise ValueError(f"fixed-point scale must be within 8..24 bits, got {self.scale}")
+
+    @property
+    def num_inputs(self) -> int:
+        return 4 + self.slots
+
+    @property
+    def rows_model(self) -> int:
+        """Rows used (cost model, matched within ±1 row by measurement): 2dK + 4d."""
+        return 2 * self.d * self.slots + 4 * self.d
+
+    def input_shapes(self) -> list[tuple[int, int]]:
+        return [(1, self.d)] * 3 + [(1, self.slots)] + [(1, self.d)] * self.slots
+
+    def name(self) -> str:
+        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}"
+
+
+def _torch_module(spec: CircuitSpec):
+    import torch
+    from torch import nn
+
+    class ColumnCertificate(nn.Module):
+        def forward(self, theta_in, theta_out, m, y, *cols):
+            h = torch.cat(cols, dim=0)  # (K, d)
+            return torch.cat([theta_out - theta_in + torch.matmul(y, h), m * theta_out], dim=1)
+
+    return ColumnCertificate()
+
+
+@dataclass
+class Circuit:
+    """A compiled circuit with its keys on disk."""
+
+    spec: CircuitSpec
+    directory: Path
+    logrows: int
+    circuit_id: str
+    setup_s: float
+    pk_bytes: int
+    vk_bytes: int
+
+    @property
+    def compiled(self) -> str:
+        return str(self.directory / "net.ezkl")
+
+    @property
+    def settings(self) -> str:
+        return str(self.directory / "settings.json")
+
+    @property
+    def pk(self) -> str:
+        return str(self.directory / "pk.key")
+
+    @property
+    def vk(self) -> str:
+        return str(self.directory / "vk.key")
+
+    @property
+    def srs(self) -> str:
+        return str(srs_file(self.logrows))
+
+
+def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
+    import numpy as np
+
+    from .statement import honest_block_steps  # local import: statement depends on this module's spec
+
+    rng = np.random.default_rng(1234)
+    d = spec.d
+    g = rng.standard_normal((2 * d, d))
+    c = g.T @ g / (2 * d) + 0.1 * np.eye(d)
+    theta = rng.standard_normal(d) * 0.05
+    mask = np.zeros(d, dtype=bool)
+    mask[rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
+    steps = honest_block_steps(theta, c, mask, spec)
+    return steps[-1].inputs(spec)
+
+
+def get_circuit(spec: CircuitSpec) -> Circuit:
+    """Load the circuit for ``spec`` from the cache, building and setting it up on first use."""
+    import ezkl
+    import torch
+
+    base = cache_root() / "circuits" / spec.name()
+    meta = base / "circuit.json"
+    with _locked(base.with_suffix(".lock")):
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            if info.get("ezkl") == ezkl_version():
+                circ = Circuit(spec, base, info["logrows"], info["circuit_id"], info["setup_s"], info["pk_bytes"],
+                               info["vk_bytes"])
+                if circ.circuit_id == _circuit_id(spec, circ.logrows, circ.vk):
+                    return circ
+        base.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        xs = tuple(torch.zeros(s) for s in spec.input_shapes())
+        onnx = base / "net.onnx"
+        torch.onnx.export(_torch_module(spec), xs, str(onnx), opset_version=17, dynamo=False,
+                          input_names=[f"x{i}" for i in range(len(xs))], output_names=["r"])
+        cal = base / "calibration.json"
+        cal.write_text(json.dumps({"input_data": _calibration_inputs(spec)}))
+        args = ezkl.PyRunArgs()
+        args.input_visibility = "polycommit"
+        args.param_visibility = "fixed"
+        args.output_visibility = "public"
+        args.input_scale = spec.scale
+        args.param_scale = spec.scale
+        args.scale_rebase_multiplier = 10
+        args.ignore_range_check_inputs_outputs = True
+        settings = base / "settings.json"
+        ezkl.gen_settings(str(onnx), str(settings), py_run_args=args)
+        ezkl.calibrate_settings(str(cal), str(onnx), str(settings), "resources", scales=[spec.scale],
+                                scale_rebase_multiplier=[10])
+        ezkl.compile_circuit(str(onnx), str(base / "net.ezkl"), str(settings))
+        logrows = int(json.loads(settings.read_text())["run_args"]["logrows"])
+        srs = srs_file(logrows)
+        ezkl.setup(str(base / "net.ezkl"), str(base / "vk.key"), str(base / "pk.key"), srs_path=str(srs))
+        setup_s = time.perf_counter() - t0
+        circ = Circuit(spec, base, logrows, _circuit_id(spec, logrows, str(base / "vk.key")), setup_s,
+                       (base / "pk.key").stat().st_size, (base / "vk.key").stat().st_size)
+        meta.write_text(json.dumps({"spec": asdict(spec), "logrows": logrows, "circuit_id": circ.circuit_id,
+                                    "setup_s": setup_s, "pk_bytes": circ.pk_bytes, "vk_bytes": circ.vk_bytes,
+                                    "ezkl": ezkl_version()}))
+        return circ
+
+
+def _circuit_id(spec: CircuitSpec, logrows: int, vk_path: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"form": FORM, **asdict(spec), "logrows": logrows, "ezkl": ezkl_version(),
+                         "srs": srs_identity(logrows)}, sort_keys=True).encode())
+    with open(vk_path, "rb") as fh:
+        h.update(fh.read())
+    return h.hexdigest()[:32]

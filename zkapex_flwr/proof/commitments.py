@@ -1,0 +1,121 @@
+"""KZG commitments of the registry, exactly as they appear inside proofs.
+
+With ``polycommit`` visibility every circuit input is committed with KZG over the circuit's Lagrange
+basis; the commitment of input i is bytes [64·i, 64·i+64) of the raw proof (x‖y, big-endian). A
+commitment depends only on the values, the scale S, logrows and the SRS, so the registry computes the
+same bytes with ``ezkl.kzg_commit``. Many vectors are committed in one call by packing each into its
+own chunk of 2^logrows − 6 usable rows (one commitment per chunk).
+
+What a client registers after personalization (phase 2, before any mask is known), per Fisher block b:
+the commitment of quantised θp_b and of each of the d columns of Ĥ_b = C_b⁻¹/max|C_b⁻¹|.
+Commitments are deterministic and not hiding (see docs/proof-design.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from .circuit import Circuit
+
+BLINDING_ROWS = 6
+COMMITMENT_BYTES = 64
+
+
+def _g1_bytes(point) -> bytes:
+    return bytes.fromhex(point.x)[::-1] + bytes.fromhex(point.y)[::-1]
+
+
+def commit_vectors(circuit: Circuit, vectors: list[np.ndarray], chunk: int = 4096) -> list[bytes]:
+    """64-byte KZG commitments of each vector (length ≤ d), as the circuit's proofs will carry them."""
+    import ezkl
+
+    usable = 2**circuit.logrows - BLINDING_ROWS
+    zero = ezkl.float_to_felt(0.0, circuit.spec.scale)
+    out: list[bytes] = []
+    for start in range(0, len(vectors), chunk):
+        felts: list[str] = []
+        batch = vectors[start:start + chunk]
+        for v in batch:
+            if len(v) > usable:
+                raise ValueError(f"vector of {len(v)} values does not fit a 2^{circuit.logrows} column")
+            felts += [ezkl.float_to_felt(float(x), circuit.spec.scale) for x in v]
+            felts += [zero] * (usable - len(v))
+        points = ezkl.kzg_commit(felts, circuit.vk, circuit.settings, circuit.srs)
+        if len(points) < len(batch):  # ezkl appends one commitment of the (empty) tail chunk
+            raise RuntimeError(f"kzg_commit returned {len(points)} commitments for {len(batch)} vectors")
+        out += [_g1_bytes(g) for g in points[:len(batch)]]
+    return out
+
+
+@dataclass
+class BlockCommitments:
+    """A client's registry entry: per block the θp commitment and the d column commitments of Ĥ."""
+
+    circuit_id: str
+    layout_digest: str
+    theta: np.ndarray    # (n_blocks, 64) uint8
+    columns: np.ndarray  # (n_blocks, d, 64) uint8
+
+    def digest(self) -> str:
+        h = hashlib.sha256(f"{self.circuit_id}|{self.layout_digest}|".encode())
+        h.update(self.theta.tobytes())
+        h.update(self.columns.tobytes())
+        return h.hexdigest()
+
+    def theta_of(self, block: int) -> bytes:
+        return self.theta[block].tobytes()
+
+    def column_of(self, block: int, index: int) -> bytes:
+        return self.columns[block, index].tobytes()
+
+    def with_theta(self, updates: dict[int, bytes]) -> "BlockCommitments":
+        """A new entry with θ commitments replaced (θu after a compliant round)."""
+        theta = self.theta.copy()
+        for b, c in updates.items():
+            theta[b] = np.frombuffer(c, dtype=np.uint8)
+        return BlockCommitments(self.circuit_id, self.layout_digest, theta, self.columns)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, theta=self.theta, columns=self.columns,
+                 meta=np.frombuffer(f"{self.circuit_id}|{self.layout_digest}".encode(), dtype=np.uint8))
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> "BlockCommitments":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            circuit_id, layout = z["meta"].tobytes().decode().split("|")
+            return BlockCommitments(circuit_id, layout, z["theta"], z["columns"])
+
+
+def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarray, h_blocks: np.ndarray,
+                    progress=None) -> BlockCommitments:
+    """Commit quantised θp blocks ``(n, d)`` and Ĥ blocks ``(n, d, d)`` (columns) for the registry."""
+    n, d = theta_blocks.shape
+    if h_blocks.shape != (n, d, d) or d != circuit.spec.d:
+        raise ValueError(f"registration shapes theta {theta_blocks.shape}, H {h_blocks.shape} do not match d={circuit.spec.d}")
+    theta = np.frombuffer(b"".join(commit_vectors(circuit, list(theta_blocks))), dtype=np.uint8).reshape(n, 64)
+    cols = []
+    step = max(1, 4096 // d)
+    task = progress.add_task("register commitments", total=n) if progress is not None else None
+    for start in range(0, n, step):
+        vecs = [h_blocks[b, :, j] for b in range(start, min(n, start + step)) for j in range(d)]
+        cols.append(np.frombuffer(b"".join(commit_vectors(circuit, vecs)), dtype=np.uint8))
+        if task is not None:
+            progress.update(task, completed=min(n, start + step))
+    if task is not None:
+        progress.remove_task(task)
+    return BlockCommitments(circuit.circuit_id, layout_digest, theta, np.concatenate(cols).reshape(n, d, 64))
+
+
+_ZERO: dict[str, bytes] = {}
+
+
+def zero_commitment(circuit: Circuit) -> bytes:
+    """Commitment of an all-zero input (padding slots, the mask input of intermediate steps)."""
+    if circuit.circuit_id not in _ZERO:
+        _ZERO[circuit.circuit_id] = commit_vectors(circuit, [np.zeros(circuit.spec.d)])[0]
+    return _ZERO[circuit.circuit_id]
