@@ -29,12 +29,12 @@ def fisher_for(layout, seed):
     return BlockFisher(torch.einsum("mbi,mbj->bij", grads, grads) / 48, 48, layout)
 
 
-@pytest.fixture(scope="module")
-def world():
+@pytest.fixture(scope="module", params=[1, 3], ids=["1-step-per-proof", "3-steps-per-proof"])
+def world(request):
     model_a, model_b = Tiny(0), Tiny(1)
     layout = BlockLayout.from_model(model_a, 16)
-    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05)
-    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05)
+    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps_per_proof=request.param)
+    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps_per_proof=request.param)
     # blocks 0, 2 (one masked weight each), 5 (five masked weights: a chain of 3 steps with K=2)
     mask = UnlearningMask(torch.tensor([3, 2 * 16 + 7, 5 * 16 + 1, 5 * 16 + 4, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 15]),
                           layout)
@@ -52,6 +52,7 @@ def test_honest_bundle_is_compliant_and_moves_registry(world):
     honest_model = Tiny(0)
     bundle, report = a.__class__(a.circuit, a.layout, a.theta, a.h_hat, a.registry).unlearn(honest_model, mask, "r1")
     assert report.masked_weights == 7 and report.steps == 1 + 1 + 3
+    assert report.proofs == -(-report.steps // a.circuit.spec.steps)
     after = layout.flatten(honest_model)
     assert torch.all(after[mask.indices] == 0)
     assert not torch.equal(after, before)
@@ -76,6 +77,7 @@ def test_honest_bundle_is_compliant_and_moves_registry(world):
     ("wrong-mask", "wrong-mask"),
     ("drop-blocks", "incomplete"),
     ("duplicate-block", "incomplete"),
+    ("hide-in-padding", "incomplete"),
 ])
 def test_cheat_is_rejected_with_its_reason(world, behaviour, reason):
     _, _, a, _, mask = world

@@ -1,8 +1,9 @@
 """The proof bundle a client returns in the unlearning round: versioned, compact, strictly parsed.
 
-Wire format: ``b"ZKAPEXB1"`` · u32 header length · UTF-8 JSON header · payload. The header names the
-circuit, the layout, the request, and per touched block its proof steps (the Ĥ columns each step uses
-and where its raw proof bytes and public instances lie in the payload). Instances are 32-byte field
+Wire format: ``b"ZKAPEXB2"`` · u32 header length · UTF-8 JSON header · payload. The header names the
+circuit, the layout, the request, and its proofs: for each proof, what each of its step slots holds —
+``[block, step, columns]`` or ``null`` for padding — and where its raw proof bytes and public instances
+lie in the payload. Instances are 32-byte field
 elements, little-endian, as ezkl writes them. No weight, Fisher or data value is in a bundle; the
 ``meta`` field (prover timings) is informational and never trusted by the verifier.
 """
@@ -12,8 +13,8 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-MAGIC = b"ZKAPEXB1"
-VERSION = 1
+MAGIC = b"ZKAPEXB2"
+VERSION = 2
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 MAX_PROOF_BYTES = 1 << 20
 
@@ -22,17 +23,20 @@ class MalformedBundle(ValueError):
     """The bytes are not a well-formed bundle (schema, size or type)."""
 
 
-@dataclass
-class StepProof:
-    columns: list[int]
-    proof: bytes
-    instances: list[bytes]  # 32-byte little-endian field elements
+@dataclass(frozen=True)
+class Slot:
+    """What one step slot of a proof proves: step ``step`` of ``block``'s chain, using Ĥ ``columns``."""
 
-
-@dataclass
-class BlockProof:
     block: int
-    steps: list[StepProof]
+    step: int
+    columns: tuple[int, ...]
+
+
+@dataclass
+class Proof:
+    slots: list[Slot | None]  # None = padding slot
+    proof: bytes
+    instances: list[bytes]    # 32-byte little-endian field elements
 
 
 @dataclass
@@ -40,37 +44,34 @@ class ProofBundle:
     circuit_id: str
     layout_digest: str
     request_id: str
-    blocks: list[BlockProof]
+    proofs: list[Proof]
     meta: dict = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         payload = bytearray()
-        blocks = []
-        for bp in self.blocks:
-            steps = []
-            for st in bp.steps:
-                p_off = len(payload)
-                payload += st.proof
-                i_off = len(payload)
-                for felt in st.instances:
-                    if len(felt) != 32:
-                        raise ValueError("instances must be 32-byte field elements")
-                    payload += felt
-                steps.append({"cols": [int(c) for c in st.columns], "proof": [p_off, len(st.proof)],
-                              "inst": [i_off, len(st.instances)]})
-            blocks.append({"block": int(bp.block), "steps": steps})
+        proofs = []
+        for pr in self.proofs:
+            p_off = len(payload)
+            payload += pr.proof
+            i_off = len(payload)
+            for felt in pr.instances:
+                if len(felt) != 32:
+                    raise ValueError("instances must be 32-byte field elements")
+                payload += felt
+            slots = [None if sl is None else [int(sl.block), int(sl.step), [int(c) for c in sl.columns]]
+                     for sl in pr.slots]
+            proofs.append({"slots": slots, "proof": [p_off, len(pr.proof)], "inst": [i_off, len(pr.instances)]})
         header = json.dumps({"version": VERSION, "circuit_id": self.circuit_id, "layout": self.layout_digest,
-                             "request_id": self.request_id, "blocks": blocks, "meta": self.meta},
+                             "request_id": self.request_id, "proofs": proofs, "meta": self.meta},
                             separators=(",", ":")).encode()
         return MAGIC + struct.pack("<I", len(header)) + header + bytes(payload)
 
     @property
     def proof_bytes(self) -> int:
-        return sum(len(st.proof) for bp in self.blocks for st in bp.steps)
+        return sum(len(pr.proof) for pr in self.proofs)
 
-    @property
-    def num_steps(self) -> int:
-        return sum(len(bp.steps) for bp in self.blocks)
+    def blocks(self) -> list[int]:
+        return sorted({sl.block for pr in self.proofs for sl in pr.slots if sl is not None})
 
     @staticmethod
     def from_bytes(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES) -> "ProofBundle":
@@ -98,9 +99,9 @@ class ProofBundle:
         for key in ("circuit_id", "layout", "request_id"):
             if not isinstance(header.get(key), str):
                 raise MalformedBundle(f"header field '{key}' missing or not a string")
-        raw_blocks = header.get("blocks")
-        if not isinstance(raw_blocks, list):
-            raise MalformedBundle("header field 'blocks' missing or not a list")
+        raw_proofs = header.get("proofs")
+        if not isinstance(raw_proofs, list):
+            raise MalformedBundle("header field 'proofs' missing or not a list")
 
         def span(val, what, unit=1):
             if (not isinstance(val, list) or len(val) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
@@ -111,28 +112,33 @@ class ProofBundle:
                 raise MalformedBundle(f"{what} [{off}, {n}] lies outside the payload of {len(payload)} bytes")
             return off, n
 
-        blocks = []
-        for bi, rb in enumerate(raw_blocks):
-            if not isinstance(rb, dict) or not isinstance(rb.get("block"), int) or isinstance(rb.get("block"), bool):
-                raise MalformedBundle(f"block entry {bi} has no integer 'block'")
-            steps_raw = rb.get("steps")
-            if not isinstance(steps_raw, list) or not steps_raw:
-                raise MalformedBundle(f"block {rb['block']} has no proof steps")
-            steps = []
-            for si, rs in enumerate(steps_raw):
-                if not isinstance(rs, dict):
-                    raise MalformedBundle(f"block {rb['block']} step {si} is not an object")
-                cols = rs.get("cols")
-                if not isinstance(cols, list) or not cols or not all(isinstance(c, int) and not isinstance(c, bool)
-                                                                     for c in cols):
-                    raise MalformedBundle(f"block {rb['block']} step {si}: 'cols' must be a non-empty integer list")
-                p_off, p_len = span(rs.get("proof"), f"block {rb['block']} step {si} proof")
-                if p_len > MAX_PROOF_BYTES:
-                    raise MalformedBundle(f"block {rb['block']} step {si}: proof of {p_len} bytes is oversized")
-                i_off, i_n = span(rs.get("inst"), f"block {rb['block']} step {si} instances", unit=32)
-                inst = [bytes(payload[i_off + 32 * j:i_off + 32 * (j + 1)]) for j in range(i_n)]
-                steps.append(StepProof(cols, bytes(payload[p_off:p_off + p_len]), inst))
-            blocks.append(BlockProof(int(rb["block"]), steps))
+        def integer(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        proofs = []
+        for pi, rp in enumerate(raw_proofs):
+            if not isinstance(rp, dict):
+                raise MalformedBundle(f"proof {pi} is not an object")
+            raw_slots = rp.get("slots")
+            if not isinstance(raw_slots, list) or not raw_slots:
+                raise MalformedBundle(f"proof {pi}: 'slots' must be a non-empty list")
+            slots: list[Slot | None] = []
+            for si, rs in enumerate(raw_slots):
+                if rs is None:
+                    slots.append(None)
+                    continue
+                if (not isinstance(rs, list) or len(rs) != 3 or not integer(rs[0]) or not integer(rs[1])
+                        or not isinstance(rs[2], list) or not rs[2] or not all(integer(c) for c in rs[2])):
+                    raise MalformedBundle(f"proof {pi} slot {si} must be null or [block, step, [columns…]]")
+                if rs[0] < 0 or rs[1] < 0 or any(c < 0 for c in rs[2]):
+                    raise MalformedBundle(f"proof {pi} slot {si} has a negative block, step or column")
+                slots.append(Slot(rs[0], rs[1], tuple(rs[2])))
+            p_off, p_len = span(rp.get("proof"), f"proof {pi} bytes")
+            if p_len > MAX_PROOF_BYTES:
+                raise MalformedBundle(f"proof {pi} of {p_len} bytes is oversized (limit {MAX_PROOF_BYTES})")
+            i_off, i_n = span(rp.get("inst"), f"proof {pi} instances", unit=32)
+            inst = [bytes(payload[i_off + 32 * j:i_off + 32 * (j + 1)]) for j in range(i_n)]
+            proofs.append(Proof(slots, bytes(payload[p_off:p_off + p_len]), inst))
         meta = header.get("meta", {})
-        return ProofBundle(header["circuit_id"], header["layout"], header["request_id"], blocks,
+        return ProofBundle(header["circuit_id"], header["layout"], header["request_id"], proofs,
                            meta if isinstance(meta, dict) else {})

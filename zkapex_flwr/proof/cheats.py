@@ -11,22 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import ProofBundle, StepProof
-from .prover import prove_block
+from .bundle import Proof, ProofBundle
+from .prover import prove_chains
 from .statement import Step, honest_block_steps, quantize
 
 BEHAVIOURS = ("honest", "ignore", "garbage-proof", "mask-only", "partial-mask", "stale-model", "fake-fisher",
-              "replay", "tamper-instances", "wrong-mask", "drop-blocks", "duplicate-block")
+              "replay", "tamper-instances", "wrong-mask", "drop-blocks", "duplicate-block", "hide-in-padding")
 
 
 def _prove(prover, mask_blocks, local_masks, theta, h_hat, request_id, steps_fn=None) -> ProofBundle:
     spec = prover.circuit.spec
-    out = []
+    chains = {int(b): (steps_fn or honest_block_steps)(theta[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
+              for t, b in enumerate(mask_blocks)}
     with tempfile.TemporaryDirectory(prefix="zkapex-cheat-") as tmp:
-        for t, b in enumerate(mask_blocks):
-            steps = (steps_fn or honest_block_steps)(theta[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
-            out.append(prove_block(prover.circuit, int(b), steps, Path(tmp))[0])
-    return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, out)
+        proofs = prove_chains(prover.circuit, chains, Path(tmp))[0]
+    return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, proofs)
 
 
 def _mask_only_steps(theta, h_hat, mask, spec, h_is_fisher=False) -> list[Step]:
@@ -57,8 +56,7 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
         return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, []).to_bytes()
     if behaviour == "garbage-proof":  # a well-formed bundle whose proof bytes are noise
         bundle = _prove(prover, blocks, local, theta, h_hat, request_id)
-        for bp in bundle.blocks:
-            bp.steps = [StepProof(st.columns, rng.bytes(len(st.proof)), st.instances) for st in bp.steps]
+        bundle.proofs = [Proof(pr.slots, rng.bytes(len(pr.proof)), pr.instances) for pr in bundle.proofs]
         return bundle.to_bytes()
     if behaviour == "mask-only":
         return _prove(prover, blocks, local, theta, h_hat, request_id, steps_fn=_mask_only_steps).to_bytes()
@@ -80,10 +78,10 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
         return other
     if behaviour == "tamper-instances":
         bundle = ProofBundle.from_bytes(_prove(prover, blocks, local, theta, h_hat, request_id).to_bytes())
-        st = bundle.blocks[0].steps[0]
-        bad = bytearray(st.instances[0])
+        pr = bundle.proofs[0]
+        bad = bytearray(pr.instances[0])
         bad[0] ^= 1
-        st.instances[0] = bytes(bad)
+        pr.instances[0] = bytes(bad)
         return bundle.to_bytes()
     if behaviour == "wrong-mask":  # proves a different mask of the same size in the same blocks
         other_local = np.zeros_like(local)
@@ -95,6 +93,10 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
         return _prove(prover, blocks[keep], local[keep], theta[keep], h_hat[keep], request_id).to_bytes()
     if behaviour == "duplicate-block":
         bundle = _prove(prover, blocks, local, theta, h_hat, request_id)
-        bundle.blocks.append(bundle.blocks[0])
+        bundle.proofs.append(bundle.proofs[0])
+        return bundle.to_bytes()
+    if behaviour == "hide-in-padding":  # proves every block but labels the last proof's first slot as padding
+        bundle = _prove(prover, blocks, local, theta, h_hat, request_id)
+        bundle.proofs[-1].slots[0] = None
         return bundle.to_bytes()
     raise ValueError(f"unknown behaviour '{behaviour}'; choose one of {BEHAVIOURS}")

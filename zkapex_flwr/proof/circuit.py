@@ -1,9 +1,13 @@
 """The column-form Group-OBS certificate as an EZKL (Halo2/KZG) circuit, built once per shape and cached.
 
-One proof step covers one Fisher block of size ``d`` and up to ``K`` masked columns ("slots"):
+One proof holds ``B`` step slots; a step covers one Fisher block of size ``d`` and up to ``K`` masked
+columns. Per step slot:
 
     inputs  (all ``polycommit``):  θ_in (d), θ_out (d), m (d), y (K), h_1 … h_K (d each)
     outputs (``public``):          r = [θ_out − θ_in + Σ_j y_j h_j ,  m ⊙ θ_out]      (2d)
+
+An unused step slot carries all-zero inputs (a true, empty statement); the verifier demands the zero
+commitment for each of its inputs, so a real block cannot sit in a padding slot.
 
 where h_j are columns of the block's normalised inverse Fisher Ĥ = C⁻¹ / max|C⁻¹| and m is the
 block's 0/1 mask on the final step of a block (zero on intermediate steps, see ``statement.py``). With
@@ -105,37 +109,50 @@ class CircuitSpec:
     d: int          # Fisher block size
     slots: int      # K: masked columns per proof step
     scale: int = 16  # fixed-point bits S
+    steps: int = 1   # B: step slots (blocks) per proof
 
     def __post_init__(self) -> None:
         if self.d < 2 or self.slots < 1 or self.slots > self.d:
             raise ValueError(f"invalid circuit shape d={self.d}, slots={self.slots} (need 1 <= slots <= d)")
+        if self.steps < 1:
+            raise ValueError(f"a proof needs at least one step slot, got steps={self.steps}")
         if not 8 <= self.scale <= 24:
             raise ValueError(f"fixed-point scale must be within 8..24 bits, got {self.scale}")
 
     @property
-    def num_inputs(self) -> int:
+    def inputs_per_step(self) -> int:
         return 4 + self.slots
 
     @property
+    def num_inputs(self) -> int:
+        return self.steps * self.inputs_per_step
+
+    @property
     def rows_model(self) -> int:
-        """Rows used (cost model, matched within ±1 row by measurement): 2dK + 4d."""
-        return 2 * self.d * self.slots + 4 * self.d
+        """Rows used (cost model, matched within ±1 row by measurement): B·(2dK + 4d)."""
+        return self.steps * (2 * self.d * self.slots + 4 * self.d)
 
     def input_shapes(self) -> list[tuple[int, int]]:
-        return [(1, self.d)] * 3 + [(1, self.slots)] + [(1, self.d)] * self.slots
+        return ([(1, self.d)] * 3 + [(1, self.slots)] + [(1, self.d)] * self.slots) * self.steps
 
     def name(self) -> str:
-        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}"
+        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}"
 
 
 def _torch_module(spec: CircuitSpec):
     import torch
     from torch import nn
 
+    per = spec.inputs_per_step
+
     class ColumnCertificate(nn.Module):
-        def forward(self, theta_in, theta_out, m, y, *cols):
-            h = torch.cat(cols, dim=0)  # (K, d)
-            return torch.cat([theta_out - theta_in + torch.matmul(y, h), m * theta_out], dim=1)
+        def forward(self, *xs):
+            outs = []
+            for b in range(spec.steps):
+                theta_in, theta_out, m, y, *cols = xs[b * per:(b + 1) * per]
+                h = torch.cat(cols, dim=0)  # (K, d)
+                outs += [theta_out - theta_in + torch.matmul(y, h), m * theta_out]
+            return torch.cat(outs, dim=1)
 
     return ColumnCertificate()
 
@@ -186,7 +203,7 @@ def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     mask = np.zeros(d, dtype=bool)
     mask[rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
     steps = honest_block_steps(theta, c, mask, spec)
-    return steps[-1].inputs(spec)
+    return steps[-1].inputs(spec) * spec.steps
 
 
 def get_circuit(spec: CircuitSpec) -> Circuit:

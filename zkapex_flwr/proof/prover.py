@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BlockProof, ProofBundle, StepProof
+from .bundle import Proof, ProofBundle, Slot
 from .circuit import Circuit
 from .statement import honest_block_steps
 
@@ -19,6 +19,7 @@ from .statement import honest_block_steps
 class ProveReport:
     blocks: int
     steps: int
+    proofs: int
     masked_weights: int
     witness_s: float
     prove_s: float
@@ -35,10 +36,21 @@ class ProveReport:
         return self.proof_bytes / max(self.masked_weights, 1)
 
 
-def prove_step(circuit: Circuit, inputs: list[list[float]], workdir: Path) -> tuple[StepProof, float, float]:
-    """Witness + proof of one step. Returns (step without columns, witness seconds, prove seconds)."""
+def _zero_inputs(spec) -> list[list[float]]:
+    return [[0.0] * spec.d] * 3 + [[0.0] * spec.slots] + [[0.0] * spec.d] * spec.slots
+
+
+def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path) -> tuple[Proof, float, float]:
+    """Witness + proof of one proof: ``slots`` holds up to B (slot, Step) pairs; missing ones are padding."""
     import ezkl
 
+    spec = circuit.spec
+    if len(slots) > spec.steps:
+        raise ValueError(f"{len(slots)} steps do not fit a proof of {spec.steps} slots")
+    slots = list(slots) + [None] * (spec.steps - len(slots))
+    inputs: list[list[float]] = []
+    for entry in slots:
+        inputs += _zero_inputs(spec) if entry is None else entry[1].inputs(spec)
     data, witness, proof = workdir / "input.json", workdir / "witness.json", workdir / "proof.json"
     data.write_text(json.dumps({"input_data": inputs}))
     t0 = time.perf_counter()
@@ -47,20 +59,28 @@ def prove_step(circuit: Circuit, inputs: list[list[float]], workdir: Path) -> tu
     ezkl.prove(str(witness), circuit.compiled, circuit.pk, str(proof), srs_path=circuit.srs)
     t2 = time.perf_counter()
     pj = json.loads(proof.read_text())
-    step = StepProof([], bytes(pj["proof"]), [bytes.fromhex(h) for h in pj["instances"][0]])
-    return step, t1 - t0, t2 - t1
+    out = Proof([None if e is None else e[0] for e in slots], bytes(pj["proof"]),
+                [bytes.fromhex(h) for h in pj["instances"][0]])
+    return out, t1 - t0, t2 - t1
 
 
-def prove_block(circuit: Circuit, block: int, steps, workdir: Path) -> tuple[BlockProof, float, float]:
-    """Prove the given :class:`~.statement.Step` chain of one block (honest or not: the circuit decides)."""
+def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, progress=None) -> tuple[list[Proof], float, float]:
+    """Prove every block's step chain (honest or not: the circuit decides), B steps per proof."""
+    entries = [(Slot(int(b), i, tuple(int(c) for c in st.columns)), st)
+               for b, steps in chains.items() for i, st in enumerate(steps)]
+    per = circuit.spec.steps
     proofs, witness_s, prove_s = [], 0.0, 0.0
-    for st in steps:
-        sp, ws, ps = prove_step(circuit, st.inputs(circuit.spec), workdir)
-        sp.columns = [int(c) for c in st.columns]
-        proofs.append(sp)
+    task = progress.add_task("prove", total=len(entries)) if progress is not None else None
+    for start in range(0, len(entries), per):
+        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir)
+        proofs.append(pr)
         witness_s += ws
         prove_s += ps
-    return BlockProof(int(block), proofs), witness_s, prove_s
+        if task is not None:
+            progress.advance(task, len(entries[start:start + per]))
+    if task is not None:
+        progress.remove_task(task)
+    return proofs, witness_s, prove_s
 
 
 def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, blocks: np.ndarray,
@@ -80,24 +100,15 @@ def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, b
         raise ValueError(f"prove_unlearning: shapes theta {theta_p.shape}, H {h_hat.shape}, mask "
                          f"{local_masks.shape} do not match {t_blocks} blocks of d={spec.d}")
     theta_u = np.zeros_like(theta_p, dtype=np.float64)
-    out_blocks: list[BlockProof] = []
-    witness_s = prove_s = 0.0
-    task = progress.add_task("prove blocks", total=t_blocks) if progress is not None else None
+    chains = {}
+    for t in range(t_blocks):
+        chains[int(blocks[t])] = honest_block_steps(theta_p[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
+        theta_u[t] = chains[int(blocks[t])][-1].theta_out
     with tempfile.TemporaryDirectory(prefix="zkapex-prove-") as tmp:
-        for t in range(t_blocks):
-            steps = honest_block_steps(theta_p[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
-            block_proof, ws, ps = prove_block(circuit, int(blocks[t]), steps, Path(tmp))
-            witness_s += ws
-            prove_s += ps
-            theta_u[t] = steps[-1].theta_out
-            out_blocks.append(block_proof)
-            if task is not None:
-                progress.advance(task)
-    if task is not None:
-        progress.remove_task(task)
-    bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, out_blocks,
+        proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), progress)
+    bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, proofs,
                          meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)})
-    report = ProveReport(blocks=t_blocks, steps=bundle.num_steps, masked_weights=int(local_masks.sum()),
+    report = ProveReport(blocks=t_blocks, steps=sum(len(c) for c in chains.values()), proofs=len(proofs), masked_weights=int(local_masks.sum()),
                          witness_s=witness_s, prove_s=prove_s, proof_bytes=bundle.proof_bytes,
                          bundle_bytes=len(bundle.to_bytes()),
                          peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -35,11 +35,12 @@ class ClientProver:
 
     @staticmethod
     def register(model: nn.Module, layout: BlockLayout, fisher: BlockFisher, damping: float, *,
-                 slots: int = DEFAULT_SLOTS, scale: int = DEFAULT_SCALE, progress=None) -> "ClientProver":
+                 slots: int = DEFAULT_SLOTS, scale: int = DEFAULT_SCALE, steps_per_proof: int = 1,
+                 progress=None) -> "ClientProver":
         """Quantise θp, invert every damped Fisher block and commit both (before any mask is known)."""
         if fisher.layout.digest() != layout.digest():
             raise ValueError("the Fisher was estimated on a different scope/block layout")
-        circuit = get_circuit(CircuitSpec(d=layout.block_size, slots=slots, scale=scale))
+        circuit = get_circuit(CircuitSpec(d=layout.block_size, slots=slots, scale=scale, steps=steps_per_proof))
         theta = quantize(layout.flatten(model).reshape(-1, layout.block_size).numpy(), scale)
         c = fisher.damped(torch.arange(layout.n_blocks), damping).numpy()
         h_hat = normalized_inverse(c, scale)

@@ -4,13 +4,14 @@ The verifier trusts nothing the client reports. It derives everything from the b
 client's registry entry, the request's mask and its own circuit keys, in this order:
 
 1. parse → ``malformed``;  circuit id → ``wrong-circuit``;  layout → ``wrong-mask``;
-2. coverage: every touched block proven exactly once → ``incomplete``; no extra block → ``wrong-mask``;
+2. coverage: every touched block's chain of steps 0…G−1 proven exactly once → ``incomplete``; no
+   extra block → ``wrong-mask``;
 3. per block: the steps' columns are exactly the block's masked indices, each once → ``wrong-mask``;
-4. every step's SNARK (``ezkl.verify``) → ``invalid-proof``;
-5. commitments inside the proofs: first θ_in = registered θp → ``stale-model``; links θ_out = next θ_in
-   → ``malformed``; slot columns = registered Ĥ columns (zero commitment in unused slots) →
-   ``fisher-mismatch``; mask input = commitment of the block's mask on the last step, zero before →
-   ``wrong-mask``;
+4. every proof's SNARK (``ezkl.verify``) → ``invalid-proof``;
+5. commitments inside the proofs: padding slots commit to zero in every input → ``malformed``; first
+   θ_in = registered θp → ``stale-model``; links θ_out = next θ_in → ``malformed``; slot columns =
+   registered Ĥ columns (zero commitment in unused column slots) → ``fisher-mismatch``; mask input =
+   commitment of the block's mask on the last step, zero before → ``wrong-mask``;
 6. public residuals, decoded as exact integers: m ⊙ θu exactly 0 and |θ_out − θ_in + Ĥ y| within the
    tolerance the verifier derives from S, k and the step count → ``kkt-violation``;
 otherwise ``compliant``, with the new θu commitments for the registry.
@@ -103,67 +104,89 @@ class Verifier:
         if layout.block_size != spec.d:
             return Verdict("wrong-circuit", f"circuit block size {spec.d} ≠ layout block size {layout.block_size}")
         touched = [int(b) for b in mask.touched_blocks()]
-        seen: dict[int, int] = {}
-        for bp in bundle.blocks:
-            seen[bp.block] = seen.get(bp.block, 0) + 1
-        twice = sorted(b for b, n in seen.items() if n > 1)
-        if twice:
-            return Verdict("incomplete", f"blocks proven more than once: {twice[:10]}")
-        missing = sorted(set(touched) - set(seen))
+        per, n_inputs = spec.inputs_per_step, spec.num_inputs
+        where: dict[tuple[int, int], tuple[int, int]] = {}  # (block, step) -> (proof, slot)
+        for pi, pr in enumerate(bundle.proofs):
+            if len(pr.slots) != spec.steps:
+                return Verdict("malformed", f"proof {pi} has {len(pr.slots)} slots, the circuit has {spec.steps}")
+            if len(pr.instances) != 2 * spec.d * spec.steps:
+                return Verdict("malformed", f"proof {pi} has {len(pr.instances)} public values, expected "
+                                            f"{2 * spec.d * spec.steps}")
+            if len(pr.proof) < n_inputs * COMMITMENT_BYTES:
+                return Verdict("malformed", f"proof {pi} of {len(pr.proof)} bytes is too short")
+            for si, sl in enumerate(pr.slots):
+                if sl is None:
+                    continue
+                if len(sl.columns) > spec.slots:
+                    return Verdict("malformed", f"block {sl.block}: a step uses {len(sl.columns)} columns, the "
+                                                f"circuit has {spec.slots}")
+                if (sl.block, sl.step) in where:
+                    return Verdict("incomplete", f"block {sl.block} step {sl.step} is proven twice")
+                where[(sl.block, sl.step)] = (pi, si)
+        chains: dict[int, list[tuple[int, int]]] = {}
+        for (b, step) in sorted(where):
+            chains.setdefault(b, []).append(where[(b, step)])
+        missing = sorted(set(touched) - set(chains))
         if missing:
             return Verdict("incomplete", f"{len(missing)} touched blocks not proven, e.g. {missing[:10]}")
-        extra = sorted(set(seen) - set(touched))
+        extra = sorted(set(chains) - set(touched))
         if extra:
             return Verdict("wrong-mask", f"blocks outside the mask proven: {extra[:10]}")
+        for b in chains:
+            steps_seen = sorted(step for (bb, step) in where if bb == b)
+            if steps_seen != list(range(len(steps_seen))):
+                return Verdict("incomplete", f"block {b}: steps {steps_seen} are not a complete chain from 0")
         local = mask.local_masks(mask.touched_blocks()).numpy()
         local_of = {b: local[i] for i, b in enumerate(touched)}
-        n_inputs = spec.num_inputs
-        for bp in bundle.blocks:
-            want = np.flatnonzero(local_of[bp.block])
-            cols = [c for st in bp.steps for c in st.columns]
-            if sorted(cols) != want.tolist():
-                return Verdict("wrong-mask", f"block {bp.block}: proven columns {sorted(cols)[:8]} ≠ masked "
-                                             f"{want.tolist()[:8]}")
-            for st in bp.steps:
-                if len(st.columns) > spec.slots:
-                    return Verdict("malformed", f"block {bp.block}: a step uses {len(st.columns)} columns, the circuit "
-                                                f"has {spec.slots} slots")
-                if len(st.instances) != 2 * spec.d:
-                    return Verdict("malformed", f"block {bp.block}: {len(st.instances)} public values, expected {2 * spec.d}")
-                if len(st.proof) < n_inputs * COMMITMENT_BYTES:
-                    return Verdict("malformed", f"block {bp.block}: proof of {len(st.proof)} bytes is too short")
-        steps = 0
-        with tempfile.TemporaryDirectory(prefix="zkapex-verify-") as tmp:
-            for bp in bundle.blocks:
-                for st in bp.steps:
-                    if not _snark_ok(circ, st.proof, st.instances, Path(tmp)):
-                        return Verdict("invalid-proof", f"block {bp.block}: the SNARK does not verify", steps_verified=steps)
-                    steps += 1
         zero = zero_commitment(circ)
+        for b, chain in chains.items():
+            cols = [c for (pi, si) in chain for c in bundle.proofs[pi].slots[si].columns]
+            want = np.flatnonzero(local_of[b]).tolist()
+            if sorted(cols) != want:
+                pi, si = chain[-1]
+                last_mask = bundle.proofs[pi].proof[COMMITMENT_BYTES * (si * per + 2):COMMITMENT_BYTES * (si * per + 3)]
+                if set(cols) < set(want) and len(cols) == len(set(cols)) and last_mask == zero:
+                    return Verdict("incomplete", f"block {b}: its chain stops before the final step "
+                                                 f"({len(cols)} of {len(want)} masked columns proven)")
+                return Verdict("wrong-mask", f"block {b}: proven columns {sorted(cols)[:8]} ≠ masked {want[:8]}")
+        with tempfile.TemporaryDirectory(prefix="zkapex-verify-") as tmp:
+            for pi, pr in enumerate(bundle.proofs):
+                if not _snark_ok(circ, pr.proof, pr.instances, Path(tmp)):
+                    return Verdict("invalid-proof", f"proof {pi}: the SNARK does not verify", steps_verified=pi)
         one = 2 ** (2 * spec.scale)
+
+        def commitment(pi: int, si: int, i: int) -> bytes:
+            off = COMMITMENT_BYTES * (si * per + i)
+            return bundle.proofs[pi].proof[off:off + COMMITMENT_BYTES]
+
+        for pi, pr in enumerate(bundle.proofs):
+            for si, sl in enumerate(pr.slots):
+                if sl is None and any(commitment(pi, si, i) != zero for i in range(per)):
+                    return Verdict("malformed", f"proof {pi}: padding slot {si} is not all zero")
         new_theta: dict[int, bytes] = {}
-        for bp in bundle.blocks:
-            b, m = bp.block, local_of[bp.block]
-            k = int(m.sum())
-            tol = residual_tolerance(spec.scale, k, len(bp.steps))
+        for b, chain in chains.items():
+            m = local_of[b]
+            tol = residual_tolerance(spec.scale, int(m.sum()), len(chain))
             prev_out = None
-            for si, st in enumerate(bp.steps):
-                com = [st.proof[COMMITMENT_BYTES * i:COMMITMENT_BYTES * (i + 1)] for i in range(n_inputs)]
-                theta_in, theta_out, mask_c, cols_c = com[0], com[1], com[2], com[4:]
-                if si == 0 and theta_in != registry.theta_of(b):
+            for step, (pi, si) in enumerate(chain):
+                sl = bundle.proofs[pi].slots[si]
+                theta_in, theta_out, mask_c = (commitment(pi, si, i) for i in range(3))
+                if step == 0 and theta_in != registry.theta_of(b):
                     return Verdict("stale-model", f"block {b}: θp does not open the registered commitment")
-                if si > 0 and theta_in != prev_out:
-                    return Verdict("malformed", f"block {b}: step {si} does not start where step {si - 1} ended")
+                if step > 0 and theta_in != prev_out:
+                    return Verdict("malformed", f"block {b}: step {step} does not start where step {step - 1} ended")
                 for j in range(spec.slots):
-                    expect = registry.column_of(b, st.columns[j]) if j < len(st.columns) else zero
-                    if cols_c[j] != expect:
-                        what = f"column {st.columns[j]}" if j < len(st.columns) else f"padding slot {j}"
-                        return Verdict("fisher-mismatch" if j < len(st.columns) else "malformed",
+                    got = commitment(pi, si, 4 + j)
+                    expect = registry.column_of(b, sl.columns[j]) if j < len(sl.columns) else zero
+                    if got != expect:
+                        what = f"column {sl.columns[j]}" if j < len(sl.columns) else f"unused column slot {j}"
+                        return Verdict("fisher-mismatch" if j < len(sl.columns) else "malformed",
                                        f"block {b}: {what} is not the registered Fisher column")
-                last = si == len(bp.steps) - 1
+                last = step == len(chain) - 1
                 if mask_c != (self._mask_commitment(m) if last else zero):
                     return Verdict("wrong-mask", f"block {b}: the proof's mask input is not the request's mask")
-                r = [felt_to_int(f) for f in st.instances]
+                inst = bundle.proofs[pi].instances[2 * spec.d * si:2 * spec.d * (si + 1)]
+                r = [felt_to_int(f) for f in inst]
                 if any(r[spec.d:]):
                     return Verdict("kkt-violation", f"block {b}: masked weights are not exactly zero")
                 worst = max(abs(v) for v in r[:spec.d]) / one
@@ -171,4 +194,4 @@ class Verifier:
                     return Verdict("kkt-violation", f"block {b}: residual {worst:.3g} exceeds tolerance {tol:.3g}")
                 prev_out = theta_out
             new_theta[b] = prev_out
-        return Verdict("compliant", "", steps_verified=steps, new_theta=new_theta)
+        return Verdict("compliant", "", steps_verified=len(bundle.proofs), new_theta=new_theta)
