@@ -17,7 +17,8 @@ def _local(args: argparse.Namespace) -> int:
                  block_size=args.block_size, max_blocks=args.max_blocks, damping=args.damping,
                  num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
                  forget_classes=forget_classes, forget_package=args.forget_package,
-                 global_epochs=args.global_epochs, personal_epochs=args.personal_epochs)
+                 global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
+                 proof_slots=args.proof_slots)
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
     table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset} (seed {cfg.seed})")
@@ -27,7 +28,28 @@ def _local(args: argparse.Namespace) -> int:
     for name, row in {"ZK-APEX": result, **result["baselines"]}.items():
         table.add_row(name, *(f"{row[k]:.4g}" for k in METRIC_KEYS[1:]))
     Console().print(table)
+    if "proof" in result:
+        pr = result["proof"]
+        print(f"proof: {pr['verdict']} — {pr['steps']} steps, prove {pr['prove_s']:.1f} s "
+              f"({pr['prove_ms_per_masked_weight']:.0f} ms/masked weight), verify {pr['verify_ms']:.0f} ms, "
+              f"{pr['proof_bytes']} proof bytes, register {pr['register_s']:.1f} s")
     print(json.dumps({"out": str(args.out), "wall_s": round(result["wall_s"], 1)}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks").is_dir():
+        raise ValueError("the benchmarks/ folder is not next to the installed package; run from a source checkout")
+    sys.path.insert(0, str(root))
+    os.chdir(root)
+    if args.what == "proof":
+        from benchmarks.proof_cost import run
+
+        run(Path(args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out), args.quick, args.reps)
     return 0
 
 
@@ -49,9 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-mode", choices=["class", "samples", "package"], default=None)
     p.add_argument("--forget-classes", default=None, help="comma-separated classes to forget (image data)")
     p.add_argument("--forget-package", default=None, help="stdlib package to forget (code data)")
+    p.add_argument("--prove", action="store_true", default=None,
+                   help="also register, prove (EZKL) and verify the client's update; use with --block-size 16")
+    p.add_argument("--proof-slots", type=int, default=None, help="masked columns per proof step K (2)")
     p.add_argument("--global-epochs", type=int, default=None)
     p.add_argument("--personal-epochs", type=int, default=None)
     p.set_defaults(func=_local)
+    b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
+    b.add_argument("what", choices=["proof"], help="proof: proof cost per circuit shape")
+    b.add_argument("--out", required=True)
+    b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
+    b.add_argument("--reps", type=int, default=3)
+    b.set_defaults(func=_bench)
     return parser
 
 

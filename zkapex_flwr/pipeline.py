@@ -63,6 +63,10 @@ class LocalConfig:
     finetune_epochs: int = 3
     batch_size: int = 64
     baselines: tuple[str, ...] = ("no-op", "mask-only", "mask+finetune", "retrain")
+    # proof (issue 3): register, prove and verify the client's update with EZKL
+    prove: bool = False
+    proof_slots: int = 2
+    proof_steps_per_proof: int = 1
 
 
 def preset(model: str, dataset: str, **overrides) -> LocalConfig:
@@ -194,6 +198,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
             res = certificate_residual(update.theta_p, th, update.fisher, update.local_mask)
             return float(max(res["feasibility"].max(), res["stationarity"].max()))
 
+        proof = _prove_and_verify(cfg, theta_p, layout, fisher, mask, update, progress, log) if cfg.prove else None
+
         q_before = quality(theta_p, task, splits, cfg.seed)
         metrics = _row(q_before, quality(theta_u, task, splits, cfg.seed), kkt,
                        timings["client fisher"] + timings["client group-obs"])
@@ -219,7 +225,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
             seconds = time.perf_counter() - t
             baselines[name] = _row(q_before, quality(model, task, splits, cfg.seed), cert(model), seconds)
 
-    result = {**metrics, "baselines": baselines,
+    result = {**metrics, "baselines": baselines, **({"proof": proof} if proof else {}),
               "masked_weights": len(mask), "scope_weights": layout.size, "touched_blocks": int(len(blocks)),
               "fisher_blocks": layout.n_blocks, "block_size": layout.block_size, "fisher_samples": fisher.num_samples,
               "data": splits.sizes(), "data_meta": splits.meta, "timings_s": timings,
@@ -233,6 +239,35 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
         tmp.replace(out / "metrics.json")
         plot_local(result, out / "metrics.png")
     return result
+
+
+def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout, fisher: BlockFisher,
+                      mask: UnlearningMask, update, progress, log) -> dict:
+    """Phase 2 registration, phase 4 proving and phase 5 verification of this client's update."""
+    import warnings
+
+    from .proof import ClientProver, Verifier
+
+    warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
+    t = time.perf_counter()
+    prover = ClientProver.register(theta_p, layout, fisher, cfg.damping, slots=cfg.proof_slots,
+                                   steps_per_proof=cfg.proof_steps_per_proof, progress=progress)
+    register_s = time.perf_counter() - t
+    proven = clone_model(theta_p)
+    bundle, report = prover.unlearn(proven, mask, request_id="local", progress=progress)
+    data = bundle.to_bytes()
+    verdict = Verifier(prover.circuit).verify(data, prover.registry, mask)
+    gap = (layout.flatten(proven).reshape(-1, layout.block_size)[update.blocks] - update.result.theta_u).abs().max()
+    log(f"proof: {verdict.reason}; {report.steps} steps in {report.proofs} proofs, prove {report.prove_s:.1f} s, "
+        f"verify {verdict.verify_ms:.0f} ms, {len(data)} bytes")
+    return {"verdict": verdict.reason, "detail": verdict.detail, "circuit": prover.circuit.spec.name(),
+            "logrows": prover.circuit.logrows, "register_s": register_s, "setup_s": prover.circuit.setup_s,
+            "prove_s": report.prove_s + report.witness_s, "verify_ms": verdict.verify_ms, "steps": report.steps,
+            "proofs": report.proofs, "proof_bytes": report.proof_bytes, "bundle_bytes": len(data),
+            "registry_bytes": len(prover.registry.to_bytes()), "peak_rss_mb": report.peak_rss_mb,
+            "prove_ms_per_masked_weight": report.prove_ms_per_masked_weight,
+            "proof_bytes_per_masked_weight": report.proof_bytes_per_masked_weight,
+            "max_abs_gap_to_float64_update": float(gap)}
 
 
 def _frozen(layout: BlockLayout, mask: UnlearningMask) -> dict[str, torch.Tensor]:

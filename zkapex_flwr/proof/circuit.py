@@ -116,6 +116,13 @@ class CircuitSpec:
             raise ValueError(f"invalid circuit shape d={self.d}, slots={self.slots} (need 1 <= slots <= d)")
         if self.steps < 1:
             raise ValueError(f"a proof needs at least one step slot, got steps={self.steps}")
+        import math
+
+        bits = (self.slots + 1) * (self.scale + math.log2(max(self.slots, 2))) + math.log2(self.d)
+        if bits >= 250:
+            raise ValueError(f"slots={self.slots} at scale {self.scale} is unsound without range checks: "
+                             f"(K+1)(S+log2 K)+log2 d = {bits:.0f} bits must stay below 250 "
+                             f"(docs/proof-design.md §4); use fewer slots")
         if not 8 <= self.scale <= 24:
             raise ValueError(f"fixed-point scale must be within 8..24 bits, got {self.scale}")
 

@@ -1,0 +1,200 @@
+"""Proof cost per circuit shape: setup, prove, verify, memory and bytes, per masked weight.
+
+    python -m benchmarks.proof_cost --out DIR [--quick] [--reps 3]
+    zkapex bench proof --out DIR
+
+Each configuration (Fisher block size d, column slots K, steps per proof B) runs in a fresh Python
+process, so its peak RSS is its own; ``baseline_rss_mb`` is that process's RSS after importing torch
+and ezkl, before any circuit work (the proving increment is the difference). The blocks are random SPD Fisher blocks with exactly K masked
+weights per step, so every proof is full: masked weights per proof = K·B. Prove and verify times are
+medians over ``--reps`` runs (registration of the blocks' commitments is timed once per block).
+Writes ``DIR/proof_cost.csv`` (one row per configuration), ``DIR/proof_cost.png`` and ``DIR/machine.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FULL = [(16, 1, 1), (16, 2, 1), (16, 4, 1), (32, 2, 1), (32, 4, 1), (64, 2, 1), (64, 4, 1), (64, 8, 1),
+        (16, 2, 4), (16, 2, 8), (64, 4, 4)]
+QUICK = [(16, 1, 1), (16, 2, 1), (16, 2, 2)]
+COLUMNS = ["form", "d", "slots", "blocks_per_proof", "masked_per_proof", "logrows", "rows_model", "setup_s",
+           "register_ms_per_block", "prove_s", "witness_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb", "proof_bytes", "bundle_bytes",
+           "pk_bytes", "vk_bytes", "prove_ms_per_masked_weight", "proof_bytes_per_masked_weight", "reps"]
+
+
+def measure(d: int, slots: int, steps: int, reps: int) -> dict:
+    """One configuration, in this process."""
+    import resource
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore")
+    from zkapex_flwr.proof import CircuitSpec, Verifier, get_circuit, prove_unlearning, register_blocks
+    from zkapex_flwr.proof.statement import normalized_inverse, quantize
+    from zkapex_flwr.unlearning import BlockLayout, UnlearningMask
+
+    spec = CircuitSpec(d=d, slots=slots, steps=steps)
+    import ezkl  # noqa: F401  (loaded before the baseline reading)
+
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    circuit = get_circuit(spec)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    n = steps  # one block per step slot, K masked weights each: every proof is full
+    g = rng.standard_normal((n, 2 * d, d))
+    c = np.einsum("nmi,nmj->nij", g, g) / (2 * d) + 0.05 * np.eye(d)
+    h_hat = normalized_inverse(c, spec.scale)
+    theta = quantize(rng.standard_normal((n, d)) * 0.05, spec.scale)
+
+    class Scope(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(d, n, bias=False)
+
+    layout = BlockLayout.from_model(Scope(), d)
+    t0 = time.perf_counter()
+    registry = register_blocks(circuit, layout.digest(), theta, h_hat)
+    register_ms = 1000 * (time.perf_counter() - t0) / n
+    idx = torch.cat([b * d + torch.as_tensor(rng.choice(d, size=slots, replace=False)) for b in range(n)])
+    mask = UnlearningMask(idx, layout)
+    verifier = Verifier(circuit)
+    prove, witness, verify = [], [], []
+    for _ in range(reps):
+        bundle, _, report = prove_unlearning(circuit, request_id="bench", layout_digest=layout.digest(),
+                                             blocks=mask.touched_blocks().numpy(), theta_p=theta, h_hat=h_hat,
+                                             local_masks=mask.local_masks().numpy())
+        prove.append(report.prove_s)
+        witness.append(report.witness_s)
+        data = bundle.to_bytes()
+        verdict = verifier.verify(data, registry, mask)
+        if verdict.reason != "compliant":
+            raise RuntimeError(f"honest bundle rejected in the benchmark: {verdict.reason} {verdict.detail}")
+        verify.append(verdict.verify_ms)
+    masked = slots * steps
+    prove_s, witness_s = statistics.median(prove), statistics.median(witness)
+    return {"form": "col-v1", "d": d, "slots": slots, "blocks_per_proof": steps, "masked_per_proof": masked,
+            "logrows": circuit.logrows, "rows_model": spec.rows_model,
+            "setup_s": round(circuit.setup_s, 3), "register_ms_per_block": round(register_ms, 2),
+            "prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4),
+            "verify_ms": round(statistics.median(verify), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "baseline_rss_mb": round(baseline_rss, 1),
+            "proof_bytes": report.proof_bytes, "bundle_bytes": len(data), "pk_bytes": circuit.pk_bytes,
+            "vk_bytes": circuit.vk_bytes,
+            "prove_ms_per_masked_weight": round(1000 * (prove_s + witness_s) / masked, 2),
+            "proof_bytes_per_masked_weight": round(report.proof_bytes / masked, 1), "reps": reps,
+            "build_s_this_run": round(build_s, 2)}
+
+
+def machine() -> dict:
+    import importlib.metadata
+
+    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "ezkl": importlib.metadata.version("ezkl"), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["mem_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "prove_ms_per_masked_weight", "prove ms / masked weight"),
+                           (axes[1], "proof_bytes_per_masked_weight", "proof bytes / masked weight")):
+        for b in sorted({r["blocks_per_proof"] for r in rows}):
+            for k in sorted({r["slots"] for r in rows}):
+                sel = sorted((r for r in rows if r["blocks_per_proof"] == b and r["slots"] == k), key=lambda r: r["d"])
+                if sel:
+                    ax.plot([r["d"] for r in sel], [r[key] for r in sel], "o-", label=f"K={k}, B={b}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("Fisher block size d")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(6.5, color="r", ls="--", lw=0.8, label="paper (6.5 ms)")
+    axes[0].axhline(1.0, color="g", ls=":", lw=0.8, label="target (1 ms)")
+    axes[1].axhline(360, color="r", ls="--", lw=0.8, label="paper (0.36 KB)")
+    axes[1].axhline(50, color="g", ls=":", lw=0.8, label="target (0.05 KB)")
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=6)
+    fig.suptitle("ZK-APEX column-form proof cost (EZKL, this machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dict]:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    configs = configs or (QUICK if quick else FULL)
+    rows = []
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("proof cost", total=len(configs))
+        for d, k, b in configs:
+            progress.update(task, description=f"d={d} K={k} B={b}")
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.proof_cost", "--one", f"{d},{k},{b}",
+                                   "--reps", str(reps)], capture_output=True, text=True,
+                                  cwd=Path(__file__).resolve().parent.parent)
+            if proc.returncode != 0:
+                raise RuntimeError(f"configuration d={d} K={k} B={b} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            progress.advance(task)
+    frame = pd.DataFrame(rows)[COLUMNS]
+    frame.to_csv(out / "proof_cost.csv", index=False)
+    (out / "machine.json").write_text(json.dumps(machine(), indent=2))
+    plot(rows, out / "proof_cost.png")
+    table = Table(title="proof cost (medians)")
+    shown = ("d", "slots", "blocks_per_proof", "logrows", "prove_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb",
+             "proof_bytes", "prove_ms_per_masked_weight", "proof_bytes_per_masked_weight")
+    for col in shown:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in shown))
+    Console().print(table)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/results/proof"))
+    parser.add_argument("--quick", action="store_true", help="three small shapes (CI smoke test)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        d, k, b = (int(v) for v in args.one.split(","))
+        print(json.dumps(measure(d, k, b, args.reps)))
+        return 0
+    run(args.out, args.quick, args.reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
