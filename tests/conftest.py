@@ -6,7 +6,11 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def digits_setup():
-    """A tiny ViT trained on the provider's digits and personalized on client 0 (no domain shift)."""
+    """A tiny ViT trained on the provider's digits and personalized on client 0 (no domain shift).
+
+    The client holds no sample of the forget class, so whatever θp knows of class 3 came from θg
+    (i.e. from D_f): the setting in which unlearning D_f must lower forget accuracy.
+    """
     from zkapex_flwr.data.images import DomainShift, image_splits
     from zkapex_flwr.models import build_vit, clone_model
     from zkapex_flwr.tasks import task_for
@@ -16,5 +20,7 @@ def digits_setup():
     task = task_for("image")
     splits = image_splits("digits", shift=DomainShift(), forget_classes_=(3,), seed=0)
     theta_g = train(build_vit((1, 8, 8), 10, seed=0), task, splits.provider_train, epochs=40, lr=2e-3)
+    own = splits.client_train
+    splits.client_train = own.subset(torch.nonzero(own.tensors[1] != 3, as_tuple=True)[0])
     theta_p = train(clone_model(theta_g), task, splits.client_train, epochs=10, lr=5e-4)
     return task, splits, theta_g, theta_p
