@@ -107,3 +107,19 @@ def test_empty_forget_set_is_an_error(digits_setup):
     layout = BlockLayout.from_model(theta_g, 64)
     with pytest.raises(ValueError, match="forget set is empty"):
         saliency_scores(theta_g, task, splits.forget.head(0), splits.provider_retain, layout)
+
+
+def test_group_structured_mask_uses_at_most_k_positions_per_group(digits_setup):
+    _, _, theta_g, _ = digits_setup
+    layout = BlockLayout.from_model(theta_g, 16)
+    scores = torch.rand(layout.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = select_mask(scores, layout, 0.04, group=(8, 2))
+    assert len(mask) == round(0.04 * layout.size)
+    local = (mask.indices % 16).reshape(-1)
+    group_of = mask.indices // (16 * 8)
+    for g in torch.unique(group_of):
+        assert len(torch.unique(local[group_of == g])) <= 2
+    with pytest.raises(ValueError, match="hold at most"):
+        select_mask(scores, layout, 0.2, group=(8, 2))
+    with pytest.raises(ValueError, match="do not split into groups"):
+        select_mask(scores, layout, 0.04, group=(7, 2))

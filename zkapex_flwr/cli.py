@@ -18,7 +18,8 @@ def _local(args: argparse.Namespace) -> int:
                  num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
                  forget_classes=forget_classes, forget_package=args.forget_package,
                  global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
-                 proof_slots=args.proof_slots)
+                 proof_slots=args.proof_slots,
+                 mask_group=tuple(int(v) for v in args.mask_group.split(",")) if args.mask_group else None)
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
     table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset} (seed {cfg.seed})")
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-fraction", type=float, default=None, help="fraction of scope weights masked (0.04)")
     p.add_argument("--block-size", type=int, default=None, help="Fisher block size d (64)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on touched Fisher blocks (none)")
+    p.add_argument("--mask-group", default=None, metavar="G,K",
+                   help="column-structured mask: at most K local positions per group of G blocks")
     p.add_argument("--damping", type=float, default=None, help="Fisher damping relative to the mean diagonal")
     p.add_argument("--num-grads", type=int, default=None, help="per-sample gradients in the client Fisher")
     p.add_argument("--fisher-data", choices=["train", "retain"], default=None)

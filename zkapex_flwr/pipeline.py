@@ -37,6 +37,7 @@ class LocalConfig:
     mask_fraction: float = 0.04
     block_size: int = 64
     max_blocks: int | None = None
+    mask_group: tuple[int, int] | None = None  # (G, K): column-structured mask, see select_mask
     damping: float = 0.01
     num_grads: int | None = 512
     fisher_data: str = "train"       # "train": all client data (committed before the request); "retain"
@@ -178,7 +179,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
         t = time.perf_counter()
         scores = saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
                                  method=cfg.saliency, gamma=cfg.saliency_gamma)
-        mask = select_mask(scores, layout, cfg.mask_fraction, cfg.max_blocks)
+        mask = select_mask(scores, layout, cfg.mask_fraction, cfg.max_blocks, cfg.mask_group)
         timings["provider mask"] = time.perf_counter() - t
         log(f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
             f"{layout.n_blocks} blocks (d={layout.block_size})")

@@ -62,8 +62,17 @@ def saliency_scores(model: nn.Module, task, forget: TensorData, retain: TensorDa
 
 
 def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.04,
-                max_blocks: int | None = None) -> UnlearningMask:
-    """Mask the top ``fraction`` of scope weights by score, within at most ``max_blocks`` blocks."""
+                max_blocks: int | None = None, group: tuple[int, int] | None = None) -> UnlearningMask:
+    """Mask the top ``fraction`` of scope weights by score, within at most ``max_blocks`` blocks.
+
+    ``group=(G, K)`` makes the mask column-structured: in every group of G consecutive blocks at most
+    K distinct local positions are masked (the K with the largest total score over the group), the
+    shape a wide-packed proof can commit to before the mask (docs/research/grouped-packing.md).
+    """
+    if group is not None:
+        if max_blocks is not None:
+            raise ValueError("choose either a block budget or a column-structured group mask, not both")
+        return _select_grouped(scores, layout, fraction, *group)
     if scores.shape != (layout.size,):
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
     if not 0 < fraction < 1:
@@ -87,3 +96,27 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
     allowed = torch.full_like(scores, float("-inf")).reshape(-1, d)
     allowed[blocks] = scores.reshape(-1, d)[blocks]
     return UnlearningMask(torch.topk(allowed.reshape(-1), k).indices, layout)
+
+
+def _select_grouped(scores: torch.Tensor, layout: BlockLayout, fraction: float, group_size: int,
+                    positions: int) -> UnlearningMask:
+    d = layout.block_size
+    if scores.shape != (layout.size,):
+        raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
+    if not 0 < fraction < 1:
+        raise ValueError(f"mask fraction must be in (0, 1), got {fraction}")
+    if group_size < 1 or not 1 <= positions <= d:
+        raise ValueError(f"group mask needs G >= 1 and 1 <= K <= d={d}, got G={group_size}, K={positions}")
+    if layout.n_blocks % group_size:
+        raise ValueError(f"{layout.n_blocks} Fisher blocks do not split into groups of {group_size}")
+    k = max(1, int(round(fraction * layout.size)))
+    allowed_count = layout.n_blocks * positions
+    if k > allowed_count:
+        raise ValueError(f"groups of {group_size} blocks with {positions} positions each hold at most "
+                         f"{allowed_count} weights, fewer than the {k} the mask fraction {fraction} asks for")
+    grouped = scores.reshape(-1, group_size, d)
+    best = torch.topk(grouped.clamp_min(0).sum(1), positions, dim=-1).indices  # (n_groups, K)
+    keep = torch.zeros_like(grouped, dtype=torch.bool)
+    keep.scatter_(2, best[:, None, :].expand(-1, group_size, -1), True)
+    allowed = torch.where(keep, grouped, torch.full_like(grouped, float("-inf"))).reshape(-1)
+    return UnlearningMask(torch.topk(allowed, k).indices, layout)
