@@ -3,7 +3,8 @@
     python -m benchmarks.proof_cost --out DIR [--quick] [--reps 3]
     zkapex bench proof --out DIR
 
-Each configuration (Fisher block size d, column slots K, steps per proof B) runs in a fresh Python
+Each configuration (Fisher block size d, column slots K, step slots per proof B, blocks per wide unit G)
+runs in a fresh Python
 process, so its peak RSS is its own; ``baseline_rss_mb`` is that process's RSS after importing torch
 and ezkl, before any circuit work (the proving increment is the difference). The blocks are random SPD Fisher blocks with exactly K masked
 weights per step, so every proof is full: masked weights per proof = K·B. Prove and verify times are
@@ -22,15 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-FULL = [(16, 1, 1), (16, 2, 1), (16, 4, 1), (32, 2, 1), (32, 4, 1), (64, 2, 1), (64, 4, 1), (64, 8, 1),
-        (16, 2, 4), (16, 2, 8), (64, 4, 4)]
-QUICK = [(16, 1, 1), (16, 2, 1), (16, 2, 2)]
-COLUMNS = ["form", "d", "slots", "blocks_per_proof", "masked_per_proof", "logrows", "rows_model", "setup_s",
+# (d, K slots, B steps per proof, G blocks per unit)
+FULL = [(16, 1, 1, 1), (16, 2, 1, 1), (16, 4, 1, 1), (32, 2, 1, 1), (32, 4, 1, 1), (64, 2, 1, 1), (64, 4, 1, 1),
+        (64, 8, 1, 1), (16, 2, 4, 1), (16, 2, 8, 1), (64, 4, 4, 1), (16, 2, 1, 16), (16, 2, 1, 64), (16, 4, 1, 64),
+        (16, 2, 1, 256)]
+QUICK = [(16, 1, 1, 1), (16, 2, 1, 1), (16, 2, 2, 1), (16, 2, 1, 4)]
+COLUMNS = ["form", "d", "slots", "blocks_per_proof", "unit_blocks", "masked_per_proof", "logrows", "rows_model", "setup_s",
            "register_ms_per_block", "prove_s", "witness_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb", "proof_bytes", "bundle_bytes",
            "pk_bytes", "vk_bytes", "prove_ms_per_masked_weight", "proof_bytes_per_masked_weight", "reps"]
 
 
-def measure(d: int, slots: int, steps: int, reps: int) -> dict:
+def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
     """One configuration, in this process."""
     import resource
     import warnings
@@ -43,7 +46,7 @@ def measure(d: int, slots: int, steps: int, reps: int) -> dict:
     from zkapex_flwr.proof.statement import normalized_inverse, quantize
     from zkapex_flwr.unlearning import BlockLayout, UnlearningMask
 
-    spec = CircuitSpec(d=d, slots=slots, steps=steps)
+    spec = CircuitSpec(d=d, slots=slots, steps=steps, group=group)
     import ezkl  # noqa: F401  (loaded before the baseline reading)
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -51,7 +54,7 @@ def measure(d: int, slots: int, steps: int, reps: int) -> dict:
     circuit = get_circuit(spec)
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    n = steps  # one block per step slot, K masked weights each: every proof is full
+    n = steps * group  # every step slot holds a unit of G blocks with K masked weights each: proofs are full
     g = rng.standard_normal((n, 2 * d, d))
     c = np.einsum("nmi,nmj->nij", g, g) / (2 * d) + 0.05 * np.eye(d)
     h_hat = normalized_inverse(c, spec.scale)
@@ -66,14 +69,17 @@ def measure(d: int, slots: int, steps: int, reps: int) -> dict:
     t0 = time.perf_counter()
     registry = register_blocks(circuit, layout.digest(), theta, h_hat)
     register_ms = 1000 * (time.perf_counter() - t0) / n
-    idx = torch.cat([b * d + torch.as_tensor(rng.choice(d, size=slots, replace=False)) for b in range(n)])
+    unit_pos = [rng.choice(d, size=slots, replace=False) for _ in range(steps)]  # shared by a unit's blocks
+    idx = torch.cat([b * d + torch.as_tensor(unit_pos[b // group]) for b in range(n)])
     mask = UnlearningMask(idx, layout)
     verifier = Verifier(circuit)
     prove, witness, verify = [], [], []
     for _ in range(reps):
+        local = mask.local_masks().numpy()
         bundle, _, report = prove_unlearning(circuit, request_id="bench", layout_digest=layout.digest(),
-                                             blocks=mask.touched_blocks().numpy(), theta_p=theta, h_hat=h_hat,
-                                             local_masks=mask.local_masks().numpy())
+                                             blocks=np.arange(steps), theta_p=theta.reshape(steps, group, d),
+                                             h_hat=h_hat.reshape(steps, group, d, d),
+                                             local_masks=local.reshape(steps, group, d))
         prove.append(report.prove_s)
         witness.append(report.witness_s)
         data = bundle.to_bytes()
@@ -81,9 +87,10 @@ def measure(d: int, slots: int, steps: int, reps: int) -> dict:
         if verdict.reason != "compliant":
             raise RuntimeError(f"honest bundle rejected in the benchmark: {verdict.reason} {verdict.detail}")
         verify.append(verdict.verify_ms)
-    masked = slots * steps
+    masked = slots * steps * group
     prove_s, witness_s = statistics.median(prove), statistics.median(witness)
-    return {"form": "col-v1", "d": d, "slots": slots, "blocks_per_proof": steps, "masked_per_proof": masked,
+    return {"form": "col-v1", "d": d, "slots": slots, "blocks_per_proof": steps * group, "unit_blocks": group,
+            "masked_per_proof": masked,
             "logrows": circuit.logrows, "rows_model": spec.rows_model,
             "setup_s": round(circuit.setup_s, 3), "register_ms_per_block": round(register_ms, 2),
             "prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4),
@@ -114,22 +121,31 @@ def machine() -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Cost per masked weight against blocks per proof: separate inputs per block vs wide units."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series: dict[tuple, list[dict]] = {}
+    for r in rows:
+        base = r["blocks_per_proof"] == 1
+        if r["unit_blocks"] == 1:
+            series.setdefault(("separate inputs", r["d"], r["slots"]), []).append(r)
+        if r["unit_blocks"] > 1 or base:
+            series.setdefault(("wide units", r["d"], r["slots"]), []).append(r)
     for ax, key, label in ((axes[0], "prove_ms_per_masked_weight", "prove ms / masked weight"),
                            (axes[1], "proof_bytes_per_masked_weight", "proof bytes / masked weight")):
-        for b in sorted({r["blocks_per_proof"] for r in rows}):
-            for k in sorted({r["slots"] for r in rows}):
-                sel = sorted((r for r in rows if r["blocks_per_proof"] == b and r["slots"] == k), key=lambda r: r["d"])
-                if sel:
-                    ax.plot([r["d"] for r in sel], [r[key] for r in sel], "o-", label=f"K={k}, B={b}")
+        for (kind, d, k), sel in sorted(series.items()):
+            if len(sel) < 2 and kind == "wide units":
+                continue
+            sel = sorted(sel, key=lambda r: r["blocks_per_proof"])
+            ax.plot([r["blocks_per_proof"] for r in sel], [r[key] for r in sel], "o-" if kind == "wide units" else "s--",
+                    label=f"{kind}, d={d}, K={k}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("Fisher block size d")
+        ax.set_xlabel("blocks per proof")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].axhline(6.5, color="r", ls="--", lw=0.8, label="paper (6.5 ms)")
@@ -138,7 +154,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[1].axhline(50, color="g", ls=":", lw=0.8, label="target (0.05 KB)")
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
-    fig.suptitle("ZK-APEX column-form proof cost (EZKL, this machine)")
+    fig.suptitle("ZK-APEX column-form proof cost (EZKL, this machine): full proofs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -157,13 +173,13 @@ def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dic
     console = Console(stderr=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("proof cost", total=len(configs))
-        for d, k, b in configs:
-            progress.update(task, description=f"d={d} K={k} B={b}")
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.proof_cost", "--one", f"{d},{k},{b}",
+        for d, k, b, g in configs:
+            progress.update(task, description=f"d={d} K={k} B={b} G={g}")
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.proof_cost", "--one", f"{d},{k},{b},{g}",
                                    "--reps", str(reps)], capture_output=True, text=True,
                                   cwd=Path(__file__).resolve().parent.parent)
             if proc.returncode != 0:
-                raise RuntimeError(f"configuration d={d} K={k} B={b} failed:\n{proc.stderr[-3000:]}")
+                raise RuntimeError(f"configuration d={d} K={k} B={b} G={g} failed:\n{proc.stderr[-3000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             progress.advance(task)
     frame = pd.DataFrame(rows)[COLUMNS]
@@ -171,7 +187,7 @@ def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dic
     (out / "machine.json").write_text(json.dumps(machine(), indent=2))
     plot(rows, out / "proof_cost.png")
     table = Table(title="proof cost (medians)")
-    shown = ("d", "slots", "blocks_per_proof", "logrows", "prove_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb",
+    shown = ("d", "slots", "blocks_per_proof", "unit_blocks", "logrows", "prove_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb",
              "proof_bytes", "prove_ms_per_masked_weight", "proof_bytes_per_masked_weight")
     for col in shown:
         table.add_column(col, justify="right")
@@ -189,8 +205,8 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        d, k, b = (int(v) for v in args.one.split(","))
-        print(json.dumps(measure(d, k, b, args.reps)))
+        d, k, b, g = (int(v) for v in args.one.split(","))
+        print(json.dumps(measure(d, k, b, args.reps, g)))
         return 0
     run(args.out, args.quick, args.reps)
     return 0

@@ -29,12 +29,16 @@ def fisher_for(layout, seed):
     return BlockFisher(torch.einsum("mbi,mbj->bij", grads, grads) / 48, 48, layout)
 
 
-@pytest.fixture(scope="module", params=[1, 3], ids=["1-step-per-proof", "3-steps-per-proof"])
+@pytest.fixture(scope="module", params=[(1, 1), (3, 1), (1, 4)],
+                ids=["1-step-per-proof", "3-steps-per-proof", "4-block-units"])
 def world(request):
+    steps, group = request.param
     model_a, model_b = Tiny(0), Tiny(1)
     layout = BlockLayout.from_model(model_a, 16)
-    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps_per_proof=request.param)
-    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps_per_proof=request.param)
+    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps_per_proof=steps,
+                              group_size=group)
+    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps_per_proof=steps,
+                              group_size=group)
     # blocks 0, 2 (one masked weight each), 5 (five masked weights: a chain of 3 steps with K=2)
     mask = UnlearningMask(torch.tensor([3, 2 * 16 + 7, 5 * 16 + 1, 5 * 16 + 4, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 15]),
                           layout)
@@ -47,11 +51,14 @@ def test_honest_bundle_is_compliant_and_moves_registry(world):
     data = cheat_bundle(a, mask, "r1", "honest")
     verdict = Verifier(a.circuit).verify(data, a.registry, mask)
     assert verdict.reason == "compliant", verdict.detail
-    assert set(verdict.new_theta) == {0, 2, 5}
+    g = a.circuit.spec.group
+    assert set(verdict.new_theta) == {b // g for b in (0, 2, 5)}
     # the registry after the round holds θu's commitments; re-registering θu gives the same bytes
     honest_model = Tiny(0)
     bundle, report = a.__class__(a.circuit, a.layout, a.theta, a.h_hat, a.registry).unlearn(honest_model, mask, "r1")
-    assert report.masked_weights == 7 and report.steps == 1 + 1 + 3
+    units, _, _, masks = a.unit_arrays(mask)
+    expected_steps = sum(-(-int(m.any(0).sum()) // a.circuit.spec.slots) for m in masks)
+    assert report.masked_weights == 7 and report.steps == expected_steps
     assert report.proofs == -(-report.steps // a.circuit.spec.steps)
     after = layout.flatten(honest_model)
     assert torch.all(after[mask.indices] == 0)
@@ -119,7 +126,8 @@ def test_registry_entry_round_trips(world):
     _, _, a, _, _ = world
     entry = BlockCommitments.from_bytes(a.registry.to_bytes())
     assert entry.digest() == a.registry.digest()
-    assert entry.theta.shape == (8, 64) and entry.columns.shape == (8, 16, 64)
+    units = 8 // a.circuit.spec.group
+    assert entry.theta.shape == (units, 64) and entry.columns.shape == (units, 16, 64)
 
 
 def test_bundle_carries_no_weights(world):

@@ -18,7 +18,7 @@ def _local(args: argparse.Namespace) -> int:
                  num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
                  forget_classes=forget_classes, forget_package=args.forget_package,
                  global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
-                 proof_slots=args.proof_slots,
+                 proof_slots=args.proof_slots, proof_group=args.proof_group,
                  mask_group=tuple(int(v) for v in args.mask_group.split(",")) if args.mask_group else None)
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prove", action="store_true", default=None,
                    help="also register, prove (EZKL) and verify the client's update; use with --block-size 16")
     p.add_argument("--proof-slots", type=int, default=None, help="masked columns per proof step K (2)")
+    p.add_argument("--proof-group", type=int, default=None,
+                   help="G blocks per proof unit, packed into wide inputs (1); pair with --mask-group G,K")
     p.add_argument("--global-epochs", type=int, default=None)
     p.add_argument("--personal-epochs", type=int, default=None)
     p.set_defaults(func=_local)

@@ -68,6 +68,7 @@ class LocalConfig:
     prove: bool = False
     proof_slots: int = 2
     proof_steps_per_proof: int = 1
+    proof_group: int = 1             # G blocks per proof unit (pair with mask_group=(G, K))
 
 
 def preset(model: str, dataset: str, **overrides) -> LocalConfig:
@@ -252,16 +253,19 @@ def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout,
     warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
     t = time.perf_counter()
     prover = ClientProver.register(theta_p, layout, fisher, cfg.damping, slots=cfg.proof_slots,
-                                   steps_per_proof=cfg.proof_steps_per_proof, progress=progress)
+                                   steps_per_proof=cfg.proof_steps_per_proof, group_size=cfg.proof_group,
+                                   progress=progress)
     register_s = time.perf_counter() - t
     proven = clone_model(theta_p)
     bundle, report = prover.unlearn(proven, mask, request_id="local", progress=progress)
     data = bundle.to_bytes()
     verdict = Verifier(prover.circuit).verify(data, prover.registry, mask)
     gap = (layout.flatten(proven).reshape(-1, layout.block_size)[update.blocks] - update.result.theta_u).abs().max()
+    report_units = report.blocks
     log(f"proof: {verdict.reason}; {report.steps} steps in {report.proofs} proofs, prove {report.prove_s:.1f} s, "
         f"verify {verdict.verify_ms:.0f} ms, {len(data)} bytes")
     return {"verdict": verdict.reason, "detail": verdict.detail, "circuit": prover.circuit.spec.name(),
+            "proof_units": report_units,
             "logrows": prover.circuit.logrows, "register_s": register_s, "setup_s": prover.circuit.setup_s,
             "prove_s": report.prove_s + report.witness_s, "verify_ms": verdict.verify_ms, "steps": report.steps,
             "proofs": report.proofs, "proof_bytes": report.proof_bytes, "bundle_bytes": len(data),

@@ -13,7 +13,7 @@ import numpy as np
 
 from .bundle import Proof, ProofBundle
 from .prover import prove_chains
-from .statement import Step, honest_block_steps, quantize
+from .statement import Step, honest_unit_steps, quantize
 
 BEHAVIOURS = ("honest", "ignore", "garbage-proof", "mask-only", "partial-mask", "stale-model", "fake-fisher",
               "replay", "tamper-instances", "wrong-mask", "drop-blocks", "duplicate-block", "hide-in-padding")
@@ -21,22 +21,22 @@ BEHAVIOURS = ("honest", "ignore", "garbage-proof", "mask-only", "partial-mask", 
 
 def _prove(prover, mask_blocks, local_masks, theta, h_hat, request_id, steps_fn=None) -> ProofBundle:
     spec = prover.circuit.spec
-    chains = {int(b): (steps_fn or honest_block_steps)(theta[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
+    chains = {int(b): (steps_fn or honest_unit_steps)(theta[t], h_hat[t], local_masks[t], spec)
               for t, b in enumerate(mask_blocks)}
     with tempfile.TemporaryDirectory(prefix="zkapex-cheat-") as tmp:
         proofs = prove_chains(prover.circuit, chains, Path(tmp))[0]
     return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, proofs)
 
 
-def _mask_only_steps(theta, h_hat, mask, spec, h_is_fisher=False) -> list[Step]:
+def _mask_only_steps(theta, h_hat, mask, spec) -> list[Step]:
     """Zero the mask, no compensation, but with the right columns and a well-formed chain."""
-    honest = honest_block_steps(theta, h_hat, mask, spec, h_is_fisher=h_is_fisher)
+    honest = honest_unit_steps(theta, h_hat, mask, spec)
     current = quantize(theta, spec.scale)
     steps = []
     for i, st in enumerate(honest):
         nxt = current.copy()
         if i == len(honest) - 1:
-            nxt[np.flatnonzero(mask)] = 0.0
+            nxt[np.asarray(mask, dtype=bool)] = 0.0
         steps.append(Step(current, nxt, st.mask, np.zeros_like(st.y), st.columns, st.h))
         current = nxt
     return steps
@@ -46,9 +46,7 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
                  other: bytes | None = None) -> bytes:
     """The bytes a client with ``behaviour`` returns for ``mask`` (``other``: a bundle to replay)."""
     rng = rng or np.random.default_rng(0)
-    blocks = mask.touched_blocks().numpy()
-    local = mask.local_masks().numpy()
-    theta, h_hat = prover.theta[blocks], prover.h_hat[blocks]
+    blocks, theta, h_hat, local = prover.unit_arrays(mask)  # touched proof units (G blocks each)
     spec = prover.circuit.spec
     if behaviour == "honest":
         return _prove(prover, blocks, local, theta, h_hat, request_id).to_bytes()
@@ -60,17 +58,19 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
         return bundle.to_bytes()
     if behaviour == "mask-only":
         return _prove(prover, blocks, local, theta, h_hat, request_id, steps_fn=_mask_only_steps).to_bytes()
-    if behaviour == "partial-mask":  # leaves the last masked weight of the largest block in place
-        t = int(np.argmax(local.sum(1)))
-        partial = local.copy()
-        partial[t, np.flatnonzero(local[t])[-1]] = False
-        keep = partial.any(1)
+    if behaviour == "partial-mask":  # leaves the last masked weight of the largest unit in place
+        flat = local.reshape(len(blocks), -1)
+        t = int(np.argmax(flat.sum(1)))
+        partial = flat.copy()
+        partial[t, np.flatnonzero(flat[t])[-1]] = False
+        partial = partial.reshape(local.shape)
+        keep = partial.reshape(len(blocks), -1).any(1)
         return _prove(prover, blocks[keep], partial[keep], theta[keep], h_hat[keep], request_id).to_bytes()
     if behaviour == "stale-model":  # proves on a model it kept training after committing
         drift = quantize(theta + rng.normal(0, 1e-2, theta.shape), spec.scale)
         return _prove(prover, blocks, local, drift, h_hat, request_id).to_bytes()
     if behaviour == "fake-fisher":  # identity curvature instead of its committed Fisher
-        eye = np.broadcast_to(np.eye(spec.d), h_hat.shape).copy()
+        eye = np.broadcast_to(np.eye(spec.d), h_hat.shape).copy()  # (T, G, d, d)
         return _prove(prover, blocks, local, theta, eye, request_id).to_bytes()
     if behaviour == "replay":
         if other is None:
@@ -86,7 +86,8 @@ def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.rando
     if behaviour == "wrong-mask":  # proves a different mask of the same size in the same blocks
         other_local = np.zeros_like(local)
         for t in range(len(blocks)):
-            other_local[t, rng.choice(spec.d, size=int(local[t].sum()), replace=False)] = True
+            for g in range(local.shape[1]):
+                other_local[t, g, rng.choice(spec.d, size=int(local[t, g].sum()), replace=False)] = True
         return _prove(prover, blocks, other_local, theta, h_hat, request_id).to_bytes()
     if behaviour == "drop-blocks":
         keep = np.arange(len(blocks)) != len(blocks) - 1

@@ -109,13 +109,16 @@ class CircuitSpec:
     d: int          # Fisher block size
     slots: int      # K: masked columns per proof step
     scale: int = 16  # fixed-point bits S
-    steps: int = 1   # B: step slots (blocks) per proof
+    steps: int = 1   # B: step slots per proof
+    group: int = 1   # G: blocks per unit, packed into the same wide inputs
 
     def __post_init__(self) -> None:
         if self.d < 2 or self.slots < 1 or self.slots > self.d:
             raise ValueError(f"invalid circuit shape d={self.d}, slots={self.slots} (need 1 <= slots <= d)")
         if self.steps < 1:
             raise ValueError(f"a proof needs at least one step slot, got steps={self.steps}")
+        if self.group < 1:
+            raise ValueError(f"a unit needs at least one block, got group={self.group}")
         import math
 
         bits = (self.slots + 1) * (self.scale + math.log2(max(self.slots, 2))) + math.log2(self.d)
@@ -135,30 +138,43 @@ class CircuitSpec:
         return self.steps * self.inputs_per_step
 
     @property
+    def unit_size(self) -> int:
+        return self.group * self.d
+
+    @property
     def rows_model(self) -> int:
-        """Rows used (cost model, matched within ±1 row by measurement): B·(2dK + 4d)."""
-        return self.steps * (2 * self.d * self.slots + 4 * self.d)
+        """Rows used (cost model; G = 1 matched within ±1 row by measurement): B·G·(2dK + 4d)."""
+        return self.steps * self.group * (2 * self.d * self.slots + 4 * self.d)
 
     def input_shapes(self) -> list[tuple[int, int]]:
-        return ([(1, self.d)] * 3 + [(1, self.slots)] + [(1, self.d)] * self.slots) * self.steps
+        n = self.unit_size
+        return ([(1, n)] * 3 + [(1, self.group * self.slots)] + [(1, n)] * self.slots) * self.steps
 
     def name(self) -> str:
-        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}"
+        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}" + \
+            (f"_G{self.group}" if self.group > 1 else "")
 
 
 def _torch_module(spec: CircuitSpec):
     import torch
     from torch import nn
 
-    per = spec.inputs_per_step
+    per, g, d, k = spec.inputs_per_step, spec.group, spec.d, spec.slots
 
     class ColumnCertificate(nn.Module):
         def forward(self, *xs):
             outs = []
             for b in range(spec.steps):
                 theta_in, theta_out, m, y, *cols = xs[b * per:(b + 1) * per]
-                h = torch.cat(cols, dim=0)  # (K, d)
-                outs += [theta_out - theta_in + torch.matmul(y, h), m * theta_out]
+                if g == 1:
+                    acc = theta_out - theta_in + torch.matmul(y, torch.cat(cols, dim=0))  # y (1, K) · (K, d)
+                else:  # per block of the unit: θ_out − θ_in + Σ_j y[:, j] · stripe_j
+                    acc = (theta_out - theta_in).reshape(g, d)
+                    yy = y.reshape(g, k)
+                    for j, col in enumerate(cols):
+                        acc = acc + yy[:, j:j + 1] * col.reshape(g, d)
+                    acc = acc.reshape(1, g * d)
+                outs += [acc, m * theta_out]
             return torch.cat(outs, dim=1)
 
     return ColumnCertificate()
@@ -200,16 +216,16 @@ class Circuit:
 def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     import numpy as np
 
-    from .statement import honest_block_steps  # local import: statement depends on this module's spec
+    from .statement import honest_unit_steps, normalized_inverse  # local import: statement uses the spec
 
     rng = np.random.default_rng(1234)
-    d = spec.d
-    g = rng.standard_normal((2 * d, d))
-    c = g.T @ g / (2 * d) + 0.1 * np.eye(d)
-    theta = rng.standard_normal(d) * 0.05
-    mask = np.zeros(d, dtype=bool)
-    mask[rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
-    steps = honest_block_steps(theta, c, mask, spec)
+    d, n = spec.d, spec.group
+    g = rng.standard_normal((n, 2 * d, d))
+    h = normalized_inverse(np.einsum("nmi,nmj->nij", g, g) / (2 * d) + 0.1 * np.eye(d), spec.scale)
+    theta = rng.standard_normal((n, d)) * 0.05
+    mask = np.zeros((n, d), dtype=bool)
+    mask[:, rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
+    steps = honest_unit_steps(theta, h, mask, spec)
     return steps[-1].inputs(spec) * spec.steps
 
 

@@ -6,8 +6,9 @@ commitment depends only on the values, the scale S, logrows and the SRS, so the 
 same bytes with ``ezkl.kzg_commit``. Many vectors are committed in one call by packing each into its
 own chunk of 2^logrows − 6 usable rows (one commitment per chunk).
 
-What a client registers after personalization (phase 2, before any mask is known), per Fisher block b:
-the commitment of quantised θp_b and of each of the d columns of Ĥ_b = C_b⁻¹/max|C_b⁻¹|.
+What a client registers after personalization (phase 2, before any mask is known), per proof unit u
+(G consecutive Fisher blocks; G = 1: one block): the commitment of its quantised θp (G·d values) and of
+each of its d stripes — stripe i is column i of every block's Ĥ_b = C_b⁻¹/max|C_b⁻¹|, concatenated.
 Commitments are deterministic and not hiding (see docs/proof-design.md).
 """
 from __future__ import annotations
@@ -52,12 +53,12 @@ def commit_vectors(circuit: Circuit, vectors: list[np.ndarray], chunk: int = 409
 
 @dataclass
 class BlockCommitments:
-    """A client's registry entry: per block the θp commitment and the d column commitments of Ĥ."""
+    """A client's registry entry: per proof unit the θp commitment and the d stripe commitments of Ĥ."""
 
     circuit_id: str
     layout_digest: str
-    theta: np.ndarray    # (n_blocks, 64) uint8
-    columns: np.ndarray  # (n_blocks, d, 64) uint8
+    theta: np.ndarray    # (n_units, 64) uint8
+    columns: np.ndarray  # (n_units, d, 64) uint8
 
     def digest(self) -> str:
         h = hashlib.sha256(f"{self.circuit_id}|{self.layout_digest}|".encode())
@@ -93,22 +94,28 @@ class BlockCommitments:
 
 def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarray, h_blocks: np.ndarray,
                     progress=None) -> BlockCommitments:
-    """Commit quantised θp blocks ``(n, d)`` and Ĥ blocks ``(n, d, d)`` (columns) for the registry."""
+    """Commit quantised θp blocks ``(n, d)`` and the stripes of Ĥ blocks ``(n, d, d)``, per unit of G blocks."""
     n, d = theta_blocks.shape
+    g = circuit.spec.group
     if h_blocks.shape != (n, d, d) or d != circuit.spec.d:
         raise ValueError(f"registration shapes theta {theta_blocks.shape}, H {h_blocks.shape} do not match d={circuit.spec.d}")
-    theta = np.frombuffer(b"".join(commit_vectors(circuit, list(theta_blocks))), dtype=np.uint8).reshape(n, 64)
+    if n % g:
+        raise ValueError(f"{n} Fisher blocks do not split into proof units of {g} blocks")
+    units = n // g
+    theta = np.frombuffer(b"".join(commit_vectors(circuit, list(theta_blocks.reshape(units, g * d)))),
+                          dtype=np.uint8).reshape(units, 64)
+    stripes = h_blocks.reshape(units, g, d, d).transpose(0, 3, 1, 2).reshape(units, d, g * d)  # [u, i] = Ĥ[:, :, i]
     cols = []
     step = max(1, 4096 // d)
-    task = progress.add_task("register commitments", total=n) if progress is not None else None
-    for start in range(0, n, step):
-        vecs = [h_blocks[b, :, j] for b in range(start, min(n, start + step)) for j in range(d)]
+    task = progress.add_task("register commitments", total=units) if progress is not None else None
+    for start in range(0, units, step):
+        vecs = list(stripes[start:start + step].reshape(-1, g * d))
         cols.append(np.frombuffer(b"".join(commit_vectors(circuit, vecs)), dtype=np.uint8))
         if task is not None:
-            progress.update(task, completed=min(n, start + step))
+            progress.update(task, completed=min(units, start + step))
     if task is not None:
         progress.remove_task(task)
-    return BlockCommitments(circuit.circuit_id, layout_digest, theta, np.concatenate(cols).reshape(n, d, 64))
+    return BlockCommitments(circuit.circuit_id, layout_digest, theta, np.concatenate(cols).reshape(units, d, 64))
 
 
 _ZERO: dict[str, bytes] = {}
@@ -117,5 +124,5 @@ _ZERO: dict[str, bytes] = {}
 def zero_commitment(circuit: Circuit) -> bytes:
     """Commitment of an all-zero input (padding slots, the mask input of intermediate steps)."""
     if circuit.circuit_id not in _ZERO:
-        _ZERO[circuit.circuit_id] = commit_vectors(circuit, [np.zeros(circuit.spec.d)])[0]
+        _ZERO[circuit.circuit_id] = commit_vectors(circuit, [np.zeros(circuit.spec.unit_size)])[0]
     return _ZERO[circuit.circuit_id]

@@ -12,7 +12,7 @@ import numpy as np
 
 from .bundle import Proof, ProofBundle, Slot
 from .circuit import Circuit
-from .statement import honest_block_steps
+from .statement import honest_unit_steps
 
 
 @dataclass
@@ -37,7 +37,8 @@ class ProveReport:
 
 
 def _zero_inputs(spec) -> list[list[float]]:
-    return [[0.0] * spec.d] * 3 + [[0.0] * spec.slots] + [[0.0] * spec.d] * spec.slots
+    n = spec.unit_size
+    return [[0.0] * n] * 3 + [[0.0] * (spec.group * spec.slots)] + [[0.0] * n] * spec.slots
 
 
 def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path) -> tuple[Proof, float, float]:
@@ -86,29 +87,31 @@ def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, progr
 def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, blocks: np.ndarray,
                      theta_p: np.ndarray, h_hat: np.ndarray, local_masks: np.ndarray,
                      progress=None) -> tuple[ProofBundle, np.ndarray, ProveReport]:
-    """Prove the update of every touched block.
+    """Prove the update of every touched proof unit (G consecutive blocks; G = 1: one block).
 
-    ``blocks`` (T,) touched block ids; ``theta_p`` (T, d) personalized weights; ``h_hat`` (T, d, d) the
-    quantised normalised inverse Fisher blocks that were registered; ``local_masks`` (T, d) bool.
-    Returns the bundle, the quantised unlearned weights θu (T, d) that the proof commits to (the client
-    writes exactly these into its model) and a :class:`ProveReport`.
+    ``blocks`` (T,) touched unit ids; ``theta_p`` (T, G, d) personalized weights (or (T, d) when G = 1);
+    ``h_hat`` (T, G, d, d) the quantised normalised inverse Fisher blocks that were registered;
+    ``local_masks`` (T, G, d) bool. Returns the bundle, the quantised unlearned weights θu (same shape as
+    ``theta_p``) that the proof commits to (the client writes exactly these into its model) and a
+    :class:`ProveReport`.
     """
     spec = circuit.spec
-    t_blocks = len(blocks)
-    if theta_p.shape != (t_blocks, spec.d) or h_hat.shape != (t_blocks, spec.d, spec.d) or \
-            local_masks.shape != (t_blocks, spec.d):
-        raise ValueError(f"prove_unlearning: shapes theta {theta_p.shape}, H {h_hat.shape}, mask "
-                         f"{local_masks.shape} do not match {t_blocks} blocks of d={spec.d}")
+    shape = theta_p.shape
+    t_units = len(blocks)
+    theta_p = theta_p.reshape(t_units, spec.group, spec.d)
+    h_hat = h_hat.reshape(t_units, spec.group, spec.d, spec.d)
+    local_masks = local_masks.reshape(t_units, spec.group, spec.d)
     theta_u = np.zeros_like(theta_p, dtype=np.float64)
     chains = {}
-    for t in range(t_blocks):
-        chains[int(blocks[t])] = honest_block_steps(theta_p[t], h_hat[t], local_masks[t], spec, h_is_fisher=False)
+    for t in range(t_units):
+        chains[int(blocks[t])] = honest_unit_steps(theta_p[t], h_hat[t], local_masks[t], spec)
         theta_u[t] = chains[int(blocks[t])][-1].theta_out
     with tempfile.TemporaryDirectory(prefix="zkapex-prove-") as tmp:
         proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), progress)
     bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, proofs,
                          meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)})
-    report = ProveReport(blocks=t_blocks, steps=sum(len(c) for c in chains.values()), proofs=len(proofs), masked_weights=int(local_masks.sum()),
+    theta_u = theta_u.reshape(shape)
+    report = ProveReport(blocks=t_units, steps=sum(len(c) for c in chains.values()), proofs=len(proofs), masked_weights=int(local_masks.sum()),
                          witness_s=witness_s, prove_s=prove_s, proof_bytes=bundle.proof_bytes,
                          bundle_bytes=len(bundle.to_bytes()),
                          peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

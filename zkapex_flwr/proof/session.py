@@ -36,31 +36,46 @@ class ClientProver:
     @staticmethod
     def register(model: nn.Module, layout: BlockLayout, fisher: BlockFisher, damping: float, *,
                  slots: int = DEFAULT_SLOTS, scale: int = DEFAULT_SCALE, steps_per_proof: int = 1,
-                 progress=None) -> "ClientProver":
-        """Quantise θp, invert every damped Fisher block and commit both (before any mask is known)."""
+                 group_size: int = 1, progress=None) -> "ClientProver":
+        """Quantise θp, invert every damped Fisher block and commit both (before any mask is known).
+
+        ``group_size`` G > 1 packs G consecutive blocks into one proof unit (wide inputs): proofs stay the
+        same size whatever G is; pair it with a column-structured mask (``select_mask(group=(G, K))``).
+        """
         if fisher.layout.digest() != layout.digest():
             raise ValueError("the Fisher was estimated on a different scope/block layout")
-        circuit = get_circuit(CircuitSpec(d=layout.block_size, slots=slots, scale=scale, steps=steps_per_proof))
+        circuit = get_circuit(CircuitSpec(d=layout.block_size, slots=slots, scale=scale, steps=steps_per_proof,
+                                          group=group_size))
         theta = quantize(layout.flatten(model).reshape(-1, layout.block_size).numpy(), scale)
         c = fisher.damped(torch.arange(layout.n_blocks), damping).numpy()
         h_hat = normalized_inverse(c, scale)
         registry = register_blocks(circuit, layout.digest(), theta, h_hat, progress=progress)
         return ClientProver(circuit, layout, theta, h_hat, registry)
 
+    def unit_arrays(self, mask: UnlearningMask) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Touched proof units and their registered θ (T, G, d), Ĥ (T, G, d, d) and masks (T, G, d)."""
+        if mask.layout.digest() != self.layout.digest():
+            raise ValueError("the mask is for another scope/block layout than this client registered")
+        g, d = self.circuit.spec.group, self.layout.block_size
+        dense = np.zeros(self.layout.size, dtype=bool)
+        dense[mask.indices.numpy()] = True
+        dense = dense.reshape(-1, g, d)
+        units = np.flatnonzero(dense.any(axis=(1, 2)))
+        return (units, self.theta.reshape(-1, g, d)[units], self.h_hat.reshape(-1, g, d, d)[units], dense[units])
+
     def unlearn(self, model: nn.Module, mask: UnlearningMask, request_id: str,
                 progress=None) -> tuple[ProofBundle, ProveReport]:
         """Prove the Group-OBS update for ``mask`` and write θu into ``model`` (the proven values)."""
-        if mask.layout.digest() != self.layout.digest():
-            raise ValueError("the mask is for another scope/block layout than this client registered")
-        blocks = mask.touched_blocks().numpy()
+        units, theta, h_hat, masks = self.unit_arrays(mask)
         bundle, theta_u, report = prove_unlearning(
-            self.circuit, request_id=request_id, layout_digest=self.layout.digest(), blocks=blocks,
-            theta_p=self.theta[blocks], h_hat=self.h_hat[blocks], local_masks=mask.local_masks().numpy(),
-            progress=progress)
+            self.circuit, request_id=request_id, layout_digest=self.layout.digest(), blocks=units,
+            theta_p=theta, h_hat=h_hat, local_masks=masks, progress=progress)
+        g, d = self.circuit.spec.group, self.layout.block_size
+        blocks = (units[:, None] * g + np.arange(g)[None, :]).reshape(-1)
         self.theta = self.theta.copy()
-        self.theta[blocks] = theta_u
-        flat = self.layout.flatten(model).reshape(-1, self.layout.block_size)
-        flat[torch.as_tensor(blocks)] = torch.as_tensor(theta_u)
+        self.theta[blocks] = theta_u.reshape(-1, d)
+        flat = self.layout.flatten(model).reshape(-1, d)
+        flat[torch.as_tensor(blocks)] = torch.as_tensor(theta_u.reshape(-1, d))
         self.layout.assign(model, flat.reshape(-1))
         return bundle, report
 

@@ -3,10 +3,14 @@
 For block b with personalized weights θp (d), normalised inverse Fisher Ĥ = C⁻¹/max|C⁻¹| and mask M
 (k entries), the Group-OBS update is θu = θp − Ĥ[:, M] y with y = Ĥ[M, M]⁻¹ θp_M, so θu_M = 0.
 All values are fixed-point at scale S (multiples of 2^-S) so that the committed values and the
-circuit's arithmetic agree exactly. When k > K the columns are split into G = ⌈k/K⌉ groups and the
-update is applied as a chain θ_0 = θp → θ_1 → … → θ_G = θu, one proof step per group:
-θ_g = round(θ_{g−1} − Ĥ[:, M_g] y_g); the final step also zeroes θu_M (the circuit's m ⊙ θ_out
+circuit's arithmetic agree exactly. When k > K the columns are split into ⌈k/K⌉ chunks and the
+update is applied as a chain θ_0 = θp → θ_1 → … → θu, one proof step per chunk:
+θ_c = round(θ_{c−1} − Ĥ[:, M_c] y_c); the final step also zeroes θu_M (the circuit's m ⊙ θ_out
 output, with m = 0 on intermediate steps). The chain telescopes to the single certificate.
+
+A proof *unit* is a group of G consecutive blocks proven together in wide inputs (G = 1: one block):
+the unit's positions are the union of its blocks' masked local positions, and a step's "stripe" j is
+column p_j of every block's Ĥ, concatenated (docs/research/grouped-packing.md).
 """
 from __future__ import annotations
 
@@ -31,51 +35,68 @@ def normalized_inverse(c: np.ndarray, scale: int) -> np.ndarray:
 
 @dataclass
 class Step:
-    theta_in: np.ndarray   # (d,)
-    theta_out: np.ndarray  # (d,)
-    mask: np.ndarray       # (d,) 0/1: the block's mask on the final step, zeros before
-    y: np.ndarray          # (len(columns),)
-    columns: list[int]     # local indices of the Ĥ columns this step uses
-    h: np.ndarray          # (d, len(columns)) those columns
+    """One proof step of a unit of G blocks (G = 1: one block), all arrays block-major."""
+
+    theta_in: np.ndarray   # (G, d)
+    theta_out: np.ndarray  # (G, d)
+    mask: np.ndarray       # (G, d) 0/1: the unit's mask on the final step, zeros before
+    y: np.ndarray          # (G, len(columns)); 0 where a block does not mask that position
+    columns: list[int]     # local positions (Ĥ columns) this step uses, shared by the unit's blocks
+    h: np.ndarray          # (G, d, len(columns)) those columns of each block's Ĥ
 
     def inputs(self, spec) -> list[list[float]]:
         """Flat input lists in the circuit's ONNX input order, padded to ``spec.slots`` columns."""
-        k, d = len(self.columns), spec.d
+        g, d = self.theta_in.shape
+        k = len(self.columns)
         if k > spec.slots:
             raise ValueError(f"a step has {k} columns but the circuit has {spec.slots} slots")
-        y = np.zeros(spec.slots)
-        y[:k] = self.y
-        cols = [self.h[:, j] for j in range(k)] + [np.zeros(d)] * (spec.slots - k)
-        return [self.theta_in.tolist(), self.theta_out.tolist(), self.mask.astype(float).tolist(), y.tolist()] + \
-            [c.tolist() for c in cols]
+        if g != spec.group or d != spec.d:
+            raise ValueError(f"a step of {g} blocks of {d} does not fit the circuit's {spec.group} × {spec.d}")
+        y = np.zeros((g, spec.slots))
+        y[:, :k] = self.y
+        stripes = [self.h[:, :, j].reshape(-1) for j in range(k)] + [np.zeros(g * d)] * (spec.slots - k)
+        return [self.theta_in.reshape(-1).tolist(), self.theta_out.reshape(-1).tolist(),
+                self.mask.astype(float).reshape(-1).tolist(), y.reshape(-1).tolist()] + [v.tolist() for v in stripes]
+
+
+def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray, spec) -> list[Step]:
+    """The honest proof steps of a unit of G blocks: ``theta_p`` (G, d), ``h_hat`` (G, d, d) quantised Ĥ,
+    ``masks`` (G, d) bool. The unit's positions are the union of its blocks' masked positions, proven
+    K at a time; each block uses its own Group-OBS multipliers (0 at positions it does not mask)."""
+    s = spec.scale
+    theta = quantize(np.atleast_2d(theta_p), s)
+    h = np.asarray(h_hat, dtype=np.float64).reshape(theta.shape[0], theta.shape[1], theta.shape[1])
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    positions = np.flatnonzero(masks.any(0))
+    if positions.size == 0:
+        raise ValueError("a touched unit has no masked entry")
+    g_count = theta.shape[0]
+    y_full = np.zeros((g_count, theta.shape[1]))
+    for g in range(g_count):
+        idx = np.flatnonzero(masks[g])
+        if idx.size:
+            y_full[g, idx] = quantize(np.linalg.solve(h[g][np.ix_(idx, idx)], theta[g, idx]), s)
+    steps, current = [], theta
+    chunks = [positions[i:i + spec.slots] for i in range(0, positions.size, spec.slots)]
+    for c, cols in enumerate(chunks):
+        yc = y_full[:, cols]
+        hc = h[:, :, cols]
+        nxt = quantize(current - np.einsum("gdk,gk->gd", hc, yc), s)
+        last = c == len(chunks) - 1
+        m = np.zeros_like(theta)
+        if last:
+            nxt[masks] = 0.0
+            m[masks] = 1.0
+        steps.append(Step(current, nxt, m, yc, cols.tolist(), hc))
+        current = nxt
+    return steps
 
 
 def honest_block_steps(theta_p: np.ndarray, h_hat: np.ndarray, mask: np.ndarray, spec,
                        h_is_fisher: bool = True) -> list[Step]:
-    """The honest proof steps of one block.
-
-    ``h_hat`` is the block's quantised Ĥ, or (``h_is_fisher=True``, for calibration only) its Fisher C.
-    """
-    s = spec.scale
-    theta = quantize(theta_p, s)
-    h = normalized_inverse(h_hat, s) if h_is_fisher else np.asarray(h_hat, dtype=np.float64)
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
-        raise ValueError("a touched block has no masked entry")
-    y = quantize(np.linalg.solve(h[np.ix_(idx, idx)], theta[idx]), s)
-    steps, current = [], theta
-    groups = [idx[i:i + spec.slots] for i in range(0, idx.size, spec.slots)]
-    for g, cols in enumerate(groups):
-        yg = y[g * spec.slots:g * spec.slots + cols.size]
-        nxt = quantize(current - h[:, cols] @ yg, s)
-        last = g == len(groups) - 1
-        m = np.zeros(spec.d)
-        if last:
-            nxt[idx] = 0.0
-            m[idx] = 1.0
-        steps.append(Step(current, nxt, m, yg, cols.tolist(), h[:, cols]))
-        current = nxt
-    return steps
+    """The honest steps of one block (a unit of G = 1). ``h_is_fisher``: ``h_hat`` is C, not Ĥ."""
+    h = normalized_inverse(h_hat, spec.scale) if h_is_fisher else np.asarray(h_hat, dtype=np.float64)
+    return honest_unit_steps(np.asarray(theta_p)[None], h[None], np.asarray(mask)[None], spec)
 
 
 def residual_tolerance(scale: int, masked: int, steps: int) -> float:

@@ -14,7 +14,8 @@ client's registry entry, the request's mask and its own circuit keys, in this or
    commitment of the block's mask on the last step, zero before → ``wrong-mask``;
 6. public residuals, decoded as exact integers: m ⊙ θu exactly 0 and |θ_out − θ_in + Ĥ y| within the
    tolerance the verifier derives from S, k and the step count → ``kkt-violation``;
-otherwise ``compliant``, with the new θu commitments for the registry.
+otherwise ``compliant``, with the new θu commitments for the registry. "Block" in verdict messages is
+the proof unit: G consecutive Fisher blocks proven together (G = 1 by default: one block).
 """
 from __future__ import annotations
 
@@ -75,9 +76,9 @@ class Verifier:
         self._mask_commitments: dict[bytes, bytes] = {}
 
     def _mask_commitment(self, local_mask: np.ndarray) -> bytes:
-        key = np.packbits(local_mask).tobytes()
+        key = np.packbits(local_mask.reshape(-1)).tobytes()
         if key not in self._mask_commitments:
-            self._mask_commitments[key] = commit_vectors(self.circuit, [local_mask.astype(float)])[0]
+            self._mask_commitments[key] = commit_vectors(self.circuit, [local_mask.reshape(-1).astype(float)])[0]
         return self._mask_commitments[key]
 
     def verify(self, data: bytes, registry: BlockCommitments, mask) -> Verdict:
@@ -101,17 +102,22 @@ class Verifier:
         layout = mask.layout
         if bundle.layout_digest != layout.digest() or registry.layout_digest != layout.digest():
             return Verdict("wrong-mask", "bundle or registry is for another scope/block layout")
-        if layout.block_size != spec.d:
-            return Verdict("wrong-circuit", f"circuit block size {spec.d} ≠ layout block size {layout.block_size}")
-        touched = [int(b) for b in mask.touched_blocks()]
+        if layout.block_size != spec.d or layout.n_blocks % spec.group:
+            return Verdict("wrong-circuit", f"circuit units of {spec.group} blocks of {spec.d} do not fit the layout "
+                                            f"({layout.n_blocks} blocks of {layout.block_size})")
+        g = spec.group
+        dense = np.zeros(layout.size, dtype=bool)
+        dense[mask.indices.numpy()] = True
+        units_mask = dense.reshape(-1, g, spec.d)  # (n_units, G, d)
+        touched = [int(u) for u in np.flatnonzero(units_mask.any(axis=(1, 2)))]
         per, n_inputs = spec.inputs_per_step, spec.num_inputs
         where: dict[tuple[int, int], tuple[int, int]] = {}  # (block, step) -> (proof, slot)
         for pi, pr in enumerate(bundle.proofs):
             if len(pr.slots) != spec.steps:
                 return Verdict("malformed", f"proof {pi} has {len(pr.slots)} slots, the circuit has {spec.steps}")
-            if len(pr.instances) != 2 * spec.d * spec.steps:
+            if len(pr.instances) != 2 * spec.unit_size * spec.steps:
                 return Verdict("malformed", f"proof {pi} has {len(pr.instances)} public values, expected "
-                                            f"{2 * spec.d * spec.steps}")
+                                            f"{2 * spec.unit_size * spec.steps}")
             if len(pr.proof) < n_inputs * COMMITMENT_BYTES:
                 return Verdict("malformed", f"proof {pi} of {len(pr.proof)} bytes is too short")
             for si, sl in enumerate(pr.slots):
@@ -136,12 +142,11 @@ class Verifier:
             steps_seen = sorted(step for (bb, step) in where if bb == b)
             if steps_seen != list(range(len(steps_seen))):
                 return Verdict("incomplete", f"block {b}: steps {steps_seen} are not a complete chain from 0")
-        local = mask.local_masks(mask.touched_blocks()).numpy()
-        local_of = {b: local[i] for i, b in enumerate(touched)}
+        local_of = {u: units_mask[u] for u in touched}
         zero = zero_commitment(circ)
         for b, chain in chains.items():
             cols = [c for (pi, si) in chain for c in bundle.proofs[pi].slots[si].columns]
-            want = np.flatnonzero(local_of[b]).tolist()
+            want = np.flatnonzero(local_of[b].any(0)).tolist()
             if sorted(cols) != want:
                 pi, si = chain[-1]
                 last_mask = bundle.proofs[pi].proof[COMMITMENT_BYTES * (si * per + 2):COMMITMENT_BYTES * (si * per + 3)]
@@ -166,7 +171,7 @@ class Verifier:
         new_theta: dict[int, bytes] = {}
         for b, chain in chains.items():
             m = local_of[b]
-            tol = residual_tolerance(spec.scale, int(m.sum()), len(chain))
+            tol = residual_tolerance(spec.scale, int(m.sum(1).max()), len(chain))
             prev_out = None
             for step, (pi, si) in enumerate(chain):
                 sl = bundle.proofs[pi].slots[si]
@@ -185,11 +190,12 @@ class Verifier:
                 last = step == len(chain) - 1
                 if mask_c != (self._mask_commitment(m) if last else zero):
                     return Verdict("wrong-mask", f"block {b}: the proof's mask input is not the request's mask")
-                inst = bundle.proofs[pi].instances[2 * spec.d * si:2 * spec.d * (si + 1)]
+                n = spec.unit_size
+                inst = bundle.proofs[pi].instances[2 * n * si:2 * n * (si + 1)]
                 r = [felt_to_int(f) for f in inst]
-                if any(r[spec.d:]):
+                if any(r[n:]):
                     return Verdict("kkt-violation", f"block {b}: masked weights are not exactly zero")
-                worst = max(abs(v) for v in r[:spec.d]) / one
+                worst = max(abs(v) for v in r[:n]) / one
                 if worst > tol:
                     return Verdict("kkt-violation", f"block {b}: residual {worst:.3g} exceeds tolerance {tol:.3g}")
                 prev_out = theta_out
