@@ -11,16 +11,44 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 
-MAGIC = b"ZKAPEXB2"
-VERSION = 2
+import numpy as np
+
+MAGIC = b"ZKAPEXB3"
+VERSION = 3
+FIELD_MODULUS = 21888242871839275222246405745257275088548364400416034343698204186575808495617
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 MAX_PROOF_BYTES = 1 << 20
+MAX_RESIDUALS = 1 << 22
 
 
 class MalformedBundle(ValueError):
     """The bytes are not a well-formed bundle (schema, size or type)."""
+
+
+def felt_to_int(felt: bytes) -> int:
+    v = int.from_bytes(felt, "little")
+    return v - FIELD_MODULUS if v > FIELD_MODULUS // 2 else v
+
+
+def int_to_felt(v: int) -> bytes:
+    return (int(v) % FIELD_MODULUS).to_bytes(32, "little")
+
+
+def _pack_residuals(instances: list[bytes], slots: int) -> tuple[bytes, int]:
+    n2 = len(instances) // slots
+    n = n2 // 2
+    values = []
+    for s in range(slots):
+        part = instances[s * n2:(s + 1) * n2]
+        if any(felt_to_int(f) for f in part[n:]):
+            raise ValueError("cannot encode nonzero masked outputs: the verifier requires them to be zero")
+        values += [felt_to_int(f) for f in part[:n]]
+    if any(not -(2**63) <= v < 2**63 for v in values):
+        raise ValueError("a residual does not fit in 64 bits")
+    return zlib.compress(np.asarray(values, dtype="<i8").tobytes(), 6), len(values)
 
 
 @dataclass(frozen=True)
@@ -36,7 +64,7 @@ class Slot:
 class Proof:
     slots: list[Slot | None]  # None = padding slot
     proof: bytes
-    instances: list[bytes]    # 32-byte little-endian field elements
+    instances: list[bytes]    # 32-byte little-endian field elements (all of them, as ezkl verifies)
 
 
 @dataclass
@@ -53,14 +81,14 @@ class ProofBundle:
         for pr in self.proofs:
             p_off = len(payload)
             payload += pr.proof
+            if any(len(f) != 32 for f in pr.instances) or len(pr.instances) % (2 * len(pr.slots)):
+                raise ValueError("instances must be 32-byte field elements, two halves per step slot")
+            packed, count = _pack_residuals(pr.instances, len(pr.slots))
             i_off = len(payload)
-            for felt in pr.instances:
-                if len(felt) != 32:
-                    raise ValueError("instances must be 32-byte field elements")
-                payload += felt
+            payload += packed
             slots = [None if sl is None else [int(sl.block), int(sl.step), [int(c) for c in sl.columns]]
                      for sl in pr.slots]
-            proofs.append({"slots": slots, "proof": [p_off, len(pr.proof)], "inst": [i_off, len(pr.instances)]})
+            proofs.append({"slots": slots, "proof": [p_off, len(pr.proof)], "res": [i_off, len(packed), count]})
         header = json.dumps({"version": VERSION, "circuit_id": self.circuit_id, "layout": self.layout_digest,
                              "request_id": self.request_id, "proofs": proofs, "meta": self.meta},
                             separators=(",", ":")).encode()
@@ -136,8 +164,26 @@ class ProofBundle:
             p_off, p_len = span(rp.get("proof"), f"proof {pi} bytes")
             if p_len > MAX_PROOF_BYTES:
                 raise MalformedBundle(f"proof {pi} of {p_len} bytes is oversized (limit {MAX_PROOF_BYTES})")
-            i_off, i_n = span(rp.get("inst"), f"proof {pi} instances", unit=32)
-            inst = [bytes(payload[i_off + 32 * j:i_off + 32 * (j + 1)]) for j in range(i_n)]
+            res = rp.get("res")
+            if not isinstance(res, list) or len(res) != 3 or not all(integer(v) for v in res):
+                raise MalformedBundle(f"proof {pi}: 'res' must be [offset, length, count] integers")
+            r_off, r_len = span(res[:2], f"proof {pi} residuals")
+            count = res[2]
+            if count <= 0 or count % len(slots) or count > MAX_RESIDUALS:
+                raise MalformedBundle(f"proof {pi}: residual count {count} does not fit {len(slots)} slots")
+            try:
+                inflater = zlib.decompressobj()
+                raw = inflater.decompress(bytes(payload[r_off:r_off + r_len]), 8 * count + 1)
+            except zlib.error as err:
+                raise MalformedBundle(f"proof {pi}: residuals are not zlib data: {err}") from None
+            if len(raw) != 8 * count or inflater.unconsumed_tail:
+                raise MalformedBundle(f"proof {pi}: residuals decode to {len(raw)} bytes, expected {8 * count}")
+            values = np.frombuffer(raw, dtype="<i8").tolist()
+            n = count // len(slots)
+            zero = int_to_felt(0)
+            inst = []
+            for s_i in range(len(slots)):
+                inst += [int_to_felt(v) for v in values[s_i * n:(s_i + 1) * n]] + [zero] * n
             proofs.append(Proof(slots, bytes(payload[p_off:p_off + p_len]), inst))
         meta = header.get("meta", {})
         return ProofBundle(header["circuit_id"], header["layout"], header["request_id"], proofs,

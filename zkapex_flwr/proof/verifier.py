@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import MalformedBundle, ProofBundle
+from .bundle import MalformedBundle, ProofBundle, felt_to_int
 from .circuit import Circuit
 from .commitments import COMMITMENT_BYTES, BlockCommitments, commit_vectors, zero_commitment
 from .statement import residual_tolerance
 
 REASONS = ("compliant", "malformed", "incomplete", "invalid-proof", "stale-model", "fisher-mismatch", "wrong-mask",
            "kkt-violation", "wrong-circuit", "no-response")
-FIELD_MODULUS = 21888242871839275222246405745257275088548364400416034343698204186575808495617
 
 
 @dataclass
@@ -48,11 +47,6 @@ class Verdict:
     @property
     def compliant(self) -> bool:
         return self.reason == "compliant"
-
-
-def felt_to_int(felt: bytes) -> int:
-    v = int.from_bytes(felt, "little")
-    return v - FIELD_MODULUS if v > FIELD_MODULUS // 2 else v
 
 
 def _snark_ok(circuit: Circuit, proof: bytes, instances: list[bytes], tmp: Path) -> bool:
