@@ -231,7 +231,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
               "masked_weights": len(mask), "scope_weights": layout.size, "touched_blocks": int(len(blocks)),
               "fisher_blocks": layout.n_blocks, "block_size": layout.block_size, "fisher_samples": fisher.num_samples,
               "data": splits.sizes(), "data_meta": splits.meta, "timings_s": timings,
-              "wall_s": time.perf_counter() - t_start, "config": _jsonable(asdict(cfg)),
+              "wall_s": time.perf_counter() - t_start, "config": asdict(cfg),
               "machine": _machine()}
     if out_dir is not None:
         out = Path(out_dir)
@@ -261,11 +261,10 @@ def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout,
     data = bundle.to_bytes()
     verdict = Verifier(prover.circuit).verify(data, prover.registry, mask)
     gap = (layout.flatten(proven).reshape(-1, layout.block_size)[update.blocks] - update.result.theta_u).abs().max()
-    report_units = report.blocks
     log(f"proof: {verdict.reason}; {report.steps} steps in {report.proofs} proofs, prove {report.prove_s:.1f} s, "
         f"verify {verdict.verify_ms:.0f} ms, {len(data)} bytes")
     return {"verdict": verdict.reason, "detail": verdict.detail, "circuit": prover.circuit.spec.name(),
-            "proof_units": report_units,
+            "proof_units": report.blocks,
             "logrows": prover.circuit.logrows, "register_s": register_s, "setup_s": prover.circuit.setup_s,
             "prove_s": report.prove_s + report.witness_s, "verify_ms": verdict.verify_ms, "steps": report.steps,
             "proofs": report.proofs, "proof_bytes": report.proof_bytes, "bundle_bytes": len(data),
@@ -279,14 +278,6 @@ def _frozen(layout: BlockLayout, mask: UnlearningMask) -> dict[str, torch.Tensor
     dense = torch.zeros(layout.size, dtype=torch.bool)
     dense[mask.indices] = True
     return {t.name: dense[t.offset:t.offset + t.numel].reshape(t.shape) for t in layout.tensors}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _machine() -> dict:

@@ -38,10 +38,3 @@ class TensorData:
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             yield tuple(t[idx] for t in self.tensors)
-
-    @staticmethod
-    def concat(parts: list["TensorData"]) -> "TensorData":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            raise ValueError("cannot concatenate an empty list of datasets")
-        return TensorData(tuple(torch.cat(ts) for ts in zip(*(p.tensors for p in parts))))

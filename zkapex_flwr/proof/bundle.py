@@ -98,9 +98,6 @@ class ProofBundle:
     def proof_bytes(self) -> int:
         return sum(len(pr.proof) for pr in self.proofs)
 
-    def blocks(self) -> list[int]:
-        return sorted({sl.block for pr in self.proofs for sl in pr.slots if sl is not None})
-
     @staticmethod
     def from_bytes(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES) -> "ProofBundle":
         """Parse strictly; every defect raises :class:`MalformedBundle` naming it."""

@@ -92,13 +92,6 @@ def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray,
     return steps
 
 
-def honest_block_steps(theta_p: np.ndarray, h_hat: np.ndarray, mask: np.ndarray, spec,
-                       h_is_fisher: bool = True) -> list[Step]:
-    """The honest steps of one block (a unit of G = 1). ``h_is_fisher``: ``h_hat`` is C, not Ĥ."""
-    h = normalized_inverse(h_hat, spec.scale) if h_is_fisher else np.asarray(h_hat, dtype=np.float64)
-    return honest_unit_steps(np.asarray(theta_p)[None], h[None], np.asarray(mask)[None], spec)
-
-
 def residual_tolerance(scale: int, masked: int, steps: int) -> float:
     """Largest honest |r| on any step: the rounding of θ_out (2^-(S+1)) plus, on the final step's masked
     entries, the rounding of y through Ĥ[M, M] (|Ĥ| ≤ 1) and of the earlier links: (k + G + 1)·2^-(S+1)."""
