@@ -10,7 +10,7 @@ def _local(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .pipeline import METRIC_KEYS, preset, run_local
+    from .pipeline import preset, run_local
 
     forget_classes = tuple(int(c) for c in args.forget_classes.split(",")) if args.forget_classes else None
     cfg = preset(args.model, args.dataset, seed=args.seed, mask_fraction=args.mask_fraction,
@@ -22,12 +22,20 @@ def _local(args: argparse.Namespace) -> int:
                  mask_group=tuple(int(v) for v in args.mask_group.split(",")) if args.mask_group else None)
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
-    table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset} (seed {cfg.seed})")
-    table.add_column("method")
-    for key in METRIC_KEYS[1:]:
-        table.add_column(key.replace("_", " "), justify="right")
+    from rich import box
+
+    cols = {"personalization_acc_after": "pers acc", "recovery": "recovery", "forget_acc_after": "forget",
+            "mia_auc_after": "MIA AUC", "kkt_max_residual": "KKT res", "client_s": "secs"}
+    table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset} (seed {cfg.seed})\nbefore unlearning: "
+                        f"pers acc {result['personalization_acc_before']:.3f}, forget acc "
+                        f"{result['forget_acc_before']:.3f}, MIA AUC {result['mia_auc_before']:.3f}",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("method", no_wrap=True, min_width=13)
+    for key, label in cols.items():
+        table.add_column(label, justify="right", no_wrap=True, min_width=len(label))
     for name, row in {"ZK-APEX": result, **result["baselines"]}.items():
-        table.add_row(name, *(f"{row[k]:.4g}" for k in METRIC_KEYS[1:]))
+        table.add_row(name, *(f"{row[k]:.2g}" if k == "kkt_max_residual" else f"{row[k]:.1f}" if k == "client_s"
+                              else f"{row[k]:.3f}" for k in cols))
     Console().print(table)
     if "proof" in result:
         pr = result["proof"]
