@@ -200,7 +200,7 @@ def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/proof"))
-    parser.add_argument("--quick", action="store_true", help="three small shapes (CI smoke test)")
+    parser.add_argument("--quick", action="store_true", help="four small shapes, one a wide unit (smoke test)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
