@@ -275,8 +275,7 @@ def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout,
 
 
 def _frozen(layout: BlockLayout, mask: UnlearningMask) -> dict[str, torch.Tensor]:
-    dense = torch.zeros(layout.size, dtype=torch.bool)
-    dense[mask.indices] = True
+    dense = mask.dense()
     return {t.name: dense[t.offset:t.offset + t.numel].reshape(t.shape) for t in layout.tensors}
 
 

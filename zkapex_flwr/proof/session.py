@@ -57,9 +57,7 @@ class ClientProver:
         if mask.layout.digest() != self.layout.digest():
             raise ValueError("the mask is for another scope/block layout than this client registered")
         g, d = self.circuit.spec.group, self.layout.block_size
-        dense = np.zeros(self.layout.size, dtype=bool)
-        dense[mask.indices.numpy()] = True
-        dense = dense.reshape(-1, g, d)
+        dense = mask.dense().numpy().reshape(-1, g, d)
         units = np.flatnonzero(dense.any(axis=(1, 2)))
         return (units, self.theta.reshape(-1, g, d)[units], self.h_hat.reshape(-1, g, d, d)[units], dense[units])
 

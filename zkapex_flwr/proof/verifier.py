@@ -100,9 +100,7 @@ class Verifier:
             return Verdict("wrong-circuit", f"circuit units of {spec.group} blocks of {spec.d} do not fit the layout "
                                             f"({layout.n_blocks} blocks of {layout.block_size})")
         g = spec.group
-        dense = np.zeros(layout.size, dtype=bool)
-        dense[mask.indices.numpy()] = True
-        units_mask = dense.reshape(-1, g, spec.d)  # (n_units, G, d)
+        units_mask = mask.dense().numpy().reshape(-1, g, spec.d)  # (n_units, G, d)
         touched = [int(u) for u in np.flatnonzero(units_mask.any(axis=(1, 2)))]
         per, n_inputs = spec.inputs_per_step, spec.num_inputs
         where: dict[tuple[int, int], tuple[int, int]] = {}  # (block, step) -> (proof, slot)

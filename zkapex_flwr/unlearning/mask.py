@@ -42,13 +42,16 @@ class UnlearningMask:
     def touched_blocks(self) -> torch.Tensor:
         return torch.unique(self.indices // self.layout.block_size)
 
-    def local_masks(self, blocks: torch.Tensor | None = None) -> torch.Tensor:
-        """Boolean ``(T, d)`` masks of the touched blocks (or of ``blocks``), in block order."""
-        d = self.layout.block_size
-        blocks = self.touched_blocks() if blocks is None else blocks
+    def dense(self) -> torch.Tensor:
+        """The mask as a boolean vector over the whole scope, ``(layout.size,)``."""
         dense = torch.zeros(self.layout.size, dtype=torch.bool)
         dense[self.indices] = True
-        return dense.reshape(-1, d)[blocks]
+        return dense
+
+    def local_masks(self, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean ``(T, d)`` masks of the touched blocks (or of ``blocks``), in block order."""
+        blocks = self.touched_blocks() if blocks is None else blocks
+        return self.dense().reshape(-1, self.layout.block_size)[blocks]
 
     def to_bytes(self) -> bytes:
         """Compact wire form: little-endian uint32 (scopes below 2^32 weights) or int64 indices."""
