@@ -62,6 +62,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.runner import simulate
+
+    summary = simulate(args.scenario, args.out, cpus_per_client=args.cpus_per_client, ray_address=args.ray_address)
+    keys = ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected", "cheaters_caught",
+            "cheaters_missed", "recovery_median", "prove_s_median", "proof_bytes_median", "verify_ms_median", "wall_s")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
+    return 0 if summary["honest_rejected"] == 0 and summary["cheaters_missed"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zkapex", description="Verified machine unlearning for Flower fleets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--global-epochs", type=int, default=None)
     p.add_argument("--personal-epochs", type=int, default=None)
     p.set_defaults(func=_local)
+    f = sub.add_parser("simulate", help="a fleet scenario through Flower's simulation engine on Ray")
+    f.add_argument("scenario", help="scenario file, e.g. simulations/smoke.toml")
+    f.add_argument("--out", required=True, help="output folder (ledger, summary.json, report.md, plots)")
+    f.add_argument("--cpus-per-client", type=float, default=1.0,
+                   help="Ray CPUs per ClientApp (1: one client per core at a time)")
+    f.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one")
+    f.set_defaults(func=_simulate)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
     b.add_argument("what", choices=["proof"], help="proof: proof cost per circuit shape")
     b.add_argument("--out", required=True)

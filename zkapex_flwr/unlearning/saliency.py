@@ -67,12 +67,12 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
 
     ``group=(G, K)`` makes the mask column-structured: in every group of G consecutive blocks at most
     K distinct local positions are masked (the K with the largest total score over the group), the
-    shape a wide-packed proof can commit to before the mask (docs/research/grouped-packing.md).
+    shape a wide-packed proof can commit to before the mask (docs/research/grouped-packing.md). With a
+    group, ``max_blocks`` counts every block of a touched group: at most ``max_blocks // G`` groups
+    (proof units) are touched, those whose K best positions hold the most candidate score.
     """
     if group is not None:
-        if max_blocks is not None:
-            raise ValueError("choose either a block budget or a column-structured group mask, not both")
-        return _select_grouped(scores, layout, fraction, *group)
+        return _select_grouped(scores, layout, fraction, *group, max_blocks=max_blocks)
     if scores.shape != (layout.size,):
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
     if not 0 < fraction < 1:
@@ -99,7 +99,7 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
 
 
 def _select_grouped(scores: torch.Tensor, layout: BlockLayout, fraction: float, group_size: int,
-                    positions: int) -> UnlearningMask:
+                    positions: int, max_blocks: int | None = None) -> UnlearningMask:
     d = layout.block_size
     if scores.shape != (layout.size,):
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
@@ -110,13 +110,26 @@ def _select_grouped(scores: torch.Tensor, layout: BlockLayout, fraction: float, 
     if layout.n_blocks % group_size:
         raise ValueError(f"{layout.n_blocks} Fisher blocks do not split into groups of {group_size}")
     k = max(1, int(round(fraction * layout.size)))
-    allowed_count = layout.n_blocks * positions
+    n_groups = layout.n_blocks // group_size
+    max_groups = n_groups if max_blocks is None else max_blocks // group_size
+    if max_groups < 1:
+        raise ValueError(f"a budget of {max_blocks} blocks holds no group of {group_size} blocks")
+    max_groups = min(max_groups, n_groups)
+    allowed_count = max_groups * group_size * positions
     if k > allowed_count:
-        raise ValueError(f"groups of {group_size} blocks with {positions} positions each hold at most "
+        raise ValueError(f"{max_groups} groups of {group_size} blocks with {positions} positions each hold at most "
                          f"{allowed_count} weights, fewer than the {k} the mask fraction {fraction} asks for")
     grouped = scores.reshape(-1, group_size, d)
     best = torch.topk(grouped.clamp_min(0).sum(1), positions, dim=-1).indices  # (n_groups, K)
     keep = torch.zeros_like(grouped, dtype=torch.bool)
     keep.scatter_(2, best[:, None, :].expand(-1, group_size, -1), True)
+    if max_groups < n_groups:  # block budget: keep the groups whose allowed positions hold the most candidates
+        top = torch.topk(torch.where(keep, grouped, torch.zeros_like(grouped)).reshape(-1), k).indices
+        cand = torch.zeros(grouped.numel(), dtype=scores.dtype)
+        cand[top] = scores[top].clamp_min(0)
+        chosen = torch.topk(cand.reshape(n_groups, -1).sum(1), max_groups).indices
+        group_ok = torch.zeros(n_groups, dtype=torch.bool)
+        group_ok[chosen] = True
+        keep &= group_ok[:, None, None]
     allowed = torch.where(keep, grouped, torch.full_like(grouped, float("-inf"))).reshape(-1)
     return UnlearningMask(torch.topk(allowed, k).indices, layout)

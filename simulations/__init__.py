@@ -1,0 +1,1 @@
+"""Fleet scenarios of zkapex-flwr: declarative files, their runner and their report."""

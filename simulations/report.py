@@ -1,0 +1,262 @@
+"""Report of a fleet run: the provider's ledger judged against the scenario's ground truth.
+
+The LEDGER holds one final verdict per (deletion request, client); the CLIENTS table says what each
+client really did (its ``behaviour``) and on which device ``profile`` it ran. :func:`summarize` turns
+both into a JSON-ready dict, :func:`plot_report` draws it, :func:`write_report` writes everything
+(``ledger.csv``, ``clients.csv``, ``summary.json``, the plots and ``report.md``) to one folder.
+Client-reported ``client_*`` columns are research data only: they never decide a verdict.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # a bare Figure renders through Agg: no pyplot, no global backend
+
+HONEST_BEHAVIOURS = ("honest", "late")  # late = honest but slow, not a cheat
+NO_RESPONSE = "no-response"
+LEDGER_COLUMNS = ("request_id", "node_id", "partition_id", "reason", "compliant", "verify_ms", "bundle_bytes",
+                  "quarantined")
+RESEARCH_COLUMNS = ("client_prove_s", "client_recovery", "client_forget_acc_before", "client_forget_acc_after",
+                    "client_device_s", "client_upload_s")  # optional: filled with NaN when absent
+CLIENT_COLUMNS = ("partition_id", "node_id", "behaviour", "profile")
+PLOTS = ("detection.png", "recovery.png", "proof_cost.png")
+
+
+def _require(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
+    """Raise ValueError naming every column of ``columns`` that ``frame`` lacks."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} is missing required column(s) {missing}; it has {list(frame.columns)}")
+
+
+def _joined(ledger: pd.DataFrame, clients: pd.DataFrame) -> pd.DataFrame:
+    """Validate both tables; return the ledger with each row's ``behaviour``, ``profile`` and ``honest``."""
+    _require(ledger, LEDGER_COLUMNS, "ledger")
+    _require(clients, CLIENT_COLUMNS, "clients table")
+    if clients["partition_id"].duplicated().any():
+        raise ValueError("clients table lists a partition_id more than once")
+    unknown = sorted(set(ledger["partition_id"]) - set(clients["partition_id"]))
+    if unknown:
+        raise ValueError(f"ledger names partition_id(s) {unknown} absent from the clients table")
+    rows = ledger.assign(**{c: np.nan for c in RESEARCH_COLUMNS if c not in ledger.columns})
+    rows = rows.assign(compliant=rows["compliant"].astype(bool), quarantined=rows["quarantined"].astype(bool))
+    rows = rows.merge(clients[["partition_id", "behaviour", "profile"]], on="partition_id", how="left")
+    return rows.assign(honest=rows["behaviour"].isin(HONEST_BEHAVIOURS))
+
+
+def _per_client(rows: pd.DataFrame, clients: pd.DataFrame) -> pd.DataFrame:
+    """One row per client: its ground truth and the flags its ledger rows earn (no rows: all False)."""
+    flags = rows.assign(caught=~rows["compliant"], rejected=~rows["compliant"] & (rows["reason"] != NO_RESPONSE),
+                        no_response=rows["reason"] == NO_RESPONSE)
+    per = flags.groupby("partition_id").agg(rows=("reason", "size"), caught=("caught", "any"),
+                                            rejected=("rejected", "any"), no_response=("no_response", "any"))
+    out = clients.set_index("partition_id").join(per, how="left")
+    out["rows"] = out["rows"].fillna(0).astype(int)
+    for flag in ("caught", "rejected", "no_response"):
+        out[flag] = out[flag].astype("boolean").fillna(False).astype(bool)
+    return out.assign(honest=out["behaviour"].isin(HONEST_BEHAVIOURS), all_ok=(out["rows"] > 0) & ~out["caught"])
+
+
+def _median(values: pd.Series) -> float | None:
+    """Median of the numeric, non-NaN values; None when nothing is left."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.median()) if len(values) else None
+
+
+def _plain(value):
+    """Recursively turn numpy/pandas scalars (and NaN) into plain JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra: dict | None = None) -> dict:
+    """Counts of caught/missed cheaters and accepted/rejected honest clients, plus cost and quality medians.
+
+    Honest means ``behaviour`` in :data:`HONEST_BEHAVIOURS`. A client "accepted" or "missed" has at least
+    one ledger row and all are compliant; "caught" has a non-compliant row (no-response included); an
+    honest client is "rejected" only for a non-compliant row whose reason is not no-response.
+    Ledger rows are taken to be in chronological order (``quarantined`` reads each node's last row).
+    """
+    rows = _joined(ledger, clients)
+    per = _per_client(rows, clients)
+    honest, cheat = per[per["honest"]], per[~per["honest"]]
+    good = rows[rows["honest"] & rows["compliant"]]
+    by_behaviour = {}
+    for behaviour, group in per.groupby("behaviour", sort=True):
+        reasons = rows.loc[rows["behaviour"] == behaviour, "reason"].value_counts().sort_index()
+        by_behaviour[behaviour] = {"n": len(group), "caught": int(group["caught"].sum()), "reasons": reasons.to_dict()}
+    by_profile = {}
+    for profile, group in honest.groupby("profile", sort=True):
+        sel = rows[rows["honest"] & (rows["profile"] == profile)]
+        by_profile[profile] = {"n": len(group), "prove_s_median": _median(sel["client_prove_s"]),
+                               "proof_bytes_median": _median(sel.loc[sel["compliant"], "bundle_bytes"]),
+                               "device_s_median": _median(sel["client_device_s"]),
+                               "upload_s_median": _median(sel["client_upload_s"])}
+    summary = {
+        "clients": len(per), "honest": len(honest), "dishonest": len(cheat),
+        "honest_accepted": int(honest["all_ok"].sum()), "honest_rejected": int(honest["rejected"].sum()),
+        "honest_no_response": int(honest["no_response"].sum()),
+        "cheaters_caught": int(cheat["caught"].sum()), "cheaters_missed": int(cheat["all_ok"].sum()),
+        "cheaters_unprobed": int((cheat["rows"] == 0).sum()),
+        "by_behaviour": by_behaviour,
+        "recovery_median": _median(good["client_recovery"]),
+        "forget_acc_before_median": _median(good["client_forget_acc_before"]),
+        "forget_acc_after_median": _median(good["client_forget_acc_after"]),
+        "prove_s_median": _median(rows.loc[rows["honest"], "client_prove_s"]),
+        "proof_bytes_median": _median(good["bundle_bytes"]),
+        "verify_ms_median": _median(rows["verify_ms"]),
+        "requests": int(rows["request_id"].nunique()),
+        "quarantined": int(rows.groupby("node_id")["quarantined"].last().sum()) if len(rows) else 0,
+        "by_profile": by_profile,
+        "wall_s": float(wall_s),
+    }
+    return _plain({**summary, **(extra or {})})
+
+
+def _no_data(ax, title: str) -> None:
+    """Blank panel that says there is nothing to draw."""
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_title(title)
+    ax.set_axis_off()
+
+
+def _plot_detection(per: pd.DataFrame, ax) -> None:
+    """Horizontal bars per behaviour: clients vs clients caught; honest behaviours in green, labelled."""
+    if per.empty:
+        return _no_data(ax, "Detection per behaviour")
+    counts = per.groupby("behaviour").agg(n=("rows", "size"), caught=("caught", "sum"))
+    y = np.arange(len(counts))
+    honest = counts.index.isin(HONEST_BEHAVIOURS)
+    ax.barh(y + 0.2, counts["n"], height=0.4, color="lightgrey", label="clients")
+    ax.barh(y - 0.2, counts["caught"], height=0.4, color=np.where(honest, "tab:green", "tab:red"),
+            label="caught (red: cheaters, green: honest flagged)")
+    ax.set_yticks(y, [f"{b} (honest)" if h and b != "honest" else b for b, h in zip(counts.index, honest)])
+    for label, h in zip(ax.get_yticklabels(), honest):
+        label.set_color("tab:green" if h else "black")
+    ax.invert_yaxis()  # alphabetical from the top
+    ax.set_xlabel("clients")
+    ax.set_title("Detection per behaviour")
+    ax.legend(loc="lower right", fontsize="small")
+
+
+def _plot_recovery(rows: pd.DataFrame, ax) -> None:
+    """Histogram of client_recovery over honest compliant rows, median as a dashed line."""
+    values = pd.to_numeric(rows.loc[rows["honest"] & rows["compliant"], "client_recovery"], errors="coerce").dropna()
+    if values.empty:
+        return _no_data(ax, "Recovery (honest, compliant)")
+    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="tab:blue", alpha=0.8)
+    ax.axvline(values.median(), color="black", linestyle="--", label=f"median {values.median():.3g}")
+    ax.set_xlabel("client_recovery")
+    ax.set_ylabel("rows")
+    ax.set_title("Recovery (honest, compliant)")
+    ax.legend()
+
+
+def _plot_box(rows: pd.DataFrame, column: str, ax, title: str) -> None:
+    """Box plot of ``column`` per device profile (NaN dropped); a 'no data' panel when empty."""
+    groups = {p: pd.to_numeric(g[column], errors="coerce").dropna() for p, g in rows.groupby("profile", sort=True)}
+    groups = {p: v.to_numpy() for p, v in groups.items() if len(v)}
+    if not groups:
+        return _no_data(ax, title)
+    ax.boxplot(list(groups.values()), tick_labels=list(groups.keys()))
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+
+
+def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write ``detection.png``, ``recovery.png`` and ``proof_cost.png`` to ``out_dir``; return their paths.
+
+    Proof bytes are drawn over honest compliant rows only (a no-response row carries 0 bytes, not a proof).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _joined(ledger, clients)
+    honest = rows[rows["honest"]]
+    figures = [Figure(figsize=(7, 0.5 * max(4, clients["behaviour"].nunique()) + 1)), Figure(figsize=(6, 4)),
+               Figure(figsize=(11, 4))]
+    _plot_detection(_per_client(rows, clients), figures[0].subplots())
+    _plot_recovery(rows, figures[1].subplots())
+    left, right = figures[2].subplots(1, 2)
+    _plot_box(honest, "client_prove_s", left, "Prove time per profile (s, honest)")
+    _plot_box(honest[honest["compliant"]], "bundle_bytes", right, "Proof bundle per profile (bytes, honest, compliant)")
+    paths = [out_dir / name for name in PLOTS]
+    for figure, path in zip(figures, paths):
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+    return paths
+
+
+def _fmt(value) -> str:
+    """Table cell: '—' for missing, whole numbers from 1000 up, else three significant digits."""
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _markdown(summary: dict, scenario_name: str) -> str:
+    """The human report: headline, per-behaviour and per-profile tables, quality medians, plots."""
+    s = summary
+    lines = [f"# Fleet report: {scenario_name or 'unnamed scenario'}", "",
+             f"**{s['cheaters_caught']} of {s['dishonest']} cheaters caught** ({s['cheaters_missed']} missed, "
+             f"{s['cheaters_unprobed']} unprobed); **{s['honest_rejected']} of {s['honest']} honest clients "
+             f"rejected** ({s['honest_no_response']} without response); {s['requests']} request(s), "
+             f"{s['quarantined']} node(s) quarantined; wall time {s['wall_s']:.1f} s.", "",
+             "## Per behaviour", "", "| behaviour | n | caught | reasons (rows) |", "|---|---:|---:|---|"]
+    for behaviour, b in s["by_behaviour"].items():
+        tag = " (honest)" if behaviour in HONEST_BEHAVIOURS and behaviour != "honest" else ""
+        reasons = ", ".join(f"{r}: {c}" for r, c in b["reasons"].items()) or "—"
+        lines.append(f"| {behaviour}{tag} | {b['n']} | {b['caught']} | {reasons} |")
+    lines += ["", "## Per device profile (honest clients)", "",
+              "| profile | n | median prove s | median proof bytes | median device s | median upload s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for profile, p in s["by_profile"].items():
+        lines.append(f"| {profile} | {p['n']} | {_fmt(p['prove_s_median'])} | {_fmt(p['proof_bytes_median'])} "
+                     f"| {_fmt(p['device_s_median'])} | {_fmt(p['upload_s_median'])} |")
+    lines += ["", "## Unlearning quality (honest, compliant)", "",
+              f"- median recovery: {_fmt(s['recovery_median'])}",
+              f"- median forget accuracy: {_fmt(s['forget_acc_before_median'])} before, "
+              f"{_fmt(s['forget_acc_after_median'])} after",
+              f"- median verify time: {_fmt(s['verify_ms_median'])} ms", "", "## Plots", ""]
+    lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` then replace ``path``: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, wall_s: float,
+                 extra: dict | None = None, scenario_name: str = "") -> dict:
+    """Write ledger/clients tables, ``summary.json``, the plots and ``report.md`` to ``out_dir``; return the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(ledger, clients, wall_s, extra)  # validates before anything is written
+    ledger.to_csv(out_dir / "ledger.csv", index=False)
+    if importlib.util.find_spec("pyarrow") is not None:
+        ledger.to_parquet(out_dir / "ledger.parquet", index=False)
+    clients.to_csv(out_dir / "clients.csv", index=False)
+    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_report(ledger, clients, out_dir)
+    (out_dir / "report.md").write_text(_markdown(summary, scenario_name), encoding="utf-8")
+    return summary

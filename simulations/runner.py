@@ -1,0 +1,161 @@
+"""Run a fleet scenario through Flower's simulation engine on Ray, and write its outputs.
+
+``simulate(scenario, out)`` is ``zkapex simulate SCENARIO --out DIR``; ``flwr run .`` reaches the same
+:func:`provider_main` through ``strategies.server_app``. The provider (ServerApp) pretrains θg on its
+own pool, then :class:`strategies.VerifiedUnlearning` around FedAvg runs the schedule of the scenario;
+the ready ClientApp (``zkapex_flwr.client.client_app``) runs on every virtual SuperNode. Outputs in
+``out``: ``provider/`` (the persistent registry and ledger), ``ledger.csv``/``.parquet``,
+``clients.csv``, ``summary.json``, ``report.md``, the plots, ``rounds.json`` (who trained in which
+round), ``replies.json`` (what every unlearning reply carried) and ``wiretap/`` (the honest bundles a replaying client could capture).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from .scenario import ScenarioError, load_scenario
+
+log = logging.getLogger("zkapex_flwr.fleet")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_scenario(path: str | Path) -> Path:
+    """A scenario path as given, else relative to the project (``flwr run`` may run from another folder)."""
+    p = Path(path)
+    if p.is_file():
+        return p.resolve()
+    if (PROJECT_ROOT / p).is_file():
+        return PROJECT_ROOT / p
+    raise ScenarioError(f"scenario file '{path}' does not exist (looked in {Path.cwd()} and {PROJECT_ROOT})")
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout_s: float = 300.0) -> list[int]:
+    end = time.monotonic() + timeout_s
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() > end:
+            return nodes
+        time.sleep(0.5)
+
+
+def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path) -> dict:
+    """The fleet provider: pretrain θg, run the verified-unlearning schedule, write the report."""
+    from flwr.serverapp.strategy import FedAvg
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
+    from zkapex_flwr.tasks import ImageTask
+    from zkapex_flwr.training import seed_everything, train
+
+    from .fleet import fleet_world
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    path = resolve_scenario(scenario_path)
+    sc = load_scenario(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("provider", "wiretap"):   # a simulated fleet has fresh node ids: start a fresh provider
+        shutil.rmtree(out / stale, ignore_errors=True)
+    seed_everything(sc.seed)
+    world = fleet_world(path)
+    t, u = sc.training, sc.unlearning
+    console = Console(stderr=True)
+    timings: dict[str, float] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        nodes = _wait_for_nodes(grid, sc.clients)
+        console.log(f"[{sc.name}] {len(nodes)} of {sc.clients} SuperNodes connected")
+        s = time.perf_counter()
+        model = world.model()
+        train(model, ImageTask(), world.provider_data(), epochs=t.pretrain_epochs, lr=t.pretrain_lr,
+              batch_size=t.batch_size, seed=sc.seed, progress=progress, desc="provider pretraining θg")
+        timings["pretrain_s"] = time.perf_counter() - s
+        masker = SaliencyMasker(world.model, ImageTask(), world.provider_retain(), scope=u.scope,
+                                block_size=u.block_size, mask_fraction=u.mask_fraction, max_blocks=u.max_blocks,
+                                group=u.group, slots=u.slots)
+        requests = [DeletionRequest(r.id, world.forget_set(r.id), r.after_round,
+                                    f"{r.forget} {list(r.classes) if r.forget == 'class' else r.count}")
+                    for r in sc.requests]
+        cfg = UnlearningConfig(slots=u.slots, steps=tuple(u.steps), damping=u.damping, num_grads=u.num_grads,
+                               personal_epochs=t.personal_epochs, personal_lr=t.personal_lr, batch_size=t.batch_size,
+                               deadline_s=u.deadline_s, max_attempts=u.max_attempts, max_in_flight=u.max_in_flight)
+        fedavg = FedAvg(fraction_train=t.fraction_train, fraction_evaluate=0.0, min_train_nodes=2,
+                        min_available_nodes=2)
+        s = time.perf_counter()
+        provider = VerifiedUnlearning(fedavg, masker=masker, requests=requests, state_dir=out / "provider",
+                                      config=cfg, on_progress=on_progress)
+        timings["circuit_setup_s"] = time.perf_counter() - s
+        s = time.perf_counter()
+        provider.start(grid, ArrayRecord(model.state_dict()), num_rounds=t.rounds + t.rounds_after,
+                       train_config=ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs,
+                                                  "batch-size": t.batch_size}))
+        timings["schedule_s"] = time.perf_counter() - s
+    node_of = {pid: node for node, pid in provider.partitions.items()}
+    import pandas as pd
+
+    clients = pd.DataFrame([{"partition_id": c.partition_id, "node_id": node_of.get(c.partition_id, -1),
+                             "behaviour": c.behaviour, "profile": c.profile} for c in world.fleet])
+    ledger = provider.ledger.frame()
+    unattributed = int((ledger["partition_id"].astype(int) < 0).sum()) if len(ledger) else 0
+    ledger = ledger[ledger["partition_id"].astype(int) >= 0] if len(ledger) else ledger
+    (out / "rounds.json").write_text(json.dumps({"participants": provider.participants,
+                                                 "quarantined_after": sorted(provider.quarantined())}, indent=1))
+    (out / "replies.json").write_text(json.dumps(provider.reply_audit, indent=1))
+    masks = {rid: {"masked_weights": len(m), "touched_blocks": int(len(m.touched_blocks())),
+                   "scope_weights": m.layout.size} for rid, m in provider.masks.items()}
+    extra = {"scenario": sc.name, "scenario_file": str(path), "scenario_digest": sc.digest, "masks": masks,
+             "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
+             "unattributed_rows": unattributed, "timings_s": timings,
+             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+    summary = write_report(ledger, clients, out, time.perf_counter() - t0, extra=extra, scenario_name=sc.name)
+    console.log(f"[{sc.name}] {summary['cheaters_caught']} of {summary['dishonest']} cheaters caught, "
+                f"{summary['honest_rejected']} honest rejected, wall {summary['wall_s']:.0f} s → {out}")
+    return summary
+
+
+def simulate(scenario: str | Path, out: str | Path, *, cpus_per_client: float = 1.0,
+             ray_address: str | None = None) -> dict:
+    """Run ``scenario`` on Flower's simulation engine (Ray) and return its ``summary.json``."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from zkapex_flwr.client.client_app import build_client_app
+
+    path = resolve_scenario(scenario)
+    sc = load_scenario(path)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    summary_file = out / "summary.json"
+    summary_file.unlink(missing_ok=True)
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context) -> None:
+        provider_main(grid, path, out)
+
+    backend: dict = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}}
+    if ray_address:
+        backend["init_args"] = {"address": ray_address}
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    run_simulation(server_app=server, client_app=build_client_app(str(path), str(out)), num_supernodes=sc.clients,
+                   backend_config=backend)
+    if not summary_file.exists():
+        raise RuntimeError(f"the simulation of {path} ended without writing {summary_file}; see the log above")
+    return json.loads(summary_file.read_text())

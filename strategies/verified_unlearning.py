@@ -1,0 +1,304 @@
+"""The provider: verified unlearning around any Flower strategy (PROTOCOL.md §2, §4, §5).
+
+``VerifiedUnlearning`` wraps a ``flwr.serverapp.strategy.Strategy`` (FedAvg by default) the way
+Flower's SecAgg+ workflow wraps one: the wrapped strategy still samples, configures and aggregates
+every ordinary training round; the wrapper adds the unlearning phases around them.
+
+    strategy = VerifiedUnlearning(FedAvg(), masker=SaliencyMasker(...), requests=[...], state_dir="provider")
+    result = strategy.start(grid, initial_arrays, num_rounds=3)
+
+Schedule. Training rounds 1…N run through the wrapped strategy, **without quarantined nodes** (the
+strategy samples from a view of the Grid that hides them). After round r (r = 0: before training),
+every request with ``after_round == r`` is served: first, once, the personalize-and-commit round
+(``train.commit``: commitments fixed before any mask exists; persisted in the registry), then per
+request the mask on the current θg and a ``train.unlearn`` round with deadline and retry. Each reply is
+verified on arrival (§4), written to the ledger, and a compliant node's registry entry moves to θu.
+Nodes with a non-compliant latest outcome are quarantined; before serving a new request, quarantined
+nodes are sent their failed requests again (``makeup``) and are released when all of them comply.
+Registry and ledger live in ``state_dir``; a restarted provider skips nodes already registered and
+(request, node) pairs already decided.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy.result import Result
+
+from zkapex_flwr.ledger import Ledger
+from zkapex_flwr.proof import Verifier, get_circuit
+from zkapex_flwr.proof.circuit import CircuitSpec
+from zkapex_flwr.proof.commitments import BlockCommitments
+from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
+                                  UnlearnRequest, reply_metrics)
+from zkapex_flwr.registry import Registry
+from zkapex_flwr.unlearning import UnlearningMask
+
+from .dispatch import Outcome, dispatch
+from .masking import DeletionRequest, SaliencyMasker
+
+log = logging.getLogger("zkapex_flwr.provider")
+
+CLIENT_METRICS = {"prove-s": "client_prove_s", "recovery": "client_recovery",
+                  "personalization-acc-before": "client_personalization_acc_before",
+                  "personalization-acc-after": "client_personalization_acc_after",
+                  "forget-acc-before": "client_forget_acc_before", "forget-acc-after": "client_forget_acc_after",
+                  "masked-weights": "client_masked_weights", "device-s": "client_device_s",
+                  "upload-s": "client_upload_s"}
+
+
+@dataclass
+class UnlearningConfig:
+    """The provider's unlearning settings (scope, circuit menu, personalization budget, deadlines)."""
+
+    slots: int = 2                       # K masked columns per proof step
+    scale: int = 16                      # fixed-point bits S
+    steps: tuple[int, ...] = (1,)        # circuit menu: steps per proof B (each node picks by memory)
+    damping: float = 0.01
+    num_grads: int = 64
+    personal_epochs: int = 5
+    personal_lr: float = 1e-3
+    batch_size: int = 32
+    deadline_s: float = 600.0            # per attempt, from the moment the message is pushed
+    max_attempts: int = 2
+    max_in_flight: int = 0               # 0: every node at once
+    commit_deadline_s: float | None = None  # default: 2 × deadline_s
+    makeup: bool = True                  # re-send failed requests to quarantined nodes
+
+
+@dataclass
+class _GridView:
+    """A Grid whose node list hides quarantined nodes (for the wrapped strategy's sampling)."""
+
+    grid: Grid
+    hidden: set[int] = field(default_factory=set)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.grid.get_node_ids() if n not in self.hidden]
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
+
+
+class VerifiedUnlearning:
+    def __init__(self, strategy: Strategy | None = None, *, masker: SaliencyMasker,
+                 requests: list[DeletionRequest], state_dir: str | Path, config: UnlearningConfig | None = None,
+                 ledger_name: str = "ledger.csv", on_progress: Callable[[str, int, int], None] | None = None):
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.masker = masker
+        self.requests = sorted(requests, key=lambda r: r.after_round)
+        ids = [r.request_id for r in self.requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"deletion request ids must be unique, got {ids}")
+        self.cfg = config or UnlearningConfig()
+        self.state_dir = Path(state_dir)
+        self.registry = Registry(self.state_dir / "registry")
+        self.ledger = Ledger(self.state_dir / ledger_name)
+        self.on_progress = on_progress
+        self.layout = masker.layout()
+        self.menu = [CircuitSpec(d=masker.block_size, slots=self.cfg.slots, scale=self.cfg.scale, steps=b,
+                                 group=masker.group) for b in sorted(set(self.cfg.steps))]
+        self.circuits = {c.circuit_id: c for c in (get_circuit(s) for s in self.menu)}
+        self.verifiers = {cid: Verifier(c) for cid, c in self.circuits.items()}
+        self.commit_failures: dict[int, tuple[str, str]] = {}   # node -> (reason, detail)
+        self.masks: dict[str, UnlearningMask] = {}
+        self.nonces: dict[tuple[str, int], str] = {}
+        self.participants: dict[int, list[int]] = {}           # training round -> nodes sent a train message
+        self.partitions: dict[int, int] = {}                   # node -> partition id (client-reported, bookkeeping)
+        self.commit_metrics: dict[int, dict] = {}
+        self.reply_audit: list[dict] = []                      # what each unlearning reply carried (no weights)
+
+    # ------------------------------------------------------------------------------- schedule
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None) -> Result:
+        result = Result()
+        arrays = initial_arrays
+        view = _GridView(grid)
+        self._serve_requests(grid, arrays, 0)
+        for rnd in range(1, num_rounds + 1):
+            view.hidden = self.ledger.quarantined()
+            msgs = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), view))
+            msgs = [m for m in msgs if m.metadata.dst_node_id not in view.hidden]  # never trust a strategy's sampling
+            self.participants[rnd] = sorted(m.metadata.dst_node_id for m in msgs)
+            log.info("round %d: training on %d nodes (%d quarantined)", rnd, len(msgs), len(view.hidden))
+            replies = grid.send_and_receive(msgs, timeout=timeout) if msgs else []
+            new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if metrics is not None:
+                result.train_metrics_clientapp[rnd] = metrics
+            emsgs = [m for m in self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(evaluate_config or {})), view)
+                     if m.metadata.dst_node_id not in view.hidden]
+            if emsgs:
+                agg = self.strategy.aggregate_evaluate(rnd, grid.send_and_receive(emsgs, timeout=timeout))
+                if agg is not None:
+                    result.evaluate_metrics_clientapp[rnd] = agg
+            self._serve_requests(grid, arrays, rnd)
+        result.arrays = arrays
+        return result
+
+    def _serve_requests(self, grid: Grid, arrays: ArrayRecord, rnd: int) -> None:
+        due = [r for r in self.requests if r.after_round == rnd]
+        if not due:
+            return
+        self.commit_round(grid, arrays)
+        for req in due:
+            if self.cfg.makeup:
+                self._makeup(grid)
+            self.unlearn_round(grid, arrays, req, rnd)
+
+    # ------------------------------------------------------------------- phase 2: commit
+    def commit_round(self, grid: Grid, arrays: ArrayRecord) -> None:
+        """Personalize-and-commit for every connected node that has no registry entry yet."""
+        nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.registry and n not in self.commit_failures]
+        if not nodes:
+            return
+        req = CommitRequest(scope=self.masker.scope, block_size=self.masker.block_size,
+                            layout_digest=self.layout.digest(), circuits=self.menu, damping=self.cfg.damping,
+                            num_grads=self.cfg.num_grads, personal_epochs=self.cfg.personal_epochs,
+                            personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size)
+        content = req.to_content(arrays)
+        done = [0]
+
+        def on_outcome(out: Outcome) -> None:
+            done[0] += 1
+            self._progress("commit", done[0], len(nodes))
+            if out.reply is None:
+                self.commit_failures[out.node_id] = ("no-response", f"commit round: {out.detail}")
+                return
+            try:
+                rep = CommitReply.from_message(out.reply)
+                entry = BlockCommitments.from_bytes(rep.registry)
+            except (ProtocolError, ValueError, KeyError) as err:
+                self.commit_failures[out.node_id] = ("malformed", f"commit reply: {err}")
+                return
+            if rep.circuit_id not in self.circuits or entry.circuit_id != rep.circuit_id:
+                self.commit_failures[out.node_id] = ("wrong-circuit", "registered with a circuit outside the menu")
+                return
+            if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
+                self.commit_failures[out.node_id] = ("wrong-mask", "committed to another block layout")
+                return
+            metrics = reply_metrics(out.reply)
+            part = int(metrics["partition-id"]) if "partition-id" in metrics else None
+            if part is not None:
+                self.partitions[out.node_id] = part
+            self.commit_metrics[out.node_id] = metrics
+            self.registry.register(out.node_id, entry, self.circuits[rep.circuit_id].spec, partition_id=part)
+
+        dispatch(grid, nodes, lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
+                 deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
+                 max_in_flight=self.cfg.max_in_flight, on_outcome=on_outcome)
+        log.info("commit: %d nodes registered, %d failed", len(self.registry), len(self.commit_failures))
+
+    # ------------------------------------------------------------------ phase 4/5: unlearn
+    def unlearn_round(self, grid: Grid, arrays: ArrayRecord, request: DeletionRequest, rnd: int,
+                      nodes: list[int] | None = None) -> None:
+        """Mask on θg, ``train.unlearn`` with deadline and retry, verification and ledger rows."""
+        rid = request.request_id
+        if rid not in self.masks:
+            self.masks[rid] = self.masker(arrays, request)
+            mask = self.masks[rid]
+            log.info("request %s: %d masked weights in %d blocks", rid, len(mask), len(mask.touched_blocks()))
+        mask = self.masks[rid]
+        decided: set[int] = set()
+        if nodes is None and len(self.ledger):   # a restarted provider does not ask twice
+            out = self.ledger.outcomes()
+            decided = {int(n) for n in out.loc[out["request_id"] == rid, "node_id"]}
+        connected = sorted(grid.get_node_ids()) if nodes is None else nodes
+        for n in connected:
+            if n in self.commit_failures and n not in decided:
+                reason, detail = self.commit_failures[n]
+                self._record(rid, n, rnd, reason, detail, attempts=0)
+        targets = [n for n in connected if n in self.registry and n not in decided]
+        layout_json = json.dumps(self.layout.to_dict())
+        mask_bytes = mask.to_bytes()
+        done = [0]
+
+        def make(node: int, attempt: int) -> Message:
+            nonce = self.nonces.setdefault((rid, node), secrets.token_hex(16))
+            _, cid = self.registry.circuit_of(node)
+            req = UnlearnRequest(rid, nonce, mask_bytes, layout_json, self.layout.digest(), cid, attempt,
+                                 float(self.cfg.deadline_s))
+            return Message(req.to_content(), dst_node_id=node, message_type=UNLEARN)
+
+        def on_outcome(out: Outcome) -> None:
+            done[0] += 1
+            self._progress(f"unlearn {rid}", done[0], len(targets))
+            self._verify_outcome(rid, rnd, mask, out)
+
+        dispatch(grid, targets, make, deadline_s=self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
+                 max_in_flight=self.cfg.max_in_flight, on_outcome=on_outcome)
+
+    def _verify_outcome(self, rid: str, rnd: int, mask: UnlearningMask, out: Outcome) -> None:
+        node = out.node_id
+        if out.reply is None:
+            self._record(rid, node, rnd, "no-response", out.detail, attempts=out.attempts)
+            return
+        metrics = reply_metrics(out.reply)
+        self.reply_audit.append({"request_id": rid, "node_id": int(node),
+                                 "array_records": len(out.reply.content.array_records),
+                                 "content_bytes": sum(r.count_bytes() for r in out.reply.content.values())})
+        try:
+            rep = UnlearnReply.from_message(out.reply)
+        except ProtocolError as err:
+            self._record(rid, node, rnd, "malformed", str(err), attempts=out.attempts, metrics=metrics)
+            return
+        if rep.request_id != rid or rep.nonce != self.nonces[(rid, node)]:
+            self._record(rid, node, rnd, "malformed", "the reply does not echo this round's request id and nonce",
+                         attempts=out.attempts, metrics=metrics)
+            return
+        spec, cid = self.registry.circuit_of(node)
+        verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask)
+        if verdict.compliant:
+            self.registry.update_theta(node, verdict.new_theta)
+        self._record(rid, node, rnd, verdict.reason, verdict.detail, attempts=out.attempts, metrics=metrics,
+                     verify_ms=verdict.verify_ms, proofs=verdict.steps_verified, bundle_bytes=len(rep.bundle),
+                     circuit=spec.name())
+
+    def _makeup(self, grid: Grid) -> None:
+        """Quarantined nodes get their failed requests again; a compliant answer releases them."""
+        for node in sorted(self.ledger.quarantined()):
+            if node not in self.registry or node not in set(grid.get_node_ids()):
+                continue
+            for rid in self.ledger.failed_requests(node):
+                req = next((r for r in self.requests if r.request_id == rid), None)
+                if req is not None and rid in self.masks:
+                    self.nonces.pop((rid, node), None)
+                    self.unlearn_round(grid, ArrayRecord(), req, -1, nodes=[node])
+
+    # ---------------------------------------------------------------------------- records
+    def _record(self, rid: str, node: int, rnd: int, reason: str, detail: str, *, attempts: int,
+                metrics: dict | None = None, verify_ms: float | None = None, proofs: int = 0, bundle_bytes: int = 0,
+                circuit: str = "") -> None:
+        row = {"request_id": rid, "node_id": int(node), "partition_id": self.partitions.get(node, -1),
+               "server_round": rnd, "nonce": self.nonces.get((rid, node), ""), "reason": reason, "detail": detail,
+               "compliant": reason == "compliant", "attempts": attempts, "verify_ms": verify_ms, "proofs": proofs,
+               "bundle_bytes": bundle_bytes, "circuit": circuit, "quarantined": False,
+               "recorded_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        for key, col in CLIENT_METRICS.items():
+            if metrics and key in metrics:
+                row[col] = metrics[key]
+        failed_elsewhere = [r for r in self.ledger.failed_requests(node) if r != rid]
+        row["quarantined"] = reason != "compliant" or bool(failed_elsewhere)
+        self.ledger.append([row])
+        if reason != "compliant":
+            log.info("request %s: node %d %s (%s)", rid, node, reason, detail)
+
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(phase, done, total)
+
+    def quarantined(self) -> set[int]:
+        return self.ledger.quarantined()
+
+    def summary_frame(self):
+        return self.ledger.frame()
+

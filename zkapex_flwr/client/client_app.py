@@ -1,0 +1,51 @@
+"""The ready ClientApp of the fleet simulations: ordinary FedAvg training plus the unlearning mod.
+
+``app`` is what ``flwr run .`` loads (pyproject ``[tool.flwr.app.components]``); it reads the scenario
+file and the output folder from the run config (``scenario``, ``out``). :func:`build_client_app` binds
+them instead (``zkapex simulate``). Per node, the fleet's :func:`simulations.fleet.node_setup` supplies
+model, private data, device profile and behaviour; the app itself is what any Flower user would
+write, with verified unlearning added by one line (``VerifiedUnlearningMod(setup).install(app)``).
+"""
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..training import accuracy, train
+from .mod import VerifiedUnlearningMod
+
+
+def build_client_app(scenario: str | None = None, out: str | None = None) -> ClientApp:
+    from simulations.fleet import dropout_mod_for, node_setup, wiretap_mod_for   # the fleet plugs in here
+
+    def setup(context: Context):
+        return node_setup(context, scenario, out)
+
+    unlearning = VerifiedUnlearningMod(setup)
+    app = ClientApp(mods=[dropout_mod_for(scenario), wiretap_mod_for(scenario, out)])
+
+    @app.train()
+    def local_train(msg: Message, context: Context) -> Message:
+        node = unlearning.setup_for(context)
+        cfg = msg.content.config_records["config"]
+        model = node.model
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        train(model, node.task, node.data, epochs=int(cfg.get("local-epochs", 1)), lr=float(cfg.get("lr", 1e-3)),
+              batch_size=int(cfg.get("batch-size", 32)), seed=node.seed + int(cfg.get("server-round", 0)))
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+
+    @app.evaluate()
+    def local_evaluate(msg: Message, context: Context) -> Message:
+        node = unlearning.setup_for(context)
+        model = node.model
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        acc = accuracy(model, node.task, node.test) if node.test is not None else float("nan")
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(node.test or ()), "accuracy": acc})}),
+                       reply_to=msg)
+
+    unlearning.install(app)   # verified unlearning: the one line
+    return app
+
+
+app = build_client_app()
