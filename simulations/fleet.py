@@ -62,8 +62,7 @@ class FleetWorld:
             if len(sub) < 2 * len(members):
                 raise ValueError(f"{sc.source}: profile '{p.name}' gets {len(sub)} samples for {len(members)} clients; "
                                  "use a larger dataset, fewer clients or a larger data_weight")
-            min_size = max(2, min(10, len(sub) // (2 * len(members))))
-            parts = dirichlet_partitions(self.y[sub], len(members), p.alpha, sc.seed + lo, min_partition_size=min_size)
+            parts = _skewed_partitions(self.y[sub], len(members), p.alpha, sc.seed + lo)
             for pid, part in zip(members, parts):
                 self.parts[pid] = sub[part]
         self.forget_idx = {r.id: self._forget_index(r) for r in sc.requests}
@@ -80,7 +79,7 @@ class FleetWorld:
     def model(self) -> torch.nn.Module:
         m = self.scenario.model
         return build_vit(self.image_shape, 10, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                         mlp_ratio=m.mlp_ratio, seed=self.scenario.seed)
+                         mlp_ratio=m.mlp_ratio, patch_size=m.patch_size, seed=self.scenario.seed)
 
     def provider_data(self) -> TensorData:
         return TensorData((self.x[self.provider_idx], self.y[self.provider_idx]))
@@ -118,6 +117,22 @@ class FleetWorld:
         fidx = self.provider_idx[torch.cat(list(self.forget_idx.values()))][:MAX_EVAL]
         forget = TensorData((shift(self.x[fidx]), self.y[fidx]))
         return train, test, forget
+
+
+def _skewed_partitions(labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
+    """Dirichlet(α) label skew; the minimum partition size is relaxed until flwr-datasets can sample it."""
+    import warnings
+
+    size = max(2, min(10, len(labels) // (2 * n)))
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return dirichlet_partitions(labels, n, alpha, seed, min_partition_size=size)
+        except ValueError:
+            if size <= 1:
+                raise
+            size //= 2
 
 
 @functools.lru_cache(maxsize=4)

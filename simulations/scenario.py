@@ -33,6 +33,7 @@ class ModelSpec:
     depth: int = 2
     num_heads: int = 2
     mlp_ratio: float = 2.0
+    patch_size: int | None = None    # default: 2 on 8×8 digits, 4 on 28×28 MNIST
 
 
 @dataclass(frozen=True)

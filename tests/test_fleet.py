@@ -1,0 +1,104 @@
+"""The smoke fleet end to end through Flower's simulation engine on Ray (about 2 minutes).
+
+20 virtual SuperNodes run the ready ClientApp; one of every dishonest behaviour of PROTOCOL.md §5 runs
+its real code path against the real verifier inside the provider strategy.
+"""
+import json
+
+import pandas as pd
+import pytest
+
+from simulations.report import HONEST_BEHAVIOURS
+from zkapex_flwr.proof.cheats import BEHAVIOURS
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")]
+
+# the reason code each behaviour must be caught with (replay: another node's bundle opens another θp,
+# or was proven with another circuit when the victim's device picked a different proof size)
+EXPECTED = {"ignore": {"incomplete"}, "garbage-proof": {"invalid-proof"}, "mask-only": {"kkt-violation"},
+            "partial-mask": {"wrong-mask"}, "stale-model": {"stale-model"}, "fake-fisher": {"fisher-mismatch"},
+            "replay": {"stale-model", "wrong-circuit"}, "tamper-instances": {"invalid-proof"},
+            "wrong-mask": {"wrong-mask"}, "drop-blocks": {"incomplete"}, "duplicate-block": {"incomplete"},
+            "hide-in-padding": {"incomplete"}}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from simulations.runner import simulate
+
+    out = tmp_path_factory.mktemp("smoke")
+    summary = simulate("simulations/smoke.toml", out)
+    ledger = pd.read_csv(out / "ledger.csv", dtype={"node_id": "uint64"})
+    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+    rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
+    return out, summary, rows, clients
+
+
+def test_summary_has_every_key(smoke):
+    _, s, _, clients = smoke
+    for key in ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected", "cheaters_caught",
+                "cheaters_missed", "by_behaviour", "recovery_median", "forget_acc_after_median", "prove_s_median",
+                "proof_bytes_median", "verify_ms_median", "wall_s"):
+        assert key in s, key
+    assert s["clients"] == 20 and set(clients["behaviour"]) == set(BEHAVIOURS) | {"late"}
+    assert s["prove_s_median"] > 0 and s["proof_bytes_median"] > 0 and s["verify_ms_median"] > 0
+
+
+def test_every_cheater_caught_with_its_reason(smoke):
+    _, s, rows, clients = smoke
+    cheaters = clients[~clients["behaviour"].isin(HONEST_BEHAVIOURS)]
+    assert s["cheaters_caught"] == len(cheaters) == s["dishonest"] and s["cheaters_missed"] == 0
+    for _, c in cheaters.iterrows():
+        mine = rows[rows["partition_id"] == c["partition_id"]]
+        assert len(mine) == 1, f"{c['behaviour']}: {len(mine)} ledger rows"
+        reason = mine["reason"].iloc[0]
+        assert reason in EXPECTED[c["behaviour"]], f"{c['behaviour']} caught as {reason}: {mine['detail'].iloc[0]}"
+        assert bool(mine["quarantined"].iloc[0])
+
+
+def test_no_honest_client_rejected(smoke):
+    _, s, rows, _ = smoke
+    honest = rows[rows["behaviour"].isin(HONEST_BEHAVIOURS)]
+    assert len(honest) == s["honest"] == 8
+    assert (honest["reason"] == "compliant").all(), honest[["behaviour", "reason", "detail"]]
+    assert s["honest_rejected"] == 0 and s["honest_accepted"] == s["honest"]
+    assert not honest["quarantined"].astype(bool).any()
+    assert s["recovery_median"] is not None and s["recovery_median"] > 0.8
+
+
+def test_late_client_handled_by_deadline_policy(smoke):
+    _, _, rows, _ = smoke
+    late = rows[rows["behaviour"] == "late"].iloc[0]
+    assert late["reason"] == "compliant" and late["attempts"] == 2 and not bool(late["quarantined"])
+
+
+def test_quarantined_clients_excluded_from_next_training_round(smoke):
+    out, _, rows, clients = smoke
+    rounds = json.loads((out / "rounds.json").read_text())
+    quarantined = set(rounds["quarantined_after"])
+    cheater_nodes = {int(n) for n in clients.loc[~clients["behaviour"].isin(HONEST_BEHAVIOURS), "node_id"]}
+    assert quarantined == cheater_nodes
+    after = set(rounds["participants"]["2"])   # the FedAvg round after the unlearning round
+    assert after and not after & quarantined
+    assert len(rounds["participants"]["1"]) == 10   # fraction_train 0.5 of 20, before any verdict
+    assert len(after) == 4                           # 0.5 of the 8 nodes left after quarantine
+
+
+def test_unlearning_replies_carry_no_weights(smoke):
+    out, _, rows, _ = smoke
+    audit = json.loads((out / "replies.json").read_text())
+    assert len(audit) >= len(rows) - 1   # every reply that arrived (ignore's empty bundle included)
+    assert all(a["array_records"] == 0 for a in audit)
+    # the whole reply is smaller than the scope's weights would be as float32 (4 096 × 4 bytes) for all
+    # but the largest bundles: it is proofs and residuals, not a model
+    assert sorted(a["content_bytes"] for a in audit)[len(audit) // 2] < 4096 * 4
+
+
+def test_report_is_written(smoke):
+    out, _, _, _ = smoke
+    report = (out / "report.md").read_text()
+    for name in ("summary.json", "ledger.csv", "clients.csv", "detection.png", "recovery.png", "proof_cost.png"):
+        assert (out / name).stat().st_size > 0, name
+    for b in EXPECTED:
+        assert b in report

@@ -1,0 +1,288 @@
+"""The provider strategy and the client mod in-process: a synchronous Grid that runs a real ClientApp.
+
+Fast counterparts of the Ray fleet test (tests/test_fleet.py): the same protocol messages, the real
+EZKL prover and verifier, the persistent registry and ledger, deadline and retry, quarantine.
+"""
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning, dispatch
+from zkapex_flwr.client import MissingState, UnlearningSetup, VerifiedUnlearningMod
+from zkapex_flwr.data.images import load_images
+from zkapex_flwr.data.tensors import TensorData
+from zkapex_flwr.ledger import Ledger, LedgerError
+from zkapex_flwr.proof.cheats import cheat_bundle
+from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
+from zkapex_flwr.registry import Registry, RegistryError
+from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.training import train
+
+pytestmark = pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")
+SCOPE = r"(^|\.)fc1\.weight$"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task_identity():
+    """Messages are created outside a Flower runtime here: give them the identity a ServerApp would have."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = {k: getattr(TaskIdentity, "_" + k, None) for k in ("run_id", "node_id", "task_id")}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    for k, v in saved.items():
+        setattr(TaskIdentity, "_" + k, v)
+
+
+class MLP(nn.Module):
+    """fc1 of 32×64 = 2 048 scope weights: 128 Fisher blocks of 16, 8 proof units of 16 blocks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_images("digits")
+    return x, y
+
+
+def make_app(digits, hooks: dict, calls: dict | None = None) -> ClientApp:
+    x, y = digits
+
+    def setup(context: Context) -> UnlearningSetup:
+        pid = int(context.node_config["partition-id"])
+        idx = torch.arange(300 + 100 * pid, 380 + 100 * pid)
+        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])),
+                               test=TensorData((x[1500:1600], y[1500:1600])), bundle_hook=hooks.get(pid), seed=pid)
+
+    mod = VerifiedUnlearningMod(setup)
+    app = ClientApp()
+
+    @app.train()
+    def local_train(msg: Message, context: Context) -> Message:
+        node = mod.setup_for(context)
+        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        train(node.model, node.task, node.data, epochs=1, lr=1e-3)
+        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+
+    return mod.install(app)
+
+
+class SyncGrid:
+    """A Grid that delivers each pushed message to the ClientApp at once (one Context per node)."""
+
+    def __init__(self, app: ClientApp, n: int, drop_first: set[tuple[int, str]] | None = None):
+        self.app = app
+        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
+                                          state=RecordDict(), run_config={}) for i in range(n)}
+        self.replies: dict[str, Message] = {}
+        self.drop_first = drop_first or set()   # (node, message type): first such message never answered
+        self.seen: list[tuple[int, str]] = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            mid = uuid.uuid4().hex
+            m.metadata.__dict__["_message_id"] = mid
+            node, kind = m.metadata.dst_node_id, m.metadata.message_type
+            self.seen.append((node, kind))
+            ids.append(mid)
+            if (node, kind) in self.drop_first:
+                self.drop_first.discard((node, kind))
+                continue
+            try:
+                self.replies[mid] = self.app(m, self.contexts[node])
+            except Exception as err:  # what Flower's runtime does with a ClientApp exception
+                self.replies[mid] = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=m)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))
+
+
+def provider(digits, state_dir, **cfg) -> VerifiedUnlearning:
+    x, y = digits
+    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
+    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
+    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16,
+                            group=16, slots=2)
+    config = UnlearningConfig(personal_epochs=2, deadline_s=cfg.pop("deadline_s", 5.0), **cfg)
+    return VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
+                              requests=[DeletionRequest("r1", forget, after_round=1)], state_dir=state_dir,
+                              config=config)
+
+
+def initial_arrays(digits) -> ArrayRecord:
+    x, y = digits
+    model = MLP()
+    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=5, lr=3e-3)
+    return ArrayRecord(model.state_dict())
+
+
+def mask_only(prover, mask, req, context):
+    return cheat_bundle(prover, mask, req.request_id, "mask-only")
+
+
+@pytest.fixture(scope="module")
+def fleet(digits, tmp_path_factory):
+    """4 nodes: two honest, one mask-only cheater, one honest node whose first unlearn message is lost."""
+    state = tmp_path_factory.mktemp("provider")
+    grid = SyncGrid(make_app(digits, {2: mask_only}), 4, drop_first={(103, UNLEARN)})
+    strat = provider(digits, state, deadline_s=0.5)
+    arrays = initial_arrays(digits)
+    strat.start(grid, arrays, num_rounds=2)
+    return grid, strat, state, arrays
+
+
+def test_honest_nodes_compliant_cheater_quarantined(fleet):
+    grid, strat, _, _ = fleet
+    out = strat.ledger.frame().set_index("node_id")
+    assert out.loc[100, "reason"] == "compliant" and out.loc[101, "reason"] == "compliant"
+    assert out.loc[102, "reason"] == "kkt-violation"
+    assert strat.quarantined() == {102}
+    assert bool(out.loc[102, "quarantined"]) and not bool(out.loc[100, "quarantined"])
+
+
+def test_quarantined_node_excluded_from_next_training_round(fleet):
+    _, strat, _, _ = fleet
+    assert strat.participants[1] == [100, 101, 102, 103]
+    assert strat.participants[2] == [100, 101, 103]
+
+
+def test_lost_message_is_retried_after_the_deadline(fleet):
+    grid, strat, _, _ = fleet
+    row = strat.ledger.frame().set_index("node_id").loc[103]
+    assert row["reason"] == "compliant" and row["attempts"] == 2
+    assert grid.seen.count((103, UNLEARN)) == 2
+
+
+def test_registry_moves_to_theta_u_and_persists(fleet):
+    _, strat, state, _ = fleet
+    reg = Registry(state / "registry")   # a restarted provider reads the same registry
+    assert reg.record(100)["version"] == 2 and reg.record(102)["version"] == 1
+    assert reg.get(100).digest() == strat.registry.get(100).digest()
+    assert reg.get(100).theta.tobytes() != reg.get(102).theta.tobytes()
+
+
+def test_unlearning_replies_hold_no_weights(fleet):
+    _, strat, _, _ = fleet
+    assert strat.reply_audit and all(a["array_records"] == 0 for a in strat.reply_audit)
+
+
+def test_restarted_provider_does_not_ask_again(fleet, digits):
+    grid, _, state, arrays = fleet
+    before = len(Ledger(state / "ledger.csv"))
+    again = provider(digits, state)
+    grid.seen.clear()
+    again.start(grid, arrays, num_rounds=1)
+    assert (100, "train.commit") not in grid.seen            # registered nodes are not asked to commit again
+    kinds = [k for n, k in grid.seen if n != 102]
+    assert UNLEARN not in kinds                               # decided (request, node) pairs are not re-asked
+    assert len(Ledger(state / "ledger.csv")) >= before
+
+
+def test_unlearn_before_commit_is_a_clear_error(digits):
+    app = make_app(digits, {})
+    grid = SyncGrid(app, 1)
+    req = UnlearnRequest("r", "n", b"\x00\x00\x00\x00", "{}", "digest", "circuit", 1, 5.0)
+    msg = Message(req.to_content(), dst_node_id=100, message_type=UNLEARN)
+    msg.metadata.__dict__["_message_id"] = "m1"
+    with pytest.raises(MissingState, match="must answer a train.commit round"):
+        app(msg, grid.contexts[100])
+
+
+def test_reply_with_weights_is_malformed():
+    req = Message(RecordDict(), dst_node_id=1, message_type=UNLEARN)
+    req.metadata.__dict__["_message_id"] = "m2"
+    content = UnlearnReply("r", "n", b"x").to_content({})
+    content["leak"] = ArrayRecord([np.zeros(3, dtype=np.float32)])
+    with pytest.raises(ProtocolError, match="must never hold weights"):
+        UnlearnReply.from_message(Message(content, reply_to=req))
+
+
+def test_dispatch_gives_up_after_max_attempts():
+    class Silent:
+        def __init__(self):
+            self.pushed = 0
+
+        def push_messages(self, msgs):
+            self.pushed += len(msgs)
+            return [uuid.uuid4().hex for _ in msgs]
+
+        def pull_messages(self, ids):
+            return []
+
+    grid, t0 = Silent(), time.monotonic()
+    out = dispatch(grid, [1, 2], lambda n, a: Message(RecordDict(), dst_node_id=n, message_type=UNLEARN),
+                   deadline_s=0.2, max_attempts=3, max_in_flight=1, poll_s=0.01)
+    assert grid.pushed == 6 and {o.status for o in out.values()} == {"no-response"}
+    assert all(o.attempts == 3 for o in out.values()) and time.monotonic() - t0 >= 1.2
+
+
+def test_registry_and_ledger_refuse_bad_input(tmp_path):
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "registry.json").write_text("{not json")
+    with pytest.raises(RegistryError, match="corrupt"):
+        Registry(tmp_path / "reg")
+    ledger = Ledger(tmp_path / "l.csv")
+    with pytest.raises(LedgerError, match="unknown reason code"):
+        ledger.append([{"request_id": "r", "node_id": 1, "partition_id": 0, "server_round": 1, "nonce": "",
+                        "reason": "fine", "detail": "", "compliant": False, "attempts": 1, "verify_ms": 1.0,
+                        "proofs": 0, "bundle_bytes": 0, "circuit": "", "quarantined": True, "recorded_at": ""}])
+    assert len(ledger) == 0 and not (tmp_path / "l.csv").exists()
+    with pytest.raises(LedgerError, match=r"\.csv or \.parquet"):
+        Ledger(tmp_path / "l.json")
+
+
+def test_scenario_errors_name_file_and_key(tmp_path):
+    from simulations.scenario import ScenarioError, load_scenario
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('clients = 4\n[[requests]]\nid = "r"\nafter_round = 0\n[behaviours]\nhonest = 3\nsneaky = 1\n')
+    with pytest.raises(ScenarioError, match="unknown behaviour 'sneaky'"):
+        load_scenario(bad)
+    bad.write_text('clients = 4\n[unlearning]\nblock_sise = 16\n')
+    with pytest.raises(ScenarioError, match=r"bad.toml \[unlearning\]: unknown key\(s\) \['block_sise'\]"):
+        load_scenario(bad)
+    sc = load_scenario("simulations/smoke.toml")
+    assert sc.fleet() == load_scenario("simulations/smoke.toml").fleet()
+    counts = {}
+    for c in sc.fleet():
+        counts[c.behaviour] = counts.get(c.behaviour, 0) + 1
+    assert counts["honest"] == 7 and len(counts) == 14
+
+
+def test_group_mask_respects_block_budget():
+    from zkapex_flwr.unlearning import BlockLayout, select_mask
+
+    layout = BlockLayout.from_model(MLP(), 16, SCOPE)
+    scores = torch.rand(layout.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = select_mask(scores, layout, 0.01, max_blocks=16, group=(16, 2))
+    units = {int(b) // 16 for b in mask.touched_blocks()}
+    assert len(units) == 1 and len(mask) == round(0.01 * layout.size)
+    cols = mask.dense().reshape(-1, 16, 16)[list(units)[0]].any(0)
+    assert int(cols.sum()) <= 2
+    with pytest.raises(ValueError, match="hold at most"):
+        select_mask(scores, layout, 0.04, max_blocks=16, group=(16, 2))
