@@ -125,6 +125,14 @@ class VerifiedUnlearning:
         self._serve_requests(grid, arrays, 0)
         for rnd in range(1, num_rounds + 1):
             view.hidden = self.ledger.quarantined()
+            visible = len(list(view.get_node_ids()))
+            if visible < getattr(self.strategy, "min_available_nodes", 0):
+                # the wrapped strategy would wait forever for nodes that quarantine hides: skip the round
+                log.warning("round %d skipped: %d nodes outside quarantine, the strategy needs %d", rnd, visible,
+                            self.strategy.min_available_nodes)
+                self.participants[rnd] = []
+                self._serve_requests(grid, arrays, rnd)
+                continue
             msgs = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), view))
             msgs = [m for m in msgs if m.metadata.dst_node_id not in view.hidden]  # never trust a strategy's sampling
             self.participants[rnd] = sorted(m.metadata.dst_node_id for m in msgs)

@@ -286,3 +286,23 @@ def test_group_mask_respects_block_budget():
     assert int(cols.sum()) <= 2
     with pytest.raises(ValueError, match="hold at most"):
         select_mask(scores, layout, 0.04, max_blocks=16, group=(16, 2))
+
+
+def test_quarantined_node_is_released_when_it_makes_up_the_request(digits, tmp_path):
+    """A node that cheats on r1 is quarantined; before r2 it gets r1 again, proves honestly, is released."""
+    calls = []
+
+    def cheat_once(prover, mask, req, context):
+        calls.append(req.request_id)
+        return cheat_bundle(prover, mask, req.request_id, "mask-only") if len(calls) == 1 else None
+
+    grid = SyncGrid(make_app(digits, {1: cheat_once}), 3)
+    strat = provider(digits, tmp_path)
+    x, y = digits
+    strat.requests.append(DeletionRequest("r2", TensorData((x[:300][y[:300] == 5], y[:300][y[:300] == 5])),
+                                          after_round=2))
+    strat.start(grid, initial_arrays(digits), num_rounds=2)
+    rows = strat.ledger.frame()
+    mine = rows[rows["node_id"] == 101][["request_id", "reason"]].values.tolist()
+    assert mine == [["r1", "kkt-violation"], ["r1", "compliant"], ["r2", "compliant"]]
+    assert strat.participants[2] == [100, 102] and strat.quarantined() == set()

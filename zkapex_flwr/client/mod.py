@@ -154,8 +154,9 @@ class VerifiedUnlearningMod:
         if req.layout_digest != state.layout.digest():
             raise ProtocolError(f"node {context.node_id}: the request's block layout differs from the committed one")
         mask = UnlearningMask.from_bytes(req.mask, state.layout)
-        if req.request_id in state.sent:   # a retry: the same answer again, no re-proving
-            reply = UnlearnReply(req.request_id, req.nonce, state.sent[req.request_id])
+        key = f"{req.request_id}|{req.nonce}"
+        if key in state.sent:   # a retry of the same round: the same answer again, no re-proving
+            reply = UnlearnReply(req.request_id, req.nonce, state.sent[key])
             return Message(reply.to_content({"resent": 1.0}), reply_to=message)
         model = node.model
         model.load_state_dict(state.model)
@@ -172,7 +173,7 @@ class VerifiedUnlearningMod:
             state.theta = prover.theta
         prove_s = time.perf_counter() - t0
         after = self._research_metrics(node, model) if honest else {}
-        state.sent[req.request_id] = data
+        state.sent[key] = data
         state.save(context)
         metrics = {"prove-s": prove_s, "masked-weights": float(len(mask)), "bundle-bytes": float(len(data)),
                    "device-s": prove_s / node.speed}

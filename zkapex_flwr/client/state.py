@@ -37,7 +37,7 @@ class NodeState:
     layout: BlockLayout
     registry: bytes
     circuit_id: str
-    sent: dict[str, bytes] = field(default_factory=dict)   # request id -> bundle already sent
+    sent: dict[str, bytes] = field(default_factory=dict)   # 'request id|nonce' -> bundle already sent
     info: dict[str, float] = field(default_factory=dict)   # e.g. personalization accuracy at commit
 
     def prover(self) -> ClientProver:
