@@ -51,6 +51,11 @@ def _config(msg: Message, what: str) -> ConfigRecord:
     return msg.content.config_records[CONFIG]
 
 
+def _reply(config: dict, metrics: dict[str, float]) -> RecordDict:
+    """A client reply: the protocol values in ConfigRecord ``zkapex``, client-reported metrics in ``metrics``."""
+    return RecordDict({CONFIG: ConfigRecord(config), METRICS: MetricRecord(metrics)})
+
+
 def spec_to_json(spec: CircuitSpec) -> str:
     return json.dumps({"d": spec.d, "slots": spec.slots, "scale": spec.scale, "steps": spec.steps,
                        "group": spec.group}, sort_keys=True)
@@ -109,10 +114,8 @@ class CommitReply:
     layout_digest: str
 
     def to_content(self, metrics: dict[str, float]) -> RecordDict:
-        return RecordDict({CONFIG: ConfigRecord({"registry": self.registry, "circuit-id": self.circuit_id,
-                                                 "circuit": spec_to_json(self.circuit),
-                                                 "layout-digest": self.layout_digest}),
-                           METRICS: MetricRecord(metrics)})
+        return _reply({"registry": self.registry, "circuit-id": self.circuit_id, "circuit": spec_to_json(self.circuit),
+                       "layout-digest": self.layout_digest}, metrics)
 
     @staticmethod
     def from_message(msg: Message) -> "CommitReply":
@@ -156,9 +159,7 @@ class UnlearnReply:
     bundle: bytes
 
     def to_content(self, metrics: dict[str, float]) -> RecordDict:
-        return RecordDict({CONFIG: ConfigRecord({"request-id": self.request_id, "nonce": self.nonce,
-                                                 "bundle": self.bundle}),
-                           METRICS: MetricRecord(metrics)})
+        return _reply({"request-id": self.request_id, "nonce": self.nonce, "bundle": self.bundle}, metrics)
 
     @staticmethod
     def from_message(msg: Message) -> "UnlearnReply":
