@@ -34,7 +34,7 @@ from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import CONFIG, UNLEARN
 from zkapex_flwr.tasks import ImageTask
 
-from .scenario import ClientSpec, RequestSpec, Scenario, load_scenario
+from .scenario import HONEST_BEHAVIOURS, ClientSpec, RequestSpec, Scenario, load_scenario
 
 log = logging.getLogger("zkapex_flwr.fleet")
 MAX_EVAL = 200
@@ -136,13 +136,17 @@ def _skewed_partitions(labels: torch.Tensor, n: int, alpha: float, seed: int) ->
 
 
 @functools.lru_cache(maxsize=4)
-def _world(path: str, digest: str) -> FleetWorld:
+def _world(path: str, mtime_ns: int, size: int) -> FleetWorld:
     return FleetWorld(load_scenario(path))
 
 
 def fleet_world(path: str | Path) -> FleetWorld:
-    sc = load_scenario(path)   # re-read: a changed file gives a new world
-    return _world(str(path), sc.digest)
+    """The world of a scenario file, built once per process (the mods call this on every message)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return FleetWorld(load_scenario(path))   # load_scenario names the missing file
+    return _world(str(path), st.st_mtime_ns, st.st_size)   # a changed file gives a new world
 
 
 # --------------------------------------------------------------------------------- behaviours
@@ -177,9 +181,13 @@ def captured_bundle(board: Path | None, request_id: str, own_node: int, wait_s: 
         raise RuntimeError("a replaying client needs the run's wiretap board (run config 'out')")
     deadline = time.monotonic() + wait_s
     mine = f"{own_node}.bin"
+    circuits: dict[Path, str] = {}   # a captured file is parsed once, not at every poll
     while True:
         here = sorted(p for p in (board / request_id).glob("*.bin") if p.name != mine) if (board / request_id).is_dir() else []
-        same = [p for p in here if _circuit_of(p.read_bytes()) == circuit_id]
+        for p in here:
+            if p not in circuits:
+                circuits[p] = _circuit_of(p.read_bytes())
+        same = [p for p in here if circuits[p] == circuit_id]
         if same or (here and time.monotonic() > deadline):
             return (same or here)[0].read_bytes()
         if time.monotonic() > deadline:
@@ -254,7 +262,7 @@ def wiretap_mod_for(scenario_path: str | None, out: str | None):
         if board is None or msg.metadata.message_type != UNLEARN or reply.has_error():
             return reply
         world = fleet_world(scenario_path or ctx.run_config["scenario"])
-        if world.fleet[int(ctx.node_config["partition-id"])].behaviour in ("honest", "late"):
+        if world.fleet[int(ctx.node_config["partition-id"])].behaviour in HONEST_BEHAVIOURS:
             cfg = reply.content.config_records.get(CONFIG)
             if cfg is not None and "bundle" in cfg:
                 folder = board / str(cfg["request-id"])

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # a bare Figure renders through Agg: no pyplot, no global backend
 
-HONEST_BEHAVIOURS = ("honest", "late")  # late = honest but slow, not a cheat
+from zkapex_flwr.registry import atomic_write
+
+from .scenario import HONEST_BEHAVIOURS  # late = honest but slow, not a cheat
+
 NO_RESPONSE = "no-response"
 LEDGER_COLUMNS = ("request_id", "node_id", "partition_id", "reason", "compliant", "verify_ms", "bundle_bytes",
                   "quarantined")
@@ -234,18 +235,6 @@ def _markdown(summary: dict, scenario_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` then replace ``path``: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, wall_s: float,
                  extra: dict | None = None, scenario_name: str = "") -> dict:
     """Write ledger/clients tables, ``summary.json``, the plots and ``report.md`` to ``out_dir``; return the summary."""
@@ -256,7 +245,7 @@ def write_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, wal
     if importlib.util.find_spec("pyarrow") is not None:
         ledger.to_parquet(out_dir / "ledger.parquet", index=False)
     clients.to_csv(out_dir / "clients.csv", index=False)
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     plot_report(ledger, clients, out_dir)
     (out_dir / "report.md").write_text(_markdown(summary, scenario_name), encoding="utf-8")
     return summary

@@ -20,6 +20,7 @@ import numpy as np
 from zkapex_flwr.proof.cheats import BEHAVIOURS
 
 FLEET_BEHAVIOURS = BEHAVIOURS + ("late",)   # late = honest but slow: answers after the deadline once
+HONEST_BEHAVIOURS = ("honest", "late")
 
 
 class ScenarioError(ValueError):
@@ -245,5 +246,5 @@ def _validate(sc: Scenario) -> None:
                f"[profiles.{p.name}]: share, data_weight, alpha, speed, memory_mb, uplink_mbps must be > 0 and "
                "availability in (0, 1]")
         _check(p.shift in ("style", "geometric", "none"), src, f"[profiles.{p.name}] shift must be style, geometric or none")
-    _check(any(b in ("honest", "late") for b, _ in sc.behaviours), src,
+    _check(any(b in HONEST_BEHAVIOURS for b, _ in sc.behaviours), src,
            "[behaviours] needs honest clients: a replaying client captures an honest client's bundle")

@@ -307,6 +307,3 @@ class VerifiedUnlearning:
     def quarantined(self) -> set[int]:
         return self.ledger.quarantined()
 
-    def summary_frame(self):
-        return self.ledger.frame()
-
