@@ -95,10 +95,7 @@ class FleetWorld:
 
     # ----------------------------------------------------------------------------- client side
     def shift(self, pid: int) -> DomainShift:
-        kind = self.scenario.profile(self.fleet[pid].profile).shift
-        if kind == "none":
-            return DomainShift()
-        return DomainShift.for_client(pid, self.scenario.seed, geometric=kind == "geometric")
+        return DomainShift.for_client(pid, self.scenario.seed, self.scenario.profile(self.fleet[pid].profile).shift)
 
     def client_data(self, pid: int) -> tuple[TensorData, TensorData, TensorData]:
         """(train, test, forget) of client ``pid``, all in its domain; test excludes forgotten classes."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zkapex_flwr.data.images import DomainShift
 from zkapex_flwr.proof.cheats import BEHAVIOURS
 
 FLEET_BEHAVIOURS = BEHAVIOURS + ("late",)   # late = honest but slow: answers after the deadline once
@@ -90,7 +91,7 @@ class ProfileSpec:
     share: float = 1.0               # fraction of the fleet
     data_weight: float = 1.0         # relative data size per client
     alpha: float = 1.0               # Dirichlet label skew (smaller = more skewed)
-    shift: str = "style"             # style | geometric | none
+    shift: str = "style"             # style | mild | geometric | none (DomainShift.KINDS)
     speed: float = 1.0               # compute speed relative to this machine (modelled device time)
     memory_mb: float = 64.0          # prover working-set budget: picks the steps per proof B
     uplink_mbps: float = 10.0        # modelled upload time of the proof bundle
@@ -245,6 +246,6 @@ def _validate(sc: Scenario) -> None:
                and p.uplink_mbps > 0 and 0 < p.availability <= 1, src,
                f"[profiles.{p.name}]: share, data_weight, alpha, speed, memory_mb, uplink_mbps must be > 0 and "
                "availability in (0, 1]")
-        _check(p.shift in ("style", "geometric", "none"), src, f"[profiles.{p.name}] shift must be style, geometric or none")
+        _check(p.shift in DomainShift.KINDS, src, f"[profiles.{p.name}] shift must be one of {', '.join(DomainShift.KINDS)}")
     _check(any(b in HONEST_BEHAVIOURS for b, _ in sc.behaviours), src,
            "[behaviours] needs honest clients: a replaying client captures an honest client's bundle")

@@ -53,12 +53,17 @@ def _bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks").is_dir():
         raise ValueError("the benchmarks/ folder is not next to the installed package; run from a source checkout")
+    out = Path(args.out).resolve()
     sys.path.insert(0, str(root))
     os.chdir(root)
     if args.what == "proof":
         from benchmarks.proof_cost import run
 
-        run(Path(args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out), args.quick, args.reps)
+        run(out, args.quick, args.reps)
+    elif args.what == "quality":
+        from benchmarks.unlearning_quality import run
+
+        run(out, args.quick)
     return 0
 
 
@@ -109,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one")
     f.set_defaults(func=_simulate)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
-    b.add_argument("what", choices=["proof"], help="proof: proof cost per circuit shape")
+    b.add_argument("what", choices=["proof", "quality"],
+                   help="proof: proof cost per circuit shape; quality: ZK-APEX against its baselines, sweeps, "
+                        "block budget against proof cost, verify vs retrain")
     b.add_argument("--out", required=True)
     b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
-    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--reps", type=int, default=3, help="repetitions per proof-cost configuration")
     b.set_defaults(func=_bench)
     return parser
 

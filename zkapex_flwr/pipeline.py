@@ -53,6 +53,7 @@ class LocalConfig:
     num_clients: int = 2
     client_id: int = 0
     alpha: float = 1.0
+    domain_shift: str = "style"      # images: DomainShift kind (style | mild | geometric | none)
     max_provider_seqs: int = 6000    # code data only
     max_client_seqs: int = 1500
     # model and training
@@ -103,7 +104,7 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
             raise ValueError(f"forget_mode '{cfg.forget_mode}' does not apply to images; use class or samples")
         splits = image_splits(cfg.dataset, client_id=cfg.client_id, num_clients=cfg.num_clients, alpha=cfg.alpha,
                               forget_mode=cfg.forget_mode, forget_classes_=cfg.forget_classes,
-                              forget_count=cfg.forget_count, seed=cfg.seed)
+                              forget_count=cfg.forget_count, seed=cfg.seed, shift_kind=cfg.domain_shift)
         return splits, {"image_shape": tuple(splits.meta["image_shape"]), "num_classes": 10}
     if cfg.dataset == "stdlib-code":
         from .data.code import code_splits
@@ -115,6 +116,44 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
                                   max_provider_seqs=cfg.max_provider_seqs, max_client_seqs=cfg.max_client_seqs)
         return splits, {"vocab_size": len(tok), "seq_len": splits.meta["seq_len"]}
     raise ValueError(f"unknown dataset '{cfg.dataset}'; choose digits, mnist or stdlib-code")
+
+
+class RunCache:
+    """Reuse the expensive pieces of a run (data, θg, θp, Fisher, saliency, prover) across runs of one process.
+
+    A benchmark that runs many configurations on the same seed and client trains θg and the retrained
+    global model once per seed and θp once per client. Each entry keeps the seconds it took when it was
+    made, so a method's reported client seconds stay what that method costs. Keys hold every config
+    field the entry depends on; cached models are never modified (every use clones them).
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, object] = {}
+        self.hits = 0
+
+    def get(self, key: tuple, make):
+        if key in self._store:
+            self.hits += 1
+        else:
+            self._store[key] = make()
+        return self._store[key]
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+def _keys(cfg: LocalConfig) -> dict[str, tuple]:
+    data = ("data", cfg.model, cfg.dataset, cfg.seed, cfg.client_id, cfg.num_clients, cfg.alpha, cfg.domain_shift,
+            cfg.forget_mode, tuple(cfg.forget_classes), cfg.forget_count, cfg.forget_package, cfg.max_provider_seqs,
+            cfg.max_client_seqs)
+    model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size)
+    glob = ("global",) + data[1:4] + data[5:6] + data[8:] + model  # provider data does not depend on the client
+    personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)
+    fisher = ("fisher", personal, cfg.block_size, cfg.scope, cfg.num_grads, cfg.fisher_data)
+    return {"data": data, "global": glob, "retrain-global": ("retrain",) + glob, "personal": personal,
+            "retrain-personal": ("retrain",) + personal, "quality": ("quality",) + personal, "fisher": fisher,
+            "scores": ("scores", glob, cfg.block_size, cfg.scope, cfg.saliency, cfg.saliency_gamma),
+            "prover": ("prover", fisher, cfg.damping, cfg.proof_slots, cfg.proof_steps_per_proof, cfg.proof_group)}
 
 
 def build_model(cfg: LocalConfig, model_args: dict, seed: int) -> nn.Module:
@@ -138,15 +177,20 @@ def _row(before: dict, after: dict, residual: float, seconds: float) -> dict:
             "kkt_max_residual": residual, "client_s": seconds}
 
 
-def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None) -> dict:
-    """Run the whole one-client pipeline; return (and optionally write) ``metrics.json``."""
+def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None, cache: RunCache | None = None) -> dict:
+    """Run the whole one-client pipeline; return (and optionally write) ``metrics.json``.
+
+    ``cache`` (a :class:`RunCache`) lets a benchmark reuse θg, θp, the Fisher and the rest across runs.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
+    cache = cache or RunCache()
+    keys = _keys(cfg)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    splits, model_args = build_splits(cfg)
+    splits, model_args = cache.get(keys["data"], lambda: build_splits(cfg))
     task = task_for(splits.task)
     timings: dict[str, float] = {}
 
@@ -155,33 +199,42 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
+        def timed(key: str, desc: str, make):
+            """``make()`` once per cache key; ``timings[desc]`` is the seconds it took when it was made."""
+            def run():
+                t = time.perf_counter()
+                value = make()
+                return value, time.perf_counter() - t
+            value, seconds = cache.get(keys[key], run)
+            timings[desc] = seconds
+            return value
+
         def fit(model, data, epochs, lr, desc, **kw):
-            t = time.perf_counter()
-            train(model, task, data, epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
-                  desc=desc, **kw)
-            timings[desc] = time.perf_counter() - t
-            return model
+            return train(model, task, data, epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                         progress=progress, desc=desc, **kw)
 
         log(f"data: {splits.sizes()}")
-        theta_g = fit(build_model(cfg, model_args, cfg.seed), splits.provider_train, cfg.global_epochs, cfg.global_lr,
-                      "global training")
-        theta_p = fit(clone_model(theta_g), splits.client_train, cfg.personal_epochs, cfg.personal_lr, "personalize")
+        theta_g = timed("global", "global training", lambda: fit(build_model(cfg, model_args, cfg.seed),
+                                                                  splits.provider_train, cfg.global_epochs,
+                                                                  cfg.global_lr, "global training"))
+        theta_p = timed("personal", "personalize", lambda: fit(clone_model(theta_g), splits.client_train,
+                                                               cfg.personal_epochs, cfg.personal_lr, "personalize"))
         layout = BlockLayout.from_model(theta_p, cfg.block_size, cfg.scope)
 
         # phase 2: the client's Fisher, fixed before any request
-        t = time.perf_counter()
         fisher_src = {"train": splits.client_train, "retain": splits.client_retain}.get(cfg.fisher_data)
         if fisher_src is None:
             raise ValueError(f"fisher_data must be 'train' or 'retain', got '{cfg.fisher_data}'")
-        fisher = BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads)
-        timings["client fisher"] = time.perf_counter() - t
+        fisher = timed("fisher", "client fisher",
+                       lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads))
 
         # phase 3: the provider's mask, on θg
         t = time.perf_counter()
-        scores = saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
-                                 method=cfg.saliency, gamma=cfg.saliency_gamma)
+        scores = timed("scores", "provider saliency",
+                       lambda: saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
+                                               method=cfg.saliency, gamma=cfg.saliency_gamma))
         mask = select_mask(scores, layout, cfg.mask_fraction, cfg.max_blocks, cfg.mask_group)
-        timings["provider mask"] = time.perf_counter() - t
+        timings["provider mask"] = timings["provider saliency"] + time.perf_counter() - t
         log(f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
             f"{layout.n_blocks} blocks (d={layout.block_size})")
 
@@ -200,9 +253,11 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
             res = certificate_residual(update.theta_p, th, update.fisher, update.local_mask)
             return float(max(res["feasibility"].max(), res["stationarity"].max()))
 
-        proof = _prove_and_verify(cfg, theta_p, layout, fisher, mask, update, progress, log) if cfg.prove else None
+        proof = (_prove_and_verify(cfg, theta_p, layout, fisher, mask, update, progress, log,
+                                   lambda make: (timed("prover", "client register", make), timings["client register"]))
+                 if cfg.prove else None)
 
-        q_before = quality(theta_p, task, splits, cfg.seed)
+        q_before = cache.get(keys["quality"], lambda: quality(theta_p, task, splits, cfg.seed))
         metrics = _row(q_before, quality(theta_u, task, splits, cfg.seed), kkt,
                        timings["client fisher"] + timings["client group-obs"])
         baselines: dict[str, dict] = {}
@@ -219,13 +274,19 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
                 fit(model, splits.client_retain, cfg.finetune_epochs, cfg.personal_lr, "mask+finetune",
                     frozen_zero=_frozen(layout, mask))
             elif name == "retrain":
-                model = fit(build_model(cfg, model_args, cfg.seed), splits.provider_retain, cfg.global_epochs,
-                            cfg.global_lr, "retrain global")
-                model = fit(model, splits.client_retain, cfg.personal_epochs, cfg.personal_lr, "retrain personalize")
+                retrained = timed("retrain-global", "retrain global",
+                                  lambda: fit(build_model(cfg, model_args, cfg.seed), splits.provider_retain,
+                                              cfg.global_epochs, cfg.global_lr, "retrain global"))
+                model = timed("retrain-personal", "retrain personalize",
+                              lambda: fit(clone_model(retrained), splits.client_retain, cfg.personal_epochs,
+                                          cfg.personal_lr, "retrain personalize"))
             else:
                 raise ValueError(f"unknown baseline '{name}'")
             seconds = time.perf_counter() - t
+            if name == "retrain":  # what retraining costs, even when this process reused a cached model
+                seconds = timings["retrain global"] + timings["retrain personalize"]
             baselines[name] = _row(q_before, quality(model, task, splits, cfg.seed), cert(model), seconds)
+            timings[name] = seconds
 
     result = {**metrics, "baselines": baselines, **({"proof": proof} if proof else {}),
               "masked_weights": len(mask), "scope_weights": layout.size, "touched_blocks": int(len(blocks)),
@@ -244,18 +305,21 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None)
 
 
 def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout, fisher: BlockFisher,
-                      mask: UnlearningMask, update, progress, log) -> dict:
-    """Phase 2 registration, phase 4 proving and phase 5 verification of this client's update."""
+                      mask: UnlearningMask, update, progress, log, timed_register) -> dict:
+    """Phase 2 registration, phase 4 proving and phase 5 verification of this client's update.
+
+    ``timed_register(make)`` returns the registered prover (cached across runs) and the seconds registering took.
+    """
+    import copy
     import warnings
 
     from .proof import ClientProver, Verifier
 
     warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
-    t = time.perf_counter()
-    prover = ClientProver.register(theta_p, layout, fisher, cfg.damping, slots=cfg.proof_slots,
-                                   steps_per_proof=cfg.proof_steps_per_proof, group_size=cfg.proof_group,
-                                   progress=progress)
-    register_s = time.perf_counter() - t
+    registered, register_s = timed_register(lambda: ClientProver.register(
+        theta_p, layout, fisher, cfg.damping, slots=cfg.proof_slots, steps_per_proof=cfg.proof_steps_per_proof,
+        group_size=cfg.proof_group, progress=progress))
+    prover = copy.copy(registered)  # unlearn() moves the copy's θ to θu; the registered prover stays at θp
     proven = clone_model(theta_p)
     bundle, report = prover.unlearn(proven, mask, request_id="local", progress=progress)
     data = bundle.to_bytes()

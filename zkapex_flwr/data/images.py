@@ -49,7 +49,7 @@ class DomainShift:
     The default draw is a *style* shift, like photo → sketch in the paper: contrast inversion, a contrast
     gain and a fixed additive noise pattern; the content (digit shape, orientation) is unchanged, so
     the global model's knowledge transfers but personalization still matters. Quarter turns and
-    mirroring (``geometric=True``) change the content layout too and are available for harder shifts.
+    mirroring (kind ``geometric``) change the content layout too and are available for harder shifts.
     """
 
     rotate: int = 0          # quarter turns
@@ -59,12 +59,23 @@ class DomainShift:
     pattern: float = 0.0     # strength of a fixed additive noise pattern
     seed: int = 0            # seeds the pattern
 
+    KINDS = ("style", "mild", "geometric", "none")
+
     @staticmethod
-    def for_client(client_id: int, seed: int, geometric: bool = False) -> "DomainShift":
+    def for_client(client_id: int, seed: int, kind: str = "style") -> "DomainShift":
+        """Client ``client_id``'s shift. ``style``: even clients see inverted contrast, all get a gain and a
+        noise pattern; ``mild``: gain and pattern only (the global model transfers, so the personalized
+        model inherits what θg learned from D_f); ``geometric``: style plus quarter turns and mirroring;
+        ``none``: the identity."""
+        if kind not in DomainShift.KINDS:
+            raise ValueError(f"unknown domain shift '{kind}'; choose one of {DomainShift.KINDS}")
+        if kind == "none":
+            return DomainShift()
+        geometric = kind == "geometric"
         rng = np.random.default_rng([seed, client_id, 7])
         return DomainShift(rotate=int(rng.integers(4)) if geometric else 0,
                            flip=bool(rng.integers(2)) if geometric else False,
-                           invert=bool(client_id % 2 == 0), gain=float(rng.uniform(0.6, 1.4)),
+                           invert=kind != "mild" and client_id % 2 == 0, gain=float(rng.uniform(0.6, 1.4)),
                            pattern=float(rng.uniform(0.15, 0.35)), seed=int(rng.integers(2**31)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +124,8 @@ def _pools(n: int, seed: int, test_fraction: float, provider_fraction: float) ->
 def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: int = 2, alpha: float = 1.0,
                  forget_mode: str = "class", forget_classes_: Sequence[int] = (3,), forget_count: int = 60,
                  seed: int = 0, test_fraction: float = 0.15, provider_fraction: float = 0.4,
-                 client_holdout: float = 0.2, shift: DomainShift | None = None) -> UnlearningSplits:
+                 client_holdout: float = 0.2, shift: DomainShift | None = None,
+                 shift_kind: str = "style") -> UnlearningSplits:
     """Build every role of :class:`UnlearningSplits` for one client of an image dataset.
 
     ``forget_mode='class'`` forgets whole classes (``forget_classes_``); ``'samples'`` forgets
@@ -134,7 +146,7 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
     client_idx = client_idx[torch.randperm(len(client_idx), generator=g)]
     n_hold = max(1, int(round(len(client_idx) * client_holdout)))
     hold_idx, client_idx = client_idx[:n_hold], client_idx[n_hold:]
-    shift = shift or DomainShift.for_client(client_id, seed)
+    shift = shift or DomainShift.for_client(client_id, seed, shift_kind)
 
     px, py = x[prov_idx], y[prov_idx]
     cx, cy = shift(x[client_idx]), y[client_idx]
@@ -145,7 +157,9 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
         fcls = torch.tensor(list(forget_classes_))
         hold_keep = ~torch.isin(hy, fcls)
         test_forget = torch.isin(ty, fcls)
-        unseen = TensorData((tx[test_forget], ty[test_forget]))
+        # MIA non-members: every never-trained sample of the forget classes (shared test pool and the
+        # client's held-out part), all in the client's domain
+        unseen = TensorData((torch.cat([tx[test_forget], hx[~hold_keep]]), torch.cat([ty[test_forget], hy[~hold_keep]])))
         described = {"forget_classes": list(forget_classes_)}
     elif forget_mode == "samples":
         f_idx = forget_samples(len(py), forget_count, seed)

@@ -1,0 +1,86 @@
+"""Issue 5: the quality benchmark's quick mode end to end, and the run cache it relies on."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import unlearning_quality as uq  # noqa: E402
+from zkapex_flwr.pipeline import RunCache, preset, run_local  # noqa: E402
+
+TINY = dict(num_clients=2, global_epochs=2, personal_epochs=2, domain_shift="mild",
+            model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0))
+
+
+def test_run_cache_reuses_models_and_keeps_their_cost():
+    from rich.console import Console
+
+    quiet = Console(quiet=True)
+    cache = RunCache()
+    cfg = preset("vit", "digits", **TINY)
+    first = run_local(cfg, console=quiet, cache=cache)
+    assert cache.hits == 0
+    again = run_local(cfg, console=quiet, cache=cache)
+    assert cache.hits >= 5  # data, θg, θp, Fisher, saliency, ... all reused
+    for key in uq.METRICS[:-1]:
+        assert again[key] == pytest.approx(first[key])
+    # the retrain baseline still reports what retraining cost, not the cache lookup
+    assert again["baselines"]["retrain"]["client_s"] == pytest.approx(first["baselines"]["retrain"]["client_s"])
+    assert again["baselines"]["retrain"]["client_s"] > 0.5
+    # another client shares θg but not θp: its personalization is new work
+    other = run_local(replace(cfg, client_id=1, baselines=()), console=quiet, cache=cache)
+    assert other["timings_s"]["global training"] == pytest.approx(first["timings_s"]["global training"])
+    assert other["data"]["client_train"] != first["data"]["client_train"]
+    # a different damping reuses the Fisher but gives another update
+    damped = run_local(replace(cfg, damping=10.0, baselines=()), console=quiet, cache=cache)
+    assert damped["timings_s"]["client fisher"] == pytest.approx(first["timings_s"]["client fisher"])
+    assert damped["kkt_max_residual"] < 1e-8
+
+
+def test_domain_shift_kinds_and_bad_kind():
+    from zkapex_flwr.data.images import DomainShift
+
+    assert DomainShift.for_client(0, 0, "style").invert
+    assert not DomainShift.for_client(0, 0, "mild").invert
+    assert DomainShift.for_client(0, 0, "none") == DomainShift()
+    with pytest.raises(ValueError, match="unknown domain shift 'sepia'"):
+        DomainShift.for_client(0, 0, "sepia")
+
+
+@pytest.mark.slow
+def test_quality_benchmark_quick(tmp_path):
+    summary = uq.run(tmp_path, quick=True)
+    for name in ("quality_runs.csv", "quality.csv", "quality.png", "sweeps.csv", "sweeps.png", "tuning_grid.csv", "report.md",
+                 "budget.csv", "budget_tradeoff.png", "verify_vs_retrain.csv", "summary.json", "machine.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    runs = pd.read_csv(tmp_path / "quality_runs.csv")
+    vit, opt = uq.QUICK.vit.name, uq.QUICK.opt.name
+    assert set(runs[runs["setting"] == vit]["method"]) == set(uq.METHODS)
+    assert set(runs[runs["setting"] == opt]["method"]) == set(uq.METHODS) - {uq.METHOD_TUNED}
+    assert runs[list(uq.METRICS)].notna().all().all()
+    # the retrain row is the reference of the gap column
+    assert (runs[runs["method"] == "retrain"]["forget_gap_to_retrain"] == 0).all()
+    # the tuned point follows the stated rule on the tuning grid
+    grid = pd.read_csv(tmp_path / "tuning_grid.csv")
+    ok = grid[grid["recovery"] >= uq.RECOVERY_FLOOR]
+    best = (ok if len(ok) else grid)["abs_forget_gap"].min()
+    chosen = grid[(grid["mask_fraction"] == summary["tuned"]["mask_fraction"])
+                  & (grid["damping"] == summary["tuned"]["damping"])]
+    assert len(chosen) == 1 and chosen["abs_forget_gap"].iloc[0] == pytest.approx(best)
+    # every budget point was proven and verified by the real verifier on the proof client
+    budget = pd.read_csv(tmp_path / "budget.csv")
+    proven = budget.dropna(subset=["verdict"])
+    assert len(proven) == len(uq.QUICK.budgets) and (proven["verdict"] == "compliant").all()
+    capped = budget[budget["budget"] == str(uq.QUICK.budgets[0])]
+    assert (capped["touched_blocks"] <= uq.QUICK.budgets[0]).all()
+    ratio = json.loads((tmp_path / "summary.json").read_text())["verify_vs_retrain"]
+    assert ratio["verify_s"] > 0 and ratio["retrain_s"] > 0
+    assert math.isclose(ratio["verify_vs_retrain"], ratio["retrain_s"] / ratio["verify_s"])
