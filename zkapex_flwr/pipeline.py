@@ -229,10 +229,10 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                        lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads))
 
         # phase 3: the provider's mask, on θg
-        t = time.perf_counter()
         scores = timed("scores", "provider saliency",
                        lambda: saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
                                                method=cfg.saliency, gamma=cfg.saliency_gamma))
+        t = time.perf_counter()
         mask = select_mask(scores, layout, cfg.mask_fraction, cfg.max_blocks, cfg.mask_group)
         timings["provider mask"] = timings["provider saliency"] + time.perf_counter() - t
         log(f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
