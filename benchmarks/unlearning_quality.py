@@ -15,7 +15,10 @@ Three parts, all measured in one process on the same data (PROTOCOL.md §6):
    check the paper compares with, so the verify-vs-retrain ratio comes from one run.
 3. **Headline** (seeds ``SEEDS`` × clients ``CLIENTS``) for the ViT (image data, per-client domain
    shift) and the OPT-style code model (standard-library code): ZK-APEX (paper defaults), ZK-APEX
-   (tuned), mask-only, mask + fine-tune, retrain-then-re-personalize and no-op, mean ± std.
+   (tuned), mask-only, mask + fine-tune, retrain-then-re-personalize and no-op, mean ± std. An extra
+   ViT setting (``vit-mnist-class-federation``) makes the class request cover the whole federation:
+   clients drop their own samples of the class too, so the retrain baseline never sees it.
+   ``--setting NAME`` runs only that headline, reusing the tuned point in ``--out``, into ``--out/NAME/``.
 
 Outputs in ``--out``: ``quality_runs.csv`` (one row per setting × seed × client × method),
 ``quality.csv`` (mean ± std), ``quality.png``, ``sweeps.csv`` / ``sweeps.png``, ``tuning_grid.csv``,
@@ -66,6 +69,7 @@ class Plan:
     budgets: list                    # max_blocks values at block size 16 (None: no budget)
     wide_unit: tuple[int, int] | None  # (G, K) structured-mask point on the budget curve
     proof_client: int = 0
+    extra: tuple[Setting, ...] = ()  # more headline settings (variants of the request)
 
 
 FULL = Plan(
@@ -80,6 +84,11 @@ FULL = Plan(
     tune_clients=(0, 1, 2),
     budgets=[96, 128, 256, 512, None],
     wide_unit=(64, 2),
+    # a class request that covers the whole federation: clients drop their own samples of the class too,
+    # so retrain never sees it (the Fisher was still committed on all the client's data, before the request)
+    extra=(Setting("vit-mnist-class-federation", "vit", "mnist",
+                   dict(domain_shift="mild", num_clients=3, global_epochs=15, personal_epochs=20,
+                        client_keeps_forget=False)),),
 )
 QUICK = Plan(
     vit=Setting("vit-digits-class", "vit", "digits",
@@ -224,18 +233,18 @@ class Bench:
         return pd.DataFrame(rows), ratio
 
     # --------------------------------------------------------------------------------------- headline
-    def headline(self, tuned: dict) -> "object":
+    def headline(self, tuned: dict, settings=None) -> "object":
         import pandas as pd
 
         rows = []
-        for setting in (self.plan.vit, self.plan.opt):
+        for setting in settings or (self.plan.vit, self.plan.opt, *self.plan.extra):
             if setting is None:
                 continue
             for seed in setting.seeds:
                 for client in setting.clients:
                     cfg = _cfg(setting, seed, client)
                     rows += _rows(self.run(cfg), setting, METHOD_DEFAULT, True)
-                    if setting is self.plan.vit:
+                    if setting.model == "vit":
                         rows += _rows(self.run(replace(cfg, **tuned, baselines=())), setting, METHOD_TUNED, False)
                 self.cache.clear()  # one seed's models at a time
         frame = pd.DataFrame(rows)
@@ -287,6 +296,35 @@ def run(out: Path, quick: bool = False) -> dict:
     write_report(out)
     print_tables(Console(), agg, ratio, summary)
     return summary
+
+
+def run_setting(out: Path, name: str) -> Path:
+    """Only the headline of one extra setting, with the tuned point of the full run in ``out``.
+
+    Writes ``out/<name>/`` (``quality_runs.csv``, ``quality.csv``, ``quality.png``); the full run makes
+    the same rows inside its own tables.
+    """
+    settings = {s.name: s for s in FULL.extra}
+    if name not in settings:
+        raise ValueError(f"unknown setting '{name}'; choose one of {sorted(settings)}")
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise ValueError(f"{summary_path} is missing: run the full benchmark into {out} first (it picks the tuned point)")
+    tuned = json.loads(summary_path.read_text())["tuned"]
+    bench = Bench(FULL, out)
+    runs = bench.headline(tuned, [settings[name]])
+    sub = out / name
+    sub.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(sub / "quality_runs.csv", index=False)
+    agg = aggregate(runs)
+    agg.to_csv(sub / "quality.csv", index=False)
+    plot_quality(agg, sub / "quality.png")
+    (sub / "run.json").write_text(json.dumps({"tuned": tuned, "wall_s": time.perf_counter() - bench.t0,
+                                              "runs": bench.runs}, indent=2))
+    from rich.console import Console
+
+    print_tables(Console(), agg, {}, {"targets": {}})
+    return sub
 
 
 def write_report(out: Path) -> Path:
@@ -461,8 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true", help="tiny models, one seed and client (CI smoke test)")
     parser.add_argument("--report-only", action="store_true", help="rewrite report.md from the CSVs in --out")
+    parser.add_argument("--setting", default=None,
+                        help="only the headline of one extra setting (e.g. vit-mnist-class-federation), "
+                             "with the tuned point of the full run already in --out; writes --out/SETTING/")
     args = parser.parse_args(argv)
-    if args.report_only:
+    if args.setting:
+        run_setting(Path(args.out), args.setting)
+    elif args.report_only:
         print(write_report(Path(args.out)).read_text())
     else:
         run(Path(args.out), args.quick)

@@ -57,6 +57,27 @@ def test_domain_shift_kinds_and_bad_kind():
         DomainShift.for_client(0, 0, "sepia")
 
 
+def test_federation_wide_class_request_drops_the_clients_own_samples():
+    import torch
+
+    from zkapex_flwr.data.images import image_splits
+
+    kept = image_splits("digits", client_id=0, num_clients=2, forget_classes_=(3,), seed=0)
+    dropped = image_splits("digits", client_id=0, num_clients=2, forget_classes_=(3,), seed=0,
+                           client_keeps_forget=False)
+    assert (kept.client_retain.tensors[1] == 3).any()
+    assert not (dropped.client_retain.tensors[1] == 3).any()
+    assert torch.equal(dropped.client_train.tensors[1], kept.client_train.tensors[1])  # the Fisher's data is unchanged
+    assert len(dropped.client_retain) == int((kept.client_train.tensors[1] != 3).sum())
+
+
+def test_extra_setting_needs_the_full_run_first(tmp_path):
+    with pytest.raises(ValueError, match="summary.json is missing"):
+        uq.run_setting(tmp_path, uq.FULL.extra[0].name)
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        uq.run_setting(tmp_path, "nope")
+
+
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     summary = uq.run(tmp_path, quick=True)

@@ -54,6 +54,7 @@ class LocalConfig:
     client_id: int = 0
     alpha: float = 1.0
     domain_shift: str = "style"      # images: DomainShift kind (style | mild | geometric | none)
+    client_keeps_forget: bool = True  # class requests: False drops the client's own samples of the class too
     max_provider_seqs: int = 6000    # code data only
     max_client_seqs: int = 1500
     # model and training
@@ -104,7 +105,8 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
             raise ValueError(f"forget_mode '{cfg.forget_mode}' does not apply to images; use class or samples")
         splits = image_splits(cfg.dataset, client_id=cfg.client_id, num_clients=cfg.num_clients, alpha=cfg.alpha,
                               forget_mode=cfg.forget_mode, forget_classes_=cfg.forget_classes,
-                              forget_count=cfg.forget_count, seed=cfg.seed, shift_kind=cfg.domain_shift)
+                              forget_count=cfg.forget_count, seed=cfg.seed, shift_kind=cfg.domain_shift,
+                              client_keeps_forget=cfg.client_keeps_forget)
         return splits, {"image_shape": tuple(splits.meta["image_shape"]), "num_classes": 10}
     if cfg.dataset == "stdlib-code":
         from .data.code import code_splits
@@ -143,9 +145,9 @@ class RunCache:
 
 
 def _keys(cfg: LocalConfig) -> dict[str, tuple]:
-    data = ("data", cfg.model, cfg.dataset, cfg.seed, cfg.client_id, cfg.num_clients, cfg.alpha, cfg.domain_shift,
-            cfg.forget_mode, tuple(cfg.forget_classes), cfg.forget_count, cfg.forget_package, cfg.max_provider_seqs,
-            cfg.max_client_seqs)
+    data = ("data", cfg.model, cfg.dataset, cfg.seed, cfg.client_id, cfg.num_clients, cfg.alpha,
+            (cfg.domain_shift, cfg.client_keeps_forget), cfg.forget_mode, tuple(cfg.forget_classes), cfg.forget_count,
+            cfg.forget_package, cfg.max_provider_seqs, cfg.max_client_seqs)
     model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size)
     glob = ("global",) + data[1:4] + data[5:6] + data[8:] + model  # provider data does not depend on the client
     personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)

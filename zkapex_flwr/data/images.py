@@ -125,14 +125,16 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
                  forget_mode: str = "class", forget_classes_: Sequence[int] = (3,), forget_count: int = 60,
                  seed: int = 0, test_fraction: float = 0.15, provider_fraction: float = 0.4,
                  client_holdout: float = 0.2, shift: DomainShift | None = None,
-                 shift_kind: str = "style") -> UnlearningSplits:
+                 shift_kind: str = "style", client_keeps_forget: bool = True) -> UnlearningSplits:
     """Build every role of :class:`UnlearningSplits` for one client of an image dataset.
 
     ``forget_mode='class'`` forgets whole classes (``forget_classes_``); ``'samples'`` forgets
     ``forget_count`` random provider training samples. The request covers D_f, the provider's named
     training data; the client's own samples are its own and stay (``client_retain`` = ``client_train``),
     so the retrain gold standard (θg without D_f, re-personalized on the same client data) differs from
-    the unlearned model only by D_f. The client's partition is split into its
+    the unlearned model only by D_f. With ``client_keeps_forget=False`` a class request covers the whole
+    federation: ``client_retain`` drops the client's own samples of those classes too, so the retrain
+    baseline never sees the class. The client's partition is split into its
     training data and ``client_holdout`` of held-out data (personalization accuracy); the shared test
     pool supplies never-seen samples for the membership-inference attack.
     """
@@ -171,17 +173,20 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
     else:
         raise ValueError(f"unknown forget_mode '{forget_mode}'; choose 'class' or 'samples'")
     r_idx = complement(len(py), f_idx)
+    keep = torch.ones(len(cy), dtype=torch.bool)
+    if forget_mode == "class" and not client_keeps_forget:
+        keep = ~torch.isin(cy, fcls)
     return UnlearningSplits(
         task="image",
         provider_train=TensorData((px, py)),
         provider_retain=TensorData((px[r_idx], py[r_idx])),
         forget=TensorData((px[f_idx], py[f_idx])),
         client_train=TensorData((cx, cy)),
-        client_retain=TensorData((cx, cy)),
+        client_retain=TensorData((cx[keep], cy[keep])),
         client_test=TensorData((hx[hold_keep], hy[hold_keep])),
         client_forget=TensorData((shift(px[f_idx]), py[f_idx])),
         client_unseen=unseen,
         meta={"dataset": dataset, "client_id": client_id, "num_clients": num_clients, "alpha": alpha,
-              "forget_mode": forget_mode, **described, "domain_shift": shift.describe(),
+              "forget_mode": forget_mode, **described, "client_keeps_forget": client_keeps_forget, "domain_shift": shift.describe(),
               "image_shape": list(x.shape[1:]), "num_classes": 10},
     )
