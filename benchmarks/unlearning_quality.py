@@ -128,12 +128,12 @@ def _rows(result: dict, setting: Setting, method: str, include_baselines: bool) 
 class Bench:
     """Runs the plan, logging one line per finished run (long work shows progress)."""
 
-    def __init__(self, plan: Plan, out: Path):
+    def __init__(self, plan: Plan):
         from rich.console import Console
 
         from zkapex_flwr.pipeline import RunCache
 
-        self.plan, self.out = plan, out
+        self.plan = plan
         self.console = Console(stderr=True)
         self.quiet = Console(stderr=True, quiet=True)
         self.cache = RunCache()
@@ -270,7 +270,7 @@ def run(out: Path, quick: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if quick else FULL
-    bench = Bench(plan, out)
+    bench = Bench(plan)
     tuned, sweeps, grid = bench.tune()
     sweeps.to_csv(out / "sweeps.csv", index=False)
     grid.to_csv(out / "tuning_grid.csv", index=False)
@@ -311,7 +311,7 @@ def run_setting(out: Path, name: str) -> Path:
     if not summary_path.exists():
         raise ValueError(f"{summary_path} is missing: run the full benchmark into {out} first (it picks the tuned point)")
     tuned = json.loads(summary_path.read_text())["tuned"]
-    bench = Bench(FULL, out)
+    bench = Bench(FULL)
     runs = bench.headline(tuned, [settings[name]])
     sub = out / name
     sub.mkdir(parents=True, exist_ok=True)
