@@ -203,14 +203,15 @@ class Bench:
         rows, ratio = [], {}
         for client in plan.tune_clients:
             base = _cfg(setting, TUNE_SEED, client, block_size=16, proof_slots=8)
+            proves = client == plan.proof_client
             for budget, unit in points:
-                cfg = replace(base, max_blocks=budget, baselines=("retrain",) if client == plan.proof_client and budget is None
-                              and unit is None else ())
+                # retraining-to-check is timed once, on the proof client's unbudgeted free mask
+                retrain = proves and budget is None and unit is None
+                cfg = replace(base, max_blocks=budget, prove=proves, baselines=("retrain",) if retrain else ())
                 label = "none" if budget is None else str(budget)
                 if unit is not None:
                     cfg = replace(cfg, mask_group=unit, proof_group=unit[0], proof_slots=unit[1])
                     label = f"wide units G={unit[0]}, K={unit[1]}"
-                cfg = replace(cfg, prove=client == plan.proof_client)
                 r = self.run(cfg)
                 row = {"budget": label, "client": client, "touched_blocks": r["touched_blocks"],
                        "masked_weights": r["masked_weights"], "recovery": r["recovery"],
@@ -278,14 +279,10 @@ def run(out: Path, quick: bool = False) -> dict:
     budget, ratio = bench.budget()
     budget.to_csv(out / "budget.csv", index=False)
     bench.cache.clear()
-    runs = bench.headline(tuned)
-    runs.to_csv(out / "quality_runs.csv", index=False)
-    agg = aggregate(runs)
-    agg.to_csv(out / "quality.csv", index=False)
+    agg = save_headline(bench.headline(tuned), out)
     import pandas as pd
 
     pd.DataFrame([ratio]).to_csv(out / "verify_vs_retrain.csv", index=False)
-    plot_quality(agg, out / "quality.png")
     plot_sweeps(sweeps, out / "sweeps.png")
     plot_budget(budget, out / "budget_tradeoff.png")
     summary = {"quick": quick, "tuned": tuned, "tune_seed": TUNE_SEED, "recovery_floor": RECOVERY_FLOOR,
@@ -294,8 +291,17 @@ def run(out: Path, quick: bool = False) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "machine.json").write_text(json.dumps(machine(), indent=2))
     write_report(out)
-    print_tables(Console(), agg, ratio, summary)
+    print_tables(Console(), agg, ratio, summary["targets"])
     return summary
+
+
+def save_headline(runs, folder: Path):
+    """Write ``quality_runs.csv``, ``quality.csv`` (mean ± std) and ``quality.png`` into ``folder``; return the means."""
+    runs.to_csv(folder / "quality_runs.csv", index=False)
+    agg = aggregate(runs)
+    agg.to_csv(folder / "quality.csv", index=False)
+    plot_quality(agg, folder / "quality.png")
+    return agg
 
 
 def run_setting(out: Path, name: str) -> Path:
@@ -315,15 +321,12 @@ def run_setting(out: Path, name: str) -> Path:
     runs = bench.headline(tuned, [settings[name]])
     sub = out / name
     sub.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(sub / "quality_runs.csv", index=False)
-    agg = aggregate(runs)
-    agg.to_csv(sub / "quality.csv", index=False)
-    plot_quality(agg, sub / "quality.png")
+    agg = save_headline(runs, sub)
     (sub / "run.json").write_text(json.dumps({"tuned": tuned, "wall_s": time.perf_counter() - bench.t0,
                                               "runs": bench.runs}, indent=2))
     from rich.console import Console
 
-    print_tables(Console(), agg, {}, {"targets": {}})
+    print_tables(Console(), agg)
     return sub
 
 
@@ -393,7 +396,7 @@ def targets(agg, plan: Plan) -> dict:
     return out
 
 
-def print_tables(console, agg, ratio: dict, summary: dict) -> None:
+def print_tables(console, agg, ratio: dict | None = None, targets: dict | None = None) -> None:
     from rich.table import Table
 
     for setting, part in agg.groupby("setting", sort=False):
@@ -410,7 +413,8 @@ def print_tables(console, agg, ratio: dict, summary: dict) -> None:
     if ratio:
         console.print(f"verify {ratio['verify_s'] * 1000:.0f} ms vs retrain-to-check {ratio['retrain_s']:.0f} s: "
                       f"{ratio['verify_vs_retrain']:.0f}× ({ratio['masked_weights']} masked weights)")
-    console.print(json.dumps(summary["targets"], indent=1))
+    if targets:
+        console.print(json.dumps(targets, indent=1))
 
 
 def _pm(mean: float, std: float) -> str:
