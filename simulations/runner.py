@@ -46,8 +46,14 @@ def _wait_for_nodes(grid: Grid, n: int, timeout_s: float = 300.0) -> list[int]:
         time.sleep(0.5)
 
 
-def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path) -> dict:
-    """The fleet provider: pretrain θg, run the verified-unlearning schedule, write the report."""
+def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *, resume: bool = False) -> dict:
+    """The fleet provider: pretrain θg, run the verified-unlearning schedule, write the report.
+
+    ``resume``: keep ``out/provider`` (registry and ledger) from an earlier run of this provider against
+    the same SuperNodes, e.g. after the provider process was killed; registered nodes are not asked to
+    commit again and decided (request, node) pairs are not asked again. Without it, a simulated fleet
+    (fresh node ids every run) starts from an empty provider state.
+    """
     from flwr.serverapp.strategy import FedAvg
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,8 +70,9 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path) ->
     sc = load_scenario(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("provider", "wiretap"):   # a simulated fleet has fresh node ids: start a fresh provider
-        shutil.rmtree(out / stale, ignore_errors=True)
+    if not resume:
+        for stale in ("provider", "wiretap"):   # a simulated fleet has fresh node ids: start a fresh provider
+            shutil.rmtree(out / stale, ignore_errors=True)
     seed_everything(sc.seed)
     world = fleet_world(path)
     t, u = sc.training, sc.unlearning

@@ -2,6 +2,7 @@
 
     flwr run . --stream                                        # simulations/default.toml → runs/default
     flwr run . --stream --run-config "scenario='simulations/smoke.toml' out='runs/smoke'"
+    flwr run . <federation> --run-config "... resume=true"  # a restarted provider keeps its registry and ledger
 """
 from __future__ import annotations
 
@@ -18,4 +19,4 @@ def main(grid: Grid, context: Context) -> None:
 
     path = resolve_scenario(str(context.run_config["scenario"]))
     out = str(context.run_config.get("out", "") or PROJECT_ROOT / "runs" / load_scenario(path).name)
-    provider_main(grid, path, out)
+    provider_main(grid, path, out, resume=bool(context.run_config.get("resume", False)))

@@ -15,7 +15,8 @@ request the mask on the current θg and a ``train.unlearn`` round with deadline 
 verified on arrival (§4), written to the ledger, and a compliant node's registry entry moves to θu.
 Nodes with a non-compliant latest outcome are quarantined; before serving a new request, quarantined
 nodes are sent their failed requests again (``makeup``) and are released when all of them comply.
-Registry and ledger live in ``state_dir``; a restarted provider skips nodes already registered and
+Registry and ledger live in one SQLite store, ``state_dir/provider.db``; a verdict's ledger row and
+registry update are one transaction, and a restarted provider skips nodes already registered and
 (request, node) pairs already decided.
 """
 from __future__ import annotations
@@ -37,9 +38,11 @@ from zkapex_flwr.ledger import Ledger
 from zkapex_flwr.proof import Verifier, get_circuit
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
+from zkapex_flwr.proof.verifier import Verdict
 from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
                                   UnlearnRequest, reply_metrics)
 from zkapex_flwr.registry import Registry
+from zkapex_flwr.store import ProviderStore
 from zkapex_flwr.unlearning import UnlearningMask
 
 from .dispatch import Outcome, dispatch
@@ -91,7 +94,7 @@ class _GridView:
 class VerifiedUnlearning:
     def __init__(self, strategy: Strategy | None = None, *, masker: SaliencyMasker,
                  requests: list[DeletionRequest], state_dir: str | Path, config: UnlearningConfig | None = None,
-                 ledger_name: str = "ledger.csv", on_progress: Callable[[str, int, int], None] | None = None):
+                 store_name: str = "provider.db", on_progress: Callable[[str, int, int], None] | None = None):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.masker = masker
         self.requests = sorted(requests, key=lambda r: r.after_round)
@@ -100,8 +103,9 @@ class VerifiedUnlearning:
             raise ValueError(f"deletion request ids must be unique, got {ids}")
         self.cfg = config or UnlearningConfig()
         self.state_dir = Path(state_dir)
-        self.registry = Registry(self.state_dir / "registry")
-        self.ledger = Ledger(self.state_dir / ledger_name)
+        self.store = ProviderStore(self.state_dir / store_name)   # registry + ledger, one transaction per verdict
+        self.registry = Registry(self.store)
+        self.ledger = Ledger(self.store)
         self.on_progress = on_progress
         self.layout = masker.layout()
         self.menu = [CircuitSpec(d=masker.block_size, slots=self.cfg.slots, scale=self.cfg.scale, steps=b,
@@ -112,7 +116,7 @@ class VerifiedUnlearning:
         self.masks: dict[str, UnlearningMask] = {}
         self.nonces: dict[tuple[str, int], str] = {}
         self.participants: dict[int, list[int]] = {}           # training round -> nodes sent a train message
-        self.partitions: dict[int, int] = {}                   # node -> partition id (client-reported, bookkeeping)
+        self.partitions = self.registry.partitions()           # node -> partition id (client-reported, bookkeeping)
         self.commit_metrics: dict[int, dict] = {}
         self.reply_audit: list[dict] = []                      # what each unlearning reply carried (no weights)
 
@@ -185,17 +189,30 @@ class VerifiedUnlearning:
             try:
                 rep = CommitReply.from_message(out.reply)
                 entry = BlockCommitments.from_bytes(rep.registry)
+                if rep.circuit_id not in self.circuits:
+                    raise ProtocolError(f"circuit {rep.circuit_id} is not in the provider's circuit menu")
+                if entry.circuit_id != rep.circuit_id and entry.circuit_id not in self.circuits:
+                    raise ProtocolError(f"the registry entry names circuit {entry.circuit_id[:80]!r}, which is not "
+                                        "in the provider's circuit menu")
+                if rep.circuit != self.circuits[rep.circuit_id].spec:
+                    raise ProtocolError(f"'circuit' {rep.circuit} is not the shape of circuit {rep.circuit_id}")
+                spec = self.circuits[entry.circuit_id].spec
+                entry.check_shape(spec, self.layout.n_blocks // spec.group)
+                metrics = reply_metrics(out.reply)
+                part = metrics.get("partition-id")
+                if part is not None and not (part.is_integer() and 0 <= part < 2**31):
+                    raise ProtocolError(f"metric 'partition-id' must be a partition number, got {part!r}")
             except (ProtocolError, ValueError, KeyError) as err:
                 self.commit_failures[out.node_id] = ("malformed", f"commit reply: {err}")
                 return
-            if rep.circuit_id not in self.circuits or entry.circuit_id != rep.circuit_id:
-                self.commit_failures[out.node_id] = ("wrong-circuit", "registered with a circuit outside the menu")
+            if entry.circuit_id != rep.circuit_id:
+                self.commit_failures[out.node_id] = ("wrong-circuit", f"the registry entry was made for circuit "
+                                                     f"{entry.circuit_id[:12]}…, the reply names {rep.circuit_id[:12]}…")
                 return
             if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
                 self.commit_failures[out.node_id] = ("wrong-mask", "committed to another block layout")
                 return
-            metrics = reply_metrics(out.reply)
-            part = int(metrics["partition-id"]) if "partition-id" in metrics else None
+            part = int(part) if part is not None else None
             if part is not None:
                 self.partitions[out.node_id] = part
             self.commit_metrics[out.node_id] = metrics
@@ -216,10 +233,7 @@ class VerifiedUnlearning:
             mask = self.masks[rid]
             log.info("request %s: %d masked weights in %d blocks", rid, len(mask), len(mask.touched_blocks()))
         mask = self.masks[rid]
-        decided: set[int] = set()
-        if nodes is None and len(self.ledger):   # a restarted provider does not ask twice
-            out = self.ledger.outcomes()
-            decided = {int(n) for n in out.loc[out["request_id"] == rid, "node_id"]}
+        decided = self.ledger.decided(rid) if nodes is None else set()   # a restarted provider does not ask twice
         connected = sorted(grid.get_node_ids()) if nodes is None else nodes
         for n in connected:
             if n in self.commit_failures and n not in decided:
@@ -251,25 +265,37 @@ class VerifiedUnlearning:
             self._record(rid, node, rnd, "no-response", out.detail, attempts=out.attempts)
             return
         metrics = reply_metrics(out.reply)
+        try:
+            content_bytes = sum(r.count_bytes() for r in out.reply.content.values())
+        except (ValueError, IndexError):   # Flower's count_bytes fails on an empty str/bytes/list value
+            content_bytes = sum(len(r.deflate()) for r in out.reply.content.values())
         self.reply_audit.append({"request_id": rid, "node_id": int(node),
                                  "array_records": len(out.reply.content.array_records),
-                                 "content_bytes": sum(r.count_bytes() for r in out.reply.content.values())})
+                                 "content_bytes": content_bytes})
         try:
             rep = UnlearnReply.from_message(out.reply)
         except ProtocolError as err:
             self._record(rid, node, rnd, "malformed", str(err), attempts=out.attempts, metrics=metrics)
             return
         if rep.request_id != rid or rep.nonce != self.nonces[(rid, node)]:
-            self._record(rid, node, rnd, "malformed", "the reply does not echo this round's request id and nonce",
+            bad = "request-id" if rep.request_id != rid else "nonce"
+            self._record(rid, node, rnd, "malformed", f"{UNLEARN} reply: '{bad}' "
+                         f"{getattr(rep, bad.replace('-', '_'))[:80]!r} does not echo this round's request",
                          attempts=out.attempts, metrics=metrics)
             return
         spec, cid = self.registry.circuit_of(node)
-        verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask)
-        if verdict.compliant:
-            self.registry.update_theta(node, verdict.new_theta)
-        self._record(rid, node, rnd, verdict.reason, verdict.detail, attempts=out.attempts, metrics=metrics,
-                     verify_ms=verdict.verify_ms, proofs=verdict.steps_verified, bundle_bytes=len(rep.bundle),
-                     circuit=spec.name())
+        try:
+            verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask, menu=self.circuits,
+                                                 request_id=rid)
+        except Exception as err:   # a bundle that crashes the verifier is refused; the round goes on
+            log.exception("request %s: verifying node %d's bundle raised", rid, node)
+            verdict = Verdict("malformed", f"the bundle could not be verified ({type(err).__name__}: {err})")
+        with self.store.transaction():   # the ledger row and the move to θu: both or neither
+            if verdict.compliant:
+                self.registry.update_theta(node, verdict.new_theta)
+            self._record(rid, node, rnd, verdict.reason, verdict.detail, attempts=out.attempts, metrics=metrics,
+                         verify_ms=verdict.verify_ms, proofs=verdict.steps_verified, bundle_bytes=len(rep.bundle),
+                         circuit=spec.name())
 
     def _makeup(self, grid: Grid) -> None:
         """Quarantined nodes get their failed requests again; a compliant answer releases them."""

@@ -24,3 +24,15 @@ def digits_setup():
     splits.client_train = own.subset(torch.nonzero(own.tensors[1] != 3, as_tuple=True)[0])
     theta_p = train(clone_model(theta_g), task, splits.client_train, epochs=10, lr=5e-4)
     return task, splits, theta_g, theta_p
+
+
+@pytest.fixture(scope="module")
+def task_identity():
+    """Messages are created outside a Flower runtime in some tests: give them the identity a ServerApp would have."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = {k: getattr(TaskIdentity, "_" + k, None) for k in ("run_id", "node_id", "task_id")}
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    for k, v in saved.items():
+        setattr(TaskIdentity, "_" + k, v)

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -18,27 +19,16 @@ from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, Verifi
 from zkapex_flwr.client import MissingState, UnlearningSetup, VerifiedUnlearningMod
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
-from zkapex_flwr.ledger import Ledger, LedgerError
+from zkapex_flwr.ledger import Ledger
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
-from zkapex_flwr.registry import Registry, RegistryError
+from zkapex_flwr.registry import Registry
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import train
 
-pytestmark = pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")
+pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+              pytest.mark.usefixtures("task_identity")]   # Messages built outside a Flower runtime (conftest.py)
 SCOPE = r"(^|\.)fc1\.weight$"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def task_identity():
-    """Messages are created outside a Flower runtime here: give them the identity a ServerApp would have."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = {k: getattr(TaskIdentity, "_" + k, None) for k in ("run_id", "node_id", "task_id")}
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    for k, v in saved.items():
-        setattr(TaskIdentity, "_" + k, v)
 
 
 class MLP(nn.Module):
@@ -87,12 +77,20 @@ def make_app(digits, hooks: dict, calls: dict | None = None) -> ClientApp:
 class SyncGrid:
     """A Grid that delivers each pushed message to the ClientApp at once (one Context per node)."""
 
-    def __init__(self, app: ClientApp, n: int, drop_first: set[tuple[int, str]] | None = None):
+    def __init__(self, app: ClientApp, n: int, drop_first: set[tuple[int, str]] | None = None, run_id: int = 1,
+                 state_root=None):
         self.app = app
-        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": n},
-                                          state=RecordDict(), run_config={}) for i in range(n)}
+        conf = {i: {"partition-id": i, "num-partitions": n} for i in range(n)}
+        if state_root is not None:   # each SuperNode keeps its committed state on its own disk
+            for i in range(n):
+                conf[i]["zkapex-state-dir"] = str(state_root / f"node-{i}")
+        self.contexts = {100 + i: Context(run_id=run_id, node_id=100 + i, node_config=conf[i], state=RecordDict(),
+                                          run_config={}) for i in range(n)}
         self.replies: dict[str, Message] = {}
         self.drop_first = drop_first or set()   # (node, message type): first such message never answered
+        self.drop_always: set[tuple[int, str]] = set()   # (node, message type): the node is offline for these
+        self.late: dict[tuple[int, str], list[float]] = {}   # (node, message type): reply delays, one per attempt
+        self.ready: dict[str, float] = {}
         self.seen: list[tuple[int, str]] = []
 
     def get_node_ids(self):
@@ -109,14 +107,19 @@ class SyncGrid:
             if (node, kind) in self.drop_first:
                 self.drop_first.discard((node, kind))
                 continue
+            if (node, kind) in self.drop_always:
+                continue
             try:
                 self.replies[mid] = self.app(m, self.contexts[node])
             except Exception as err:  # what Flower's runtime does with a ClientApp exception
                 self.replies[mid] = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=m)
+            delays = self.late.get((node, kind))   # counted from when the reply exists
+            self.ready[mid] = time.monotonic() + (delays.pop(0) if delays else 0.0)
         return ids
 
     def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+        now = time.monotonic()
+        return [self.replies.pop(i) for i in list(ids) if i in self.replies and self.ready.get(i, 0.0) <= now]
 
     def send_and_receive(self, messages, *, timeout=None):
         return self.pull_messages(self.push_messages(messages))
@@ -180,7 +183,7 @@ def test_lost_message_is_retried_after_the_deadline(fleet):
 
 def test_registry_moves_to_theta_u_and_persists(fleet):
     _, strat, state, _ = fleet
-    reg = Registry(state / "registry")   # a restarted provider reads the same registry
+    reg = Registry(state / "provider.db")   # a restarted provider reads the same registry
     assert reg.record(100)["version"] == 2 and reg.record(102)["version"] == 1
     assert reg.get(100).digest() == strat.registry.get(100).digest()
     assert reg.get(100).theta.tobytes() != reg.get(102).theta.tobytes()
@@ -193,14 +196,77 @@ def test_unlearning_replies_hold_no_weights(fleet):
 
 def test_restarted_provider_does_not_ask_again(fleet, digits):
     grid, _, state, arrays = fleet
-    before = len(Ledger(state / "ledger.csv"))
+    before = Ledger(state / "provider.db").frame()
     again = provider(digits, state)
     grid.seen.clear()
     again.start(grid, arrays, num_rounds=1)
     assert (100, "train.commit") not in grid.seen            # registered nodes are not asked to commit again
     kinds = [k for n, k in grid.seen if n != 102]
     assert UNLEARN not in kinds                               # decided (request, node) pairs are not re-asked
-    assert len(Ledger(state / "ledger.csv")) >= before
+    after = Ledger(state / "provider.db").frame()
+    pd.testing.assert_frame_equal(after.iloc[:len(before)], before, check_dtype=False)   # no row lost or changed
+    assert set(after.iloc[len(before):]["node_id"]) <= {102}  # only the quarantined node's make-up is new
+
+
+def test_dropped_and_late_clients_follow_the_deadline_policy(digits, tmp_path):
+    """100 honest; 101 offline for the unlearning round; 102 answers every attempt after the deadline; 103 is
+    late on its first attempt only; 104 fails with an error on every attempt. Retry, then deadline, then
+    quarantine; late replies are ignored."""
+    def out_of_memory(prover, mask, req, context):
+        raise RuntimeError("device out of memory")
+
+    grid = SyncGrid(make_app(digits, {4: out_of_memory}), 5)
+    grid.drop_always = {(101, UNLEARN)}
+    grid.late = {(102, UNLEARN): [2.5, 2.5], (103, UNLEARN): [2.5]}
+    strat = provider(digits, tmp_path, deadline_s=1.5, max_in_flight=1)   # one at a time: SyncGrid proves inside push
+    strat.start(grid, initial_arrays(digits), num_rounds=2)
+    led = strat.ledger.frame().set_index("node_id")
+    assert len(led) == 5 and led.index.is_unique, led[["reason", "attempts", "detail"]]   # none counted twice
+    assert list(led.sort_index()["reason"]) == ["compliant", "no-response", "no-response", "compliant",
+                                                "no-response"], led[["reason", "attempts"]]
+    assert led.loc[100, "reason"] == "compliant" and led.loc[100, "attempts"] == 1
+    assert led.loc[103, "reason"] == "compliant" and led.loc[103, "attempts"] == 2   # late once: not quarantined
+    for node in (101, 102):
+        assert led.loc[node, "reason"] == "no-response" and led.loc[node, "attempts"] == 2
+        assert "no reply within 1.5 s on attempt 2" in led.loc[node, "detail"]
+    assert grid.seen.count((101, UNLEARN)) == 2 and grid.seen.count((102, UNLEARN)) == 2
+    assert led.loc[104, "attempts"] == 2 and "client error: RuntimeError: device out of memory" in led.loc[104, "detail"]
+    assert strat.quarantined() == {101, 102, 104} and strat.participants[2] == [100, 103]
+
+
+class Killed(BaseException):
+    """The provider process dies here."""
+
+
+def test_new_run_after_provider_restart_uses_the_nodes_persisted_state(digits, tmp_path):
+    """The provider dies after a node proved but before its verdict was recorded; a new Flower run (fresh
+    Contexts, the SuperNodes' state on disk) asks that node again, and it proves from the registered θp."""
+    arrays = initial_arrays(digits)
+    first = SyncGrid(make_app(digits, {}), 2, state_root=tmp_path / "devices")
+    dying = provider(digits, tmp_path / "provider", max_in_flight=1)
+
+    def die(*args, **kwargs):
+        raise Killed()
+
+    dying._verify_outcome = die
+    with pytest.raises(Killed):
+        dying.start(first, arrays, num_rounds=1)
+    assert first.seen.count((100, UNLEARN)) == 1 and len(dying.ledger) == 0   # node 100 proved; nothing recorded
+    assert all((tmp_path / "devices" / f"node-{i}" / "node-state.npz").exists() for i in range(2))
+    second = SyncGrid(make_app(digits, {}), 2, run_id=2, state_root=tmp_path / "devices")   # new run, empty Contexts
+    restarted = provider(digits, tmp_path / "provider")
+    restarted.start(second, arrays, num_rounds=1)
+    assert ("train.commit" not in {k for _, k in second.seen}) and (100, UNLEARN) in second.seen
+    out = restarted.ledger.outcomes()
+    assert set(out["reason"]) == {"compliant"} and len(out) == 2
+    assert restarted.registry.versions(100) == [1, 2]
+    assert restarted.partitions == {100: 0, 101: 1} and set(out["partition_id"]) == {0, 1}
+    without = SyncGrid(make_app(digits, {}), 1, run_id=3)   # no state dir: a clear error, not a silent re-commit
+    req = UnlearnRequest("r", "n", b"\x00\x00\x00\x00", "{}", "digest", "circuit", 1, 5.0)
+    msg = Message(req.to_content(), dst_node_id=100, message_type=UNLEARN)
+    msg.metadata.__dict__["_message_id"] = "m0"
+    with pytest.raises(MissingState, match="zkapex-state-dir"):
+        without.app(msg, without.contexts[100])
 
 
 def test_unlearn_before_commit_is_a_clear_error(digits):
@@ -239,21 +305,6 @@ def test_dispatch_gives_up_after_max_attempts():
                    deadline_s=0.2, max_attempts=3, max_in_flight=1, poll_s=0.01)
     assert grid.pushed == 6 and {o.status for o in out.values()} == {"no-response"}
     assert all(o.attempts == 3 for o in out.values()) and time.monotonic() - t0 >= 1.2
-
-
-def test_registry_and_ledger_refuse_bad_input(tmp_path):
-    (tmp_path / "reg").mkdir()
-    (tmp_path / "reg" / "registry.json").write_text("{not json")
-    with pytest.raises(RegistryError, match="corrupt"):
-        Registry(tmp_path / "reg")
-    ledger = Ledger(tmp_path / "l.csv")
-    with pytest.raises(LedgerError, match="unknown reason code"):
-        ledger.append([{"request_id": "r", "node_id": 1, "partition_id": 0, "server_round": 1, "nonce": "",
-                        "reason": "fine", "detail": "", "compliant": False, "attempts": 1, "verify_ms": 1.0,
-                        "proofs": 0, "bundle_bytes": 0, "circuit": "", "quarantined": True, "recorded_at": ""}])
-    assert len(ledger) == 0 and not (tmp_path / "l.csv").exists()
-    with pytest.raises(LedgerError, match=r"\.csv or \.parquet"):
-        Ledger(tmp_path / "l.json")
 
 
 def test_scenario_errors_name_file_and_key(tmp_path):

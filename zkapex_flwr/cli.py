@@ -64,6 +64,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.unlearning_quality import run
 
         run(out, args.quick)
+    elif args.what == "load":
+        from benchmarks.verify_load import run
+
+        run(out, args.quick, args.bundles)
     return 0
 
 
@@ -114,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one")
     f.set_defaults(func=_simulate)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
-    b.add_argument("what", choices=["proof", "quality"],
+    b.add_argument("what", choices=["proof", "quality", "load"],
                    help="proof: proof cost per circuit shape; quality: ZK-APEX against its baselines, sweeps, "
-                        "block budget against proof cost, verify vs retrain")
+                        "block budget against proof cost, verify vs retrain; load: verification throughput and "
+                        "latency over many bundles, and the provider store's writes and reads")
     b.add_argument("--out", required=True)
     b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
     b.add_argument("--reps", type=int, default=3, help="repetitions per proof-cost configuration")
+    b.add_argument("--bundles", type=int, default=None,
+                   help="load: verifications to time (default 1000; with --quick 40)")
     b.set_defaults(func=_bench)
     return parser
 

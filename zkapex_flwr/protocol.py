@@ -12,15 +12,20 @@ Two Flower message types carry the unlearning phases, next to the wrapped strate
   the request id and nonce. No weights; a reply that carries an ArrayRecord is refused as malformed.
 
 Every parser raises :class:`ProtocolError` naming the missing or mistyped key. Client-reported metrics
-travel in a MetricRecord ``metrics``; they are research data and never enter a verdict.
+travel in a MetricRecord ``metrics``; they are research data and never enter a verdict, but a reply
+whose metrics are not finite numbers is refused like any other malformed reply. A reply holds exactly
+the ConfigRecord ``zkapex`` (with exactly the protocol's keys) and optionally the MetricRecord
+``metrics``; anything else in it is refused, naming the record or key.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from .proof.bundle import circuit_id_problem, short_repr
 from .proof.circuit import CircuitSpec
 
 COMMIT = "train.commit"
@@ -43,6 +48,45 @@ def _get(cfg: ConfigRecord, key: str, typ, what: str):
     return value
 
 
+def _reply_config(msg: Message, what: str, keys: tuple[str, ...]) -> ConfigRecord:
+    """The ``zkapex`` ConfigRecord of a client reply, after checking every record and metric it carries."""
+    if msg.has_error():
+        raise ProtocolError(f"{what}: the message carries an error ({msg.error.reason})")
+    arrays = sorted(msg.content.array_records)
+    if arrays:
+        raise ProtocolError(f"{what}: carries an ArrayRecord ({arrays}); "
+                            f"{'an unlearning' if UNLEARN in what else 'a commit'} reply must never hold weights")
+    for name, record in msg.content.items():
+        kind = type(record).__name__
+        if name == CONFIG and not isinstance(record, ConfigRecord):
+            raise ProtocolError(f"{what}: '{CONFIG}' is a {kind}, expected a ConfigRecord")
+        if name == METRICS and not isinstance(record, MetricRecord):
+            raise ProtocolError(f"{what}: '{METRICS}' is a {kind}, expected a MetricRecord")
+        if name not in (CONFIG, METRICS):
+            raise ProtocolError(f"{what}: unexpected record {short_repr(name)} ({kind}); a reply holds only "
+                                f"'{CONFIG}' and '{METRICS}'")
+    cfg = _config(msg, what)
+    extra = sorted(set(cfg) - set(keys))
+    if extra:
+        raise ProtocolError(f"{what}: unexpected key(s) {short_repr(extra)} in '{CONFIG}'")
+    if METRICS in msg.content.metric_records:
+        for key, value in msg.content.metric_records[METRICS].items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ProtocolError(f"{what}: metric {short_repr(key)} is a {type(value).__name__}, metrics must be "
+                                    "single finite numbers")
+            if not _finite(value):
+                raise ProtocolError(f"{what}: metric {short_repr(key)} is {short_repr(value)}, metrics must be "
+                                    "finite numbers")
+    return cfg
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:   # an int beyond float range
+        return False
+
+
 def _config(msg: Message, what: str) -> ConfigRecord:
     if msg.has_error():
         raise ProtocolError(f"{what}: the message carries an error ({msg.error.reason})")
@@ -63,9 +107,23 @@ def spec_to_json(spec: CircuitSpec) -> str:
 
 def spec_from_json(text: str) -> CircuitSpec:
     try:
-        return CircuitSpec(**json.loads(text))
-    except (TypeError, ValueError) as err:
-        raise ProtocolError(f"bad circuit shape {text!r}: {err}") from None
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as err:   # JSONDecodeError, an int too long, nesting
+        raise ProtocolError(f"bad circuit shape {short_repr(text)}: not JSON ({type(err).__name__}: "
+                            f"{str(err)[:100]})") from None
+    names = {f.name for f in fields(CircuitSpec)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ProtocolError(f"bad circuit shape {short_repr(text)}: expected an object with keys {sorted(names)}, "
+                            f"got {short_repr(got)}")
+    for key, value in raw.items():
+        if type(value) is not int:
+            raise ProtocolError(f"bad circuit shape {short_repr(text)}: '{key}' must be an integer, "
+                                f"got {short_repr(value)}")
+    try:
+        return CircuitSpec(**raw)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ProtocolError(f"bad circuit shape {short_repr(text)}: {err}") from None
 
 
 @dataclass
@@ -120,9 +178,16 @@ class CommitReply:
     @staticmethod
     def from_message(msg: Message) -> "CommitReply":
         what = f"{COMMIT} reply"
-        cfg = _config(msg, what)
-        return CommitReply(_get(cfg, "registry", bytes, what), _get(cfg, "circuit-id", str, what),
-                           spec_from_json(_get(cfg, "circuit", str, what)), _get(cfg, "layout-digest", str, what))
+        cfg = _reply_config(msg, what, ("registry", "circuit-id", "circuit", "layout-digest"))
+        registry, circuit_id = _get(cfg, "registry", bytes, what), _get(cfg, "circuit-id", str, what)
+        problem = circuit_id_problem(circuit_id)
+        if problem:
+            raise ProtocolError(f"{what}: 'circuit-id': {problem}")
+        try:
+            spec = spec_from_json(_get(cfg, "circuit", str, what))
+        except ProtocolError as err:
+            raise ProtocolError(f"{what}: 'circuit': {err}") from None
+        return CommitReply(registry, circuit_id, spec, _get(cfg, "layout-digest", str, what))
 
 
 @dataclass
@@ -164,16 +229,16 @@ class UnlearnReply:
     @staticmethod
     def from_message(msg: Message) -> "UnlearnReply":
         what = f"{UNLEARN} reply"
-        cfg = _config(msg, what)
-        if msg.content.array_records:
-            raise ProtocolError(f"{what}: carries an ArrayRecord ({sorted(msg.content.array_records)}); "
-                                "an unlearning reply must never hold weights")
+        cfg = _reply_config(msg, what, ("request-id", "nonce", "bundle"))
         return UnlearnReply(_get(cfg, "request-id", str, what), _get(cfg, "nonce", str, what),
                             _get(cfg, "bundle", bytes, what))
 
 
 def reply_metrics(msg: Message) -> dict[str, float]:
-    """Client-reported metrics of a reply (research data; never used by the verifier)."""
+    """Client-reported metrics of a reply (research data; never used by the verifier).
+
+    Lenient: only finite single numbers are kept (the reply's parser refuses a reply with others)."""
     if msg.has_error() or METRICS not in msg.content.metric_records:
         return {}
-    return {k: float(v) for k, v in msg.content.metric_records[METRICS].items() if isinstance(v, (int, float))}
+    return {k: float(v) for k, v in msg.content.metric_records[METRICS].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)}

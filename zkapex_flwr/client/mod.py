@@ -158,6 +158,7 @@ class VerifiedUnlearningMod:
         if key in state.sent:   # a retry of the same round: the same answer again, no re-proving
             reply = UnlearnReply(req.request_id, req.nonce, state.sent[key])
             return Message(reply.to_content({"resent": 1.0}), reply_to=message)
+        state.start_request(req.request_id)   # a repeated request is proven again from the model before it
         model = node.model
         model.load_state_dict(state.model)
         model.eval()

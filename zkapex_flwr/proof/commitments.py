@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,12 @@ from .circuit import Circuit
 
 BLINDING_ROWS = 6
 COMMITMENT_BYTES = 64
+MAX_REGISTRY_BYTES = 1 << 30
+_MEMBERS = {"theta.npy": 2, "columns.npy": 3, "meta.npy": 1}   # array name -> number of dimensions
+
+
+class MalformedCommitments(ValueError):
+    """The bytes are not a well-formed registry entry (archive, array names, dtypes or shapes)."""
 
 
 def _g1_bytes(point) -> bytes:
@@ -85,11 +92,88 @@ class BlockCommitments:
                  meta=np.frombuffer(f"{self.circuit_id}|{self.layout_digest}".encode(), dtype=np.uint8))
         return buf.getvalue()
 
+    def check_shape(self, spec, n_units: int) -> None:
+        """Raise :class:`MalformedCommitments` unless the entry has one θ and d stripe commitments per unit."""
+        if self.theta.shape != (n_units, COMMITMENT_BYTES):
+            raise MalformedCommitments(f"θ commitments have shape {self.theta.shape}, expected "
+                                       f"({n_units}, {COMMITMENT_BYTES}): one {COMMITMENT_BYTES}-byte commitment "
+                                       f"per proof unit of the layout")
+        if self.columns.shape != (n_units, spec.d, COMMITMENT_BYTES):
+            raise MalformedCommitments(f"Fisher stripe commitments have shape {self.columns.shape}, expected "
+                                       f"({n_units}, {spec.d}, {COMMITMENT_BYTES}): {spec.d} {COMMITMENT_BYTES}-byte "
+                                       f"commitments per proof unit")
+
     @staticmethod
-    def from_bytes(data: bytes) -> "BlockCommitments":
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            circuit_id, layout = z["meta"].tobytes().decode().split("|")
-            return BlockCommitments(circuit_id, layout, z["theta"], z["columns"])
+    def from_bytes(data: bytes, max_bytes: int = MAX_REGISTRY_BYTES) -> "BlockCommitments":
+        """Parse strictly (the bytes come from a client); every defect raises :class:`MalformedCommitments`.
+
+        An entry is an uncompressed or deflated ``.npz`` of exactly three uint8 arrays: ``theta``
+        (units, 64), ``columns`` (units, d, 64) and ``meta`` (``circuit_id|layout_digest`` in UTF-8).
+        Array headers are checked before any array is read.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MalformedCommitments(f"registry entry must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > max_bytes:
+            raise MalformedCommitments(f"registry entry of {len(data)} bytes exceeds the limit of {max_bytes}")
+        if not data.startswith(b"PK\x03\x04"):
+            raise MalformedCommitments(f"registry entry is not an npz archive (starts with {data[:8]!r})")
+        try:
+            arrays = _read_npz(data, max_bytes)
+        except MalformedCommitments:
+            raise
+        except Exception as err:   # zipfile and numpy's header parser raise many types (BadZipFile, TokenError…)
+            raise MalformedCommitments(f"registry entry is not a valid npz archive: {type(err).__name__}: "
+                                       f"{str(err)[:200]}") from None
+        theta, columns, meta = arrays["theta.npy"], arrays["columns.npy"], arrays["meta.npy"]
+        try:
+            circuit_id, layout = meta.tobytes().decode("utf-8").split("|")
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedCommitments(f"registry entry 'meta' is not 'circuit_id|layout_digest': "
+                                       f"{meta.tobytes()[:80]!r}") from None
+        if theta.shape[1:] != (COMMITMENT_BYTES,):
+            raise MalformedCommitments(f"θ commitments are {theta.shape[1:]} bytes, expected {COMMITMENT_BYTES} "
+                                       f"(array shape {theta.shape})")
+        if columns.shape[2:] != (COMMITMENT_BYTES,):
+            raise MalformedCommitments(f"Fisher stripe commitments are {columns.shape[2:]} bytes, expected "
+                                       f"{COMMITMENT_BYTES} (array shape {columns.shape})")
+        if len(theta) < 1 or columns.shape[0] != len(theta):
+            raise MalformedCommitments(f"registry entry has θ commitments for {len(theta)} units and stripe "
+                                       f"commitments for {columns.shape[0]}")
+        return BlockCommitments(circuit_id, layout, theta, columns)
+
+
+def _read_npz(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+    """The three arrays of a registry entry, each header checked (uint8, dimensions, size) before reading."""
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        if sorted(names) != sorted(_MEMBERS):
+            raise MalformedCommitments(f"registry entry holds arrays {sorted(names)[:10]}, expected "
+                                       f"{sorted(_MEMBERS)}")
+        for name, ndim in _MEMBERS.items():
+            info = zf.getinfo(name)
+            if info.file_size > max_bytes:
+                raise MalformedCommitments(f"registry entry array '{name}' of {info.file_size} bytes exceeds the "
+                                           f"limit of {max_bytes}")
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version != (1, 0):
+                    raise MalformedCommitments(f"registry entry array '{name}' has npy format {version}, "
+                                               "expected (1, 0)")
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                if dtype != np.uint8 or len(shape) != ndim:
+                    raise MalformedCommitments(f"registry entry array '{name}' is {dtype} of shape {shape}, expected "
+                                               f"uint8 with {ndim} dimension(s)")
+                size = int(np.prod(shape, dtype=object)) if shape else 1
+                if size > info.file_size:
+                    raise MalformedCommitments(f"registry entry array '{name}' claims shape {shape}, more than its "
+                                               f"{info.file_size} bytes")
+            with zf.open(info) as fh:
+                out[name] = np.lib.format.read_array(fh, allow_pickle=False)
+                if fh.read(1):   # reading to the end also checks the archive's CRC of the array
+                    raise MalformedCommitments(f"registry entry array '{name}' has bytes after its data")
+    return out
 
 
 def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarray, h_blocks: np.ndarray,

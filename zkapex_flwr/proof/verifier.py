@@ -3,7 +3,9 @@
 The verifier trusts nothing the client reports. It derives everything from the bundle's proofs, the
 client's registry entry, the request's mask and its own circuit keys, in this order:
 
-1. parse → ``malformed``;  circuit id → ``wrong-circuit``;  layout → ``wrong-mask``;
+1. parse, sizes and shapes (each proof exactly as long as the circuit's proofs, blocks and columns
+   inside the layout, a circuit id of the right form and in the provider's menu, the request's id)
+   → ``malformed``;  another circuit of the menu → ``wrong-circuit``;  layout → ``wrong-mask``;
 2. coverage: every touched block's chain of steps 0…G−1 proven exactly once → ``incomplete``; no
    extra block → ``wrong-mask``;
 3. per block: the steps' columns are exactly the block's masked indices, each once → ``wrong-mask``;
@@ -20,6 +22,7 @@ the proof unit: G consecutive Fisher blocks proven together (G = 1 by default: o
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import MalformedBundle, ProofBundle, felt_to_int
+from .bundle import MalformedBundle, ProofBundle, circuit_id_problem, felt_to_int, short_repr
 from .circuit import Circuit
 from .commitments import COMMITMENT_BYTES, BlockCommitments, commit_vectors, zero_commitment
 from .statement import residual_tolerance
@@ -62,12 +65,55 @@ def _snark_ok(circuit: Circuit, proof: bytes, instances: list[bytes], tmp: Path)
         return False
 
 
+_PROOF_BYTES: dict[str, int] = {}
+
+
+def proof_length(circuit: Circuit) -> int:
+    """The length of every proof of ``circuit``.
+
+    A Halo2 proof is the transcript of a fixed constraint system, so all proofs of a circuit have the
+    same length whatever they prove (checked on honest and padding proofs of several shapes). It is
+    measured once by proving the all-padding statement (true for every circuit) and cached next to the
+    circuit's keys.
+    """
+    if circuit.circuit_id in _PROOF_BYTES:
+        return _PROOF_BYTES[circuit.circuit_id]
+    path = Path(circuit.directory) / "proof_bytes.json"
+    try:
+        info = json.loads(path.read_text())
+        if info.get("circuit_id") == circuit.circuit_id and isinstance(info.get("proof_bytes"), int):
+            _PROOF_BYTES[circuit.circuit_id] = info["proof_bytes"]
+            return info["proof_bytes"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    from .prover import prove_slots
+
+    with tempfile.TemporaryDirectory(prefix="zkapex-proof-length-") as tmp:
+        n = len(prove_slots(circuit, [], Path(tmp))[0].proof)
+    _PROOF_BYTES[circuit.circuit_id] = n
+    try:
+        tmp_path = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp_path.write_text(json.dumps({"circuit_id": circuit.circuit_id, "proof_bytes": n}))
+        tmp_path.replace(path)
+    except OSError:   # a read-only key directory: measured again by the next process
+        pass
+    return n
+
+
 class Verifier:
     """Verifies bundles against one circuit; caches mask commitments by pattern."""
 
     def __init__(self, circuit: Circuit):
         self.circuit = circuit
         self._mask_commitments: dict[bytes, bytes] = {}
+        self._proof_bytes: int | None = None
+
+    @property
+    def proof_bytes(self) -> int:
+        """The length of every proof of this verifier's circuit."""
+        if self._proof_bytes is None:
+            self._proof_bytes = proof_length(self.circuit)
+        return self._proof_bytes
 
     def _mask_commitment(self, local_mask: np.ndarray) -> bytes:
         key = np.packbits(local_mask.reshape(-1)).tobytes()
@@ -75,34 +121,57 @@ class Verifier:
             self._mask_commitments[key] = commit_vectors(self.circuit, [local_mask.reshape(-1).astype(float)])[0]
         return self._mask_commitments[key]
 
-    def verify(self, data: bytes, registry: BlockCommitments, mask) -> Verdict:
-        """Verdict on bundle bytes ``data`` for a client with ``registry`` entry and request ``mask``."""
+    def verify(self, data: bytes, registry: BlockCommitments, mask, *, menu=None,
+               request_id: str | None = None) -> Verdict:
+        """Verdict on bundle bytes ``data`` for a client with ``registry`` entry and request ``mask``.
+
+        ``menu``: the circuit ids the provider offers. A bundle for an id outside it (or for no id at all)
+        is ``malformed``; one for another circuit of the menu is ``wrong-circuit``. Without a menu every
+        well-formed id other than this verifier's is ``wrong-circuit``. ``request_id``: the request the
+        bundle must answer (a bundle for another request is ``malformed``). Never raises on the bytes.
+        """
         t0 = time.perf_counter()
-        verdict = self._verify(data, registry, mask)
+        verdict = self._verify(data, registry, mask, menu, request_id)
         verdict.verify_ms = 1000.0 * (time.perf_counter() - t0)
         return verdict
 
-    def _verify(self, data: bytes, registry: BlockCommitments, mask) -> Verdict:
+    def _verify(self, data: bytes, registry: BlockCommitments, mask, menu, request_id) -> Verdict:
         circ, spec = self.circuit, self.circuit.spec
+        layout = mask.layout
+        g = spec.group
+        units_mask = mask.dense().numpy().reshape(-1, g, spec.d)  # (n_units, G, d)
+        touched = [int(u) for u in np.flatnonzero(units_mask.any(axis=(1, 2)))]
+        # a unit's chain has at most ceil(d / K) steps (each proves ≥ 1 of its ≤ d masked columns)
+        max_proofs = len(touched) * -(-spec.d // spec.slots)
         try:
-            bundle = ProofBundle.from_bytes(data)
+            bundle = ProofBundle.from_bytes(data, residuals=spec.unit_size * spec.steps, max_proofs=max_proofs)
         except MalformedBundle as err:
             return Verdict("malformed", str(err))
+        problem = circuit_id_problem(bundle.circuit_id)
+        if problem:
+            return Verdict("malformed", f"bundle {problem}")
         if bundle.circuit_id != circ.circuit_id:
+            if menu is not None and bundle.circuit_id not in menu:
+                return Verdict("malformed", f"bundle proves circuit {bundle.circuit_id}, which is not in the "
+                                            "provider's circuit menu")
             return Verdict("wrong-circuit", f"bundle proves circuit {bundle.circuit_id[:12]}…, expected "
                                             f"{circ.circuit_id[:12]}…")
+        if request_id is not None and bundle.request_id != request_id:
+            return Verdict("malformed", f"bundle answers request {short_repr(bundle.request_id)}, expected "
+                                        f"{request_id!r}")
         if registry.circuit_id != circ.circuit_id:
             return Verdict("wrong-circuit", "the client's registry entry was made for another circuit")
-        layout = mask.layout
         if bundle.layout_digest != layout.digest() or registry.layout_digest != layout.digest():
             return Verdict("wrong-mask", "bundle or registry is for another scope/block layout")
         if layout.block_size != spec.d or layout.n_blocks % spec.group:
             return Verdict("wrong-circuit", f"circuit units of {spec.group} blocks of {spec.d} do not fit the layout "
                                             f"({layout.n_blocks} blocks of {layout.block_size})")
-        g = spec.group
-        units_mask = mask.dense().numpy().reshape(-1, g, spec.d)  # (n_units, G, d)
-        touched = [int(u) for u in np.flatnonzero(units_mask.any(axis=(1, 2)))]
-        per, n_inputs = spec.inputs_per_step, spec.num_inputs
+        n_units = len(units_mask)
+        try:
+            registry.check_shape(spec, n_units)
+        except ValueError as err:
+            return Verdict("malformed", f"the client's registry entry: {err}")
+        per = spec.inputs_per_step
         where: dict[tuple[int, int], tuple[int, int]] = {}  # (block, step) -> (proof, slot)
         for pi, pr in enumerate(bundle.proofs):
             if len(pr.slots) != spec.steps:
@@ -110,14 +179,21 @@ class Verifier:
             if len(pr.instances) != 2 * spec.unit_size * spec.steps:
                 return Verdict("malformed", f"proof {pi} has {len(pr.instances)} public values, expected "
                                             f"{2 * spec.unit_size * spec.steps}")
-            if len(pr.proof) < n_inputs * COMMITMENT_BYTES:
-                return Verdict("malformed", f"proof {pi} of {len(pr.proof)} bytes is too short")
+            if len(pr.proof) != self.proof_bytes:
+                return Verdict("malformed", f"proof {pi} has {len(pr.proof)} bytes, circuit {circ.circuit_id[:12]}… "
+                                            f"proves in {self.proof_bytes}")
             for si, sl in enumerate(pr.slots):
                 if sl is None:
                     continue
+                if sl.block >= n_units:
+                    return Verdict("malformed", f"proof {pi} slot {si}: block {short_repr(sl.block)} is outside the "
+                                                f"layout's {n_units} proof units")
                 if len(sl.columns) > spec.slots:
                     return Verdict("malformed", f"block {sl.block}: a step uses {len(sl.columns)} columns, the "
                                                 f"circuit has {spec.slots}")
+                if max(sl.columns) >= spec.d:
+                    return Verdict("malformed", f"block {sl.block}: column {short_repr(max(sl.columns))} is outside a "
+                                                f"block of {spec.d}")
                 if (sl.block, sl.step) in where:
                     return Verdict("incomplete", f"block {sl.block} step {sl.step} is proven twice")
                 where[(sl.block, sl.step)] = (pi, si)
@@ -146,6 +222,9 @@ class Verifier:
                     return Verdict("incomplete", f"block {b}: its chain stops before the final step "
                                                  f"({len(cols)} of {len(want)} masked columns proven)")
                 return Verdict("wrong-mask", f"block {b}: proven columns {sorted(cols)[:8]} ≠ masked {want[:8]}")
+        for pi, pr in enumerate(bundle.proofs):
+            if all(sl is None for sl in pr.slots):
+                return Verdict("malformed", f"proof {pi} proves no step: every slot is padding")
         with tempfile.TemporaryDirectory(prefix="zkapex-verify-") as tmp:
             for pi, pr in enumerate(bundle.proofs):
                 if not _snark_ok(circ, pr.proof, pr.instances, Path(tmp)):

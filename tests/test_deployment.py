@@ -1,0 +1,212 @@
+"""A real deployment on loopback: ``flower-superlink`` + 3 ``flower-supernode`` processes, ``flwr run``.
+
+The app goes through the same path as in production: ``flwr run . deploy`` builds the FAB, sends it to
+the SuperLink's Control API, the SuperLink's SuperExec starts ``flwr-serverapp`` (the provider) as its
+own process, and each SuperNode fetches its messages over the Fleet API (HTTP in flwr 1.41+, not gRPC) and starts a ``flwr-clientapp``
+process per message. Training, ``train.commit``, ``train.unlearn`` (2 honest nodes with real EZKL
+proofs, 1 sending a garbage proof) and verification all cross the network between processes
+(``simulations/deploy.toml``; about 3 minutes on 2 cores, a minimal TLS run 35 s more). Helpers: ``tests/deployment.py``.
+"""
+import json
+import re
+import time
+
+import pandas as pd
+import pytest
+
+from deployment import PROJECT_ROOT, Deployment, alive, write_ping_app
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+SCENARIO = PROJECT_ROOT / "simulations" / "deploy.toml"
+EXPECTED = {"honest": "compliant", "garbage-proof": "invalid-proof"}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deployment")
+    out = root / "out"
+    with Deployment(root, supernodes=3) as dep:
+        t0 = time.monotonic()
+        popen, log = dep.start_run({"scenario": str(SCENARIO), "out": str(out)})
+        seen = {"serverapp": set(), "clientapp": set(), "all_alive": True}
+        while popen.poll() is None and time.monotonic() - t0 < 900:   # watch the process tree while it runs
+            seen["serverapp"].update(dep.serverapp_pids())
+            seen["clientapp"].update(dep.clientapp_pids())
+            seen["all_alive"] &= all(p.alive() for p in dep.processes())
+            time.sleep(0.25)
+        if popen.poll() is None:
+            popen.kill()
+            pytest.fail(f"flwr run did not return within 900 s\n{dep.logs()}")
+        run_id = dep.run_id_of(log, timeout_s=1.0)
+        status = dep.wait_for_run(run_id, timeout_s=60.0)
+        info = dep.run_info(run_id)
+        node_ids = {}
+        for s in dep.supernodes:
+            m = re.search(r"SuperNode ID: (\d+)", s.log.read_text(errors="replace"))
+            node_ids[int(s.name.rsplit("-", 1)[1])] = int(m.group(1)) if m else None
+        yield {"dep": dep, "out": out, "rc": popen.returncode, "run_id": run_id, "status": status, "info": info,
+               "seen": seen, "node_ids": node_ids, "wall_s": time.monotonic() - t0,
+               "pids": {p.name: p.pid for p in dep.processes()}}
+
+
+def test_run_completed(deployed):
+    d, dep = deployed, deployed["dep"]
+    assert d["rc"] == 0 and d["status"] == "finished:completed", \
+        f"flwr run rc={d['rc']}, run {d['run_id']} status {d['status']!r}\n{dep.logs()}"
+    assert (d["out"] / "summary.json").is_file(), f"the ServerApp wrote no summary.json\n{dep.logs()}"
+
+
+def test_processes_were_real(deployed):
+    """SuperLink, SuperNodes, ServerApp and ClientApps were separate, live OS processes during the run."""
+    d, dep = deployed, deployed["dep"]
+    seen, pids = d["seen"], set(d["pids"].values())
+    assert seen["all_alive"], f"a SuperLink/SuperNode process died during the run\n{dep.logs()}"
+    assert all(alive(p) for p in pids), f"a component is not alive after the run\n{dep.logs()}"
+    assert len(pids) == 4
+    assert seen["serverapp"] and not seen["serverapp"] & pids, f"no separate flwr-serverapp process: {seen}"
+    assert seen["clientapp"] and not seen["clientapp"] & pids, f"no separate flwr-clientapp process: {seen}"
+    assert all(d["node_ids"].values()), f"a SuperNode never registered: {d['node_ids']}\n{dep.logs()}"
+
+
+def test_every_node_committed_and_was_verified(deployed):
+    d, dep = deployed, deployed["dep"]
+    out = d["out"]
+    assert (out / "summary.json").is_file(), dep.logs()
+    s = json.loads((out / "summary.json").read_text())
+    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+    ledger = pd.read_csv(out / "ledger.csv", dtype={"node_id": "uint64"})
+    rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
+    msg = f"\n{rows.to_string()}\n{json.dumps(s, indent=1)[:3000]}\n{dep.logs()}"
+
+    # the ledger's node ids are the real SuperNodes' ids, each with its own partition
+    assert {int(pid): int(node) for pid, node in zip(clients["partition_id"], clients["node_id"])} == d["node_ids"], msg
+
+    # every node committed (a registry entry), and an honest node's commitments moved to θu after verification
+    from zkapex_flwr.registry import Registry
+    registry = Registry(out / "provider" / "provider.db")
+    assert set(registry.nodes()) == set(d["node_ids"].values()), msg
+
+    assert s["clients"] == 3 and s["requests"] == 1, msg
+    assert s["honest_accepted"] == 2 and s["honest_rejected"] == 0 and s["honest_no_response"] == 0, msg
+    assert s["cheaters_caught"] == 1 and s["cheaters_missed"] == 0, msg
+    assert len(rows) == 3 and rows["partition_id"].nunique() == 3, msg
+    for _, r in rows.iterrows():
+        assert r["reason"] == EXPECTED[r["behaviour"]], f"{r['behaviour']} ended {r['reason']}: {r['detail']}{msg}"
+        assert r["verify_ms"] > 0 and r["bundle_bytes"] > 0, msg
+        if r["behaviour"] == "honest":
+            assert r["compliant"] and r["proofs"] > 0 and not r["quarantined"], msg
+            assert len(registry.versions(int(r["node_id"]))) >= 2, msg
+        else:
+            assert not r["compliant"] and r["quarantined"], msg
+
+
+def test_unlearning_replies_crossed_the_network(deployed):
+    """Every SuperNode received train.unlearn and sent its reply; the SuperLink took the bundles in."""
+    d, dep = deployed, deployed["dep"]
+    for s in dep.supernodes:
+        text = s.log.read_text(errors="replace")
+        for kind in ("train.commit", "train.unlearn"):
+            assert f"Receiving: {kind} message" in text and f"Sending: {kind} message" in text, \
+                f"{s.name} did not answer {kind}\n{dep.logs()}"
+    link = dep.superlink.log.read_text(errors="replace")
+    for node in d["node_ids"].values():
+        assert f"Push replies from node_id={node}" in link, f"node {node}\n{dep.logs()}"
+    replies = json.loads((d["out"] / "replies.json").read_text())
+    assert len(replies) == 3 and all(r["content_bytes"] > 1000 for r in replies), replies
+    traffic = d["info"].get("network-traffic", {})
+    assert traffic.get("inbound-bytes", 0) > sum(r["content_bytes"] for r in replies), d["info"]
+
+
+def test_tls_round_trip(tmp_path):
+    """The TLS set-up of the README: SuperLink with --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile, SuperNodes
+    with --root-certificates, ``flwr`` with ``root-certificates`` in its connection; a minimal app crosses it."""
+    app = write_ping_app(tmp_path / "ping-app")
+    with Deployment(tmp_path / "tls", supernodes=2, tls=True) as dep:
+        run = dep.run({"out": str(tmp_path / "pong.json"), "nodes": 2}, app=app, timeout_s=300)
+        assert run.status == "finished:completed", f"run {run.run_id}: {run.status!r}\n{dep.logs()}"
+        assert "https://127.0.0.1" in dep.superlink.log.read_text(), dep.logs()
+        pong = json.loads((tmp_path / "pong.json").read_text())
+        assert sorted(pong.values()) == [0, 1], f"{pong}\n{dep.logs()}"
+
+
+def _ledger_rows(db) -> int:
+    """Rows in the provider's ledger, read-only from outside the provider (0 while the store does not exist)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
+        try:
+            return con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:   # the schema is being created
+        return 0
+
+
+def _received(dep, kind: str, offsets: dict | None = None) -> dict[str, int]:
+    """How many ``kind`` messages each SuperNode received (after ``offsets``: byte offsets into its log)."""
+    out = {}
+    for s in dep.supernodes:
+        text = s.log.read_bytes()[(offsets or {}).get(s.name, 0):].decode(errors="replace")
+        out[s.name] = text.count(f"Receiving: {kind} message")
+    return out
+
+
+def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
+    """SIGKILL the ServerApp after the first verdict of the unlearning round, with the next node's request in
+    flight; ``flwr run ... resume=true`` against the same SuperLink/SuperNodes finishes the request: no ledger
+    row lost or duplicated, no node asked to commit again, decided nodes not asked again, and the node whose
+    answer died with the provider is compliant when asked again (it proves from its registered θp)."""
+    from zkapex_flwr.ledger import Ledger
+    from zkapex_flwr.registry import Registry
+
+    scenario = tmp_path / "deploy-serial.toml"   # one unlearning message in flight at a time
+    text = SCENARIO.read_text()
+    assert "max_in_flight = 3" in text
+    scenario.write_text(text.replace("max_in_flight = 3", "max_in_flight = 1"))
+    out = tmp_path / "out"
+    db = out / "provider" / "provider.db"
+    with Deployment(tmp_path / "dep", supernodes=3) as dep:
+        popen, log = dep.start_run({"scenario": str(scenario), "out": str(out), "resume": True})
+        run1 = dep.run_id_of(log, popen=popen)
+        end = time.monotonic() + 600
+        while _ledger_rows(db) < 1 and time.monotonic() < end and popen.poll() is None:
+            time.sleep(0.2)
+        rows_at_kill = _ledger_rows(db)
+        assert 1 <= rows_at_kill < 3, f"not mid-request: {rows_at_kill} ledger rows\n{dep.logs()}"
+        killed = dep.kill_serverapp()
+        offsets = {s.name: s.log.stat().st_size for s in dep.supernodes}
+        dep.flwr("stop", str(run1), "deploy")        # what an operator does: the dead run is marked finished
+        assert not alive(killed)
+        before = Ledger(db).frame()
+        assert len(before) == rows_at_kill
+        popen.wait(timeout=120)
+
+        popen2, log2 = dep.start_run({"scenario": str(scenario), "out": str(out), "resume": True})
+        run2 = dep.run_id_of(log2, popen=popen2)
+        popen2.wait(timeout=900)
+        status = dep.wait_for_run(run2, timeout_s=120)
+        assert status == "finished:completed", f"run {run2}: {status}\n{dep.logs()}"
+        ledger = Ledger(db).frame()
+        msg = f"\n{ledger[['node_id', 'reason', 'attempts', 'detail']].to_string()}\n{dep.logs()}"
+        pd.testing.assert_frame_equal(ledger.iloc[:len(before)], before, check_dtype=False)   # nothing lost or changed
+        assert len(ledger) == 3 and not ledger.duplicated(["request_id", "node_id"]).any(), msg   # each node once
+        decided = {int(n) for n in before["node_id"]}
+        node_of = {s.name: int(re.search(r"SuperNode ID: (\d+)", s.log.read_text()).group(1)) for s in dep.supernodes}
+        commits, unlearns = _received(dep, "train.commit", offsets), _received(dep, "train.unlearn", offsets)
+        assert not any(commits.values()), f"run 2 asked nodes to commit again: {commits}" + msg
+        for name, node in node_of.items():
+            # decided nodes are not asked again; the others are (a run-1 message delivered late counts here too)
+            assert (unlearns[name] == 0) if node in decided else (unlearns[name] >= 1), f"{name}: {unlearns}" + msg
+        clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+        rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
+        for _, r in rows.iterrows():
+            assert r["reason"] == EXPECTED[r["behaviour"]], f"{r['behaviour']}: {r['reason']} {r['detail']}" + msg
+        registry = Registry(db)
+        for _, r in rows[rows["behaviour"] == "honest"].iterrows():
+            assert registry.versions(int(r["node_id"])) == [1, 2], msg   # exactly one move to θu per node
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["honest_accepted"] == 2 and summary["cheaters_caught"] == 1, summary
