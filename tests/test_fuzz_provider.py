@@ -286,6 +286,22 @@ def test_unknown_circuit_id_is_malformed_another_menu_circuit_is_wrong(world, ci
         assert repr(cid)[:20] in v.detail
 
 
+@pytest.mark.parametrize("cid, reason", [(OTHER_CIRCUIT, "wrong-circuit"), ("fedcba9876543210" * 2, "malformed")])
+def test_another_circuits_sizes_do_not_hide_its_id(world, cid, reason):
+    """A bundle of another circuit (two steps per proof: twice the residuals, and more proofs than this
+    circuit's request can need) is judged by its circuit id, not refused for this circuit's sizes.
+    This is what a replaying node sends when its victim's device proves with another circuit."""
+    bundle = ProofBundle.from_bytes(world.data)
+    zero = int_to_felt(0)
+    two_step = [Proof([pr.slots[0], None], pr.proof, pr.instances + [zero] * len(pr.instances)) for pr in bundle.proofs]
+    bundle.proofs, bundle.circuit_id = two_step * 20, cid   # 40 proofs: this request needs at most 16
+    v = world.verdict(bundle.to_bytes())
+    assert v.reason == reason, v
+    assert "residual count" not in v.detail and "proofs, the request needs" not in v.detail, v.detail
+    if reason == "malformed":
+        assert "not in the provider's circuit menu" in v.detail, v.detail
+
+
 def test_bundle_for_another_request_is_malformed(world):
     v = world.verdict(rebuilt(world, request_id="r0"))
     assert v.reason == "malformed" and "bundle answers request 'r0', expected 'r1'" in v.detail, v

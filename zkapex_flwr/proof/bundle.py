@@ -102,14 +102,17 @@ class ProofBundle:
 
     @staticmethod
     def from_bytes(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES, *, residuals: int | None = None,
-                   max_proofs: int | None = None) -> "ProofBundle":
+                   max_proofs: int | None = None, circuit_id: str | None = None) -> "ProofBundle":
         """Parse strictly; every defect raises :class:`MalformedBundle` naming it.
 
         The encoding is canonical up to the header's JSON formatting, the zlib stream and ``meta``: every
         header field is known, proofs and their residuals are laid out in order without gaps or overlaps
         and the payload ends with the last proof. ``residuals`` (the circuit's residual count per proof)
         and ``max_proofs`` (how many proofs the request can need) let a verifier refuse a hostile bundle
-        before decoding all of it.
+        before decoding all of it. With ``circuit_id`` they are that circuit's numbers and bind only a
+        bundle that claims it: a bundle that claims another circuit is parsed with the generic limits, so
+        that the verifier can name it ``wrong-circuit`` (e.g. a replayed bundle of another node whose
+        device proves with more steps per proof) instead of ``malformed``.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MalformedBundle(f"bundle must be bytes, got {type(data).__name__}")
@@ -149,6 +152,8 @@ class ProofBundle:
         meta = header.get("meta")
         if not isinstance(meta, dict):
             raise MalformedBundle(f"header field 'meta' missing or not an object: {short_repr(meta)}")
+        if circuit_id is not None and header["circuit_id"] != circuit_id:
+            residuals = max_proofs = None   # another circuit's sizes: the verifier judges the id itself
         raw_proofs = header.get("proofs")
         if not isinstance(raw_proofs, list):
             raise MalformedBundle(f"header field 'proofs' missing or not a list: {short_repr(raw_proofs)}")

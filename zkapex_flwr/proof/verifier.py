@@ -144,7 +144,8 @@ class Verifier:
         # a unit's chain has at most ceil(d / K) steps (each proves ≥ 1 of its ≤ d masked columns)
         max_proofs = len(touched) * -(-spec.d // spec.slots)
         try:
-            bundle = ProofBundle.from_bytes(data, residuals=spec.unit_size * spec.steps, max_proofs=max_proofs)
+            bundle = ProofBundle.from_bytes(data, residuals=spec.unit_size * spec.steps, max_proofs=max_proofs,
+                                            circuit_id=circ.circuit_id)
         except MalformedBundle as err:
             return Verdict("malformed", str(err))
         problem = circuit_id_problem(bundle.circuit_id)
