@@ -290,16 +290,22 @@ def test_unknown_circuit_id_is_malformed_another_menu_circuit_is_wrong(world, ci
 def test_another_circuits_sizes_do_not_hide_its_id(world, cid, reason):
     """A bundle of another circuit (two steps per proof: twice the residuals, and more proofs than this
     circuit's request can need) is judged by its circuit id, not refused for this circuit's sizes.
-    This is what a replaying node sends when its victim's device proves with another circuit."""
+    This is what a replaying node sends when its victim's device proves with another circuit. The id is
+    judged before any proof is decoded: a foreign bundle is never inflated past this circuit's sizes."""
     bundle = ProofBundle.from_bytes(world.data)
     zero = int_to_felt(0)
     two_step = [Proof([pr.slots[0], None], pr.proof, pr.instances + [zero] * len(pr.instances)) for pr in bundle.proofs]
     bundle.proofs, bundle.circuit_id = two_step * 20, cid   # 40 proofs: this request needs at most 16
-    v = world.verdict(bundle.to_bytes())
-    assert v.reason == reason, v
-    assert "residual count" not in v.detail and "proofs, the request needs" not in v.detail, v.detail
-    if reason == "malformed":
-        assert "not in the provider's circuit menu" in v.detail, v.detail
+    data = bundle.to_bytes()
+    undecodable = data[:-1] + bytes([data[-1] ^ 0xFF])   # the last proof's residuals fail zlib's check
+    for d in (data, undecodable):
+        v = world.verdict(d)
+        assert v.reason == reason, v
+        assert "residual" not in v.detail and "proofs, the request needs" not in v.detail, v.detail
+        if reason == "malformed":
+            assert "not in the provider's circuit menu" in v.detail, v.detail
+    ours = rebuilt(world)[:-1] + bytes([rebuilt(world)[-1] ^ 0xFF])   # the same damage under this circuit's id
+    assert "residuals are not zlib data" in world.verdict(ours).detail
 
 
 def test_bundle_for_another_request_is_malformed(world):

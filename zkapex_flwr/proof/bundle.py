@@ -69,6 +69,18 @@ class Proof:
     instances: list[bytes]    # 32-byte little-endian field elements (all of them, as ezkl verifies)
 
 
+@dataclass(frozen=True)
+class BundleHeader:
+    """What a bundle's header claims, checked for form; its proofs are not decoded yet."""
+
+    circuit_id: str
+    layout_digest: str
+    request_id: str
+    meta: dict
+    raw_proofs: list       # the header's proof entries, as parsed JSON
+    payload: memoryview    # the bytes after the header
+
+
 @dataclass
 class ProofBundle:
     circuit_id: str
@@ -102,17 +114,25 @@ class ProofBundle:
 
     @staticmethod
     def from_bytes(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES, *, residuals: int | None = None,
-                   max_proofs: int | None = None, circuit_id: str | None = None) -> "ProofBundle":
+                   max_proofs: int | None = None) -> "ProofBundle":
         """Parse strictly; every defect raises :class:`MalformedBundle` naming it.
 
         The encoding is canonical up to the header's JSON formatting, the zlib stream and ``meta``: every
         header field is known, proofs and their residuals are laid out in order without gaps or overlaps
         and the payload ends with the last proof. ``residuals`` (the circuit's residual count per proof)
         and ``max_proofs`` (how many proofs the request can need) let a verifier refuse a hostile bundle
-        before decoding all of it. With ``circuit_id`` they are that circuit's numbers and bind only a
-        bundle that claims it: a bundle that claims another circuit is parsed with the generic limits, so
-        that the verifier can name it ``wrong-circuit`` (e.g. a replayed bundle of another node whose
-        device proves with more steps per proof) instead of ``malformed``.
+        before decoding all of it. It is :meth:`parse_header` then :meth:`from_header`.
+        """
+        return ProofBundle.from_header(ProofBundle.parse_header(data, max_bytes), residuals=residuals,
+                                       max_proofs=max_proofs)
+
+    @staticmethod
+    def parse_header(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleHeader:
+        """The bundle's header, checked, with no proof decoded yet.
+
+        A verifier judges what the header claims (which circuit, which request) before it decodes any
+        proof with that circuit's sizes: a bundle of another circuit is then named for its circuit, and
+        no bundle is decoded beyond the sizes of the verifier's own circuit.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MalformedBundle(f"bundle must be bytes, got {type(data).__name__}")
@@ -152,11 +172,17 @@ class ProofBundle:
         meta = header.get("meta")
         if not isinstance(meta, dict):
             raise MalformedBundle(f"header field 'meta' missing or not an object: {short_repr(meta)}")
-        if circuit_id is not None and header["circuit_id"] != circuit_id:
-            residuals = max_proofs = None   # another circuit's sizes: the verifier judges the id itself
         raw_proofs = header.get("proofs")
         if not isinstance(raw_proofs, list):
             raise MalformedBundle(f"header field 'proofs' missing or not a list: {short_repr(raw_proofs)}")
+        return BundleHeader(header["circuit_id"], header["layout"], header["request_id"], meta, raw_proofs, payload)
+
+    @staticmethod
+    def from_header(head: BundleHeader, *, residuals: int | None = None,
+                    max_proofs: int | None = None) -> "ProofBundle":
+        """The bundle whose header :meth:`parse_header` returned: its proofs decoded, with the limits of
+        :meth:`from_bytes`."""
+        raw_proofs, payload = head.raw_proofs, head.payload
         if max_proofs is not None and len(raw_proofs) > max_proofs:
             raise MalformedBundle(f"bundle has {len(raw_proofs)} proofs, the request needs at most {max_proofs}")
 
@@ -233,7 +259,7 @@ class ProofBundle:
             proofs.append(Proof(slots, bytes(payload[p_off:p_off + p_len]), inst))
         if cursor != len(payload):
             raise MalformedBundle(f"payload has {len(payload) - cursor} trailing bytes after the last proof")
-        return ProofBundle(header["circuit_id"], header["layout"], header["request_id"], proofs, meta)
+        return ProofBundle(head.circuit_id, head.layout_digest, head.request_id, proofs, head.meta)
 
 
 def short_repr(value, limit: int = 80) -> str:

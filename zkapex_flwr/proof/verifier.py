@@ -3,9 +3,11 @@
 The verifier trusts nothing the client reports. It derives everything from the bundle's proofs, the
 client's registry entry, the request's mask and its own circuit keys, in this order:
 
-1. parse, sizes and shapes (each proof exactly as long as the circuit's proofs, blocks and columns
-   inside the layout, a circuit id of the right form and in the provider's menu, the request's id)
-   → ``malformed``;  another circuit of the menu → ``wrong-circuit``;  layout → ``wrong-mask``;
+1. the header, then what it claims: a circuit id of the right form and in the provider's menu, the
+   request's id → ``malformed``;  another circuit of the menu → ``wrong-circuit`` (judged before any
+   proof is decoded, so another circuit's sizes never hide its id); then the proofs, decoded with this
+   circuit's sizes (each proof exactly as long as the circuit's proofs, blocks and columns inside the
+   layout) → ``malformed``;  layout → ``wrong-mask``;
 2. coverage: every touched block's chain of steps 0…G−1 proven exactly once → ``incomplete``; no
    extra block → ``wrong-mask``;
 3. per block: the steps' columns are exactly the block's masked indices, each once → ``wrong-mask``;
@@ -143,23 +145,26 @@ class Verifier:
         touched = [int(u) for u in np.flatnonzero(units_mask.any(axis=(1, 2)))]
         # a unit's chain has at most ceil(d / K) steps (each proves ≥ 1 of its ≤ d masked columns)
         max_proofs = len(touched) * -(-spec.d // spec.slots)
-        try:
-            bundle = ProofBundle.from_bytes(data, residuals=spec.unit_size * spec.steps, max_proofs=max_proofs,
-                                            circuit_id=circ.circuit_id)
+        try:   # what the bundle claims is judged before any proof is decoded with this circuit's sizes
+            head = ProofBundle.parse_header(data)
         except MalformedBundle as err:
             return Verdict("malformed", str(err))
-        problem = circuit_id_problem(bundle.circuit_id)
+        problem = circuit_id_problem(head.circuit_id)
         if problem:
             return Verdict("malformed", f"bundle {problem}")
-        if bundle.circuit_id != circ.circuit_id:
-            if menu is not None and bundle.circuit_id not in menu:
-                return Verdict("malformed", f"bundle proves circuit {bundle.circuit_id}, which is not in the "
+        if head.circuit_id != circ.circuit_id:
+            if menu is not None and head.circuit_id not in menu:
+                return Verdict("malformed", f"bundle proves circuit {head.circuit_id}, which is not in the "
                                             "provider's circuit menu")
-            return Verdict("wrong-circuit", f"bundle proves circuit {bundle.circuit_id[:12]}…, expected "
+            return Verdict("wrong-circuit", f"bundle proves circuit {head.circuit_id[:12]}…, expected "
                                             f"{circ.circuit_id[:12]}…")
-        if request_id is not None and bundle.request_id != request_id:
-            return Verdict("malformed", f"bundle answers request {short_repr(bundle.request_id)}, expected "
+        if request_id is not None and head.request_id != request_id:
+            return Verdict("malformed", f"bundle answers request {short_repr(head.request_id)}, expected "
                                         f"{request_id!r}")
+        try:
+            bundle = ProofBundle.from_header(head, residuals=spec.unit_size * spec.steps, max_proofs=max_proofs)
+        except MalformedBundle as err:
+            return Verdict("malformed", str(err))
         if registry.circuit_id != circ.circuit_id:
             return Verdict("wrong-circuit", "the client's registry entry was made for another circuit")
         if bundle.layout_digest != layout.digest() or registry.layout_digest != layout.digest():
