@@ -304,7 +304,8 @@ def test_another_circuits_sizes_do_not_hide_its_id(world, cid, reason):
         assert "residual" not in v.detail and "proofs, the request needs" not in v.detail, v.detail
         if reason == "malformed":
             assert "not in the provider's circuit menu" in v.detail, v.detail
-    ours = rebuilt(world)[:-1] + bytes([rebuilt(world)[-1] ^ 0xFF])   # the same damage under this circuit's id
+    ours = rebuilt(world)
+    ours = ours[:-1] + bytes([ours[-1] ^ 0xFF])   # the same damage under this circuit's id
     assert "residuals are not zlib data" in world.verdict(ours).detail
 
 
