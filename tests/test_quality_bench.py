@@ -1,4 +1,4 @@
-"""Issue 5: the quality benchmark's quick mode end to end, and the run cache it relies on."""
+"""The quality benchmark's quick mode end to end, and the run cache it relies on."""
 from __future__ import annotations
 
 import json
@@ -32,6 +32,7 @@ def test_run_cache_reuses_models_and_keeps_their_cost():
     assert cache.hits >= 5  # data, θg, θp, Fisher, saliency, ... all reused
     for key in uq.METRICS[:-1]:
         assert again[key] == pytest.approx(first[key])
+    assert again["baselines"]["zk-apex-paper"]["forget_acc_after"] == first["baselines"]["zk-apex-paper"]["forget_acc_after"]
     # the retrain baseline still reports what retraining cost, not the cache lookup
     assert again["baselines"]["retrain"]["client_s"] == pytest.approx(first["baselines"]["retrain"]["client_s"])
     assert again["baselines"]["retrain"]["client_s"] == pytest.approx(
@@ -71,39 +72,35 @@ def test_federation_wide_class_request_drops_the_clients_own_samples():
     assert len(dropped.client_retain) == int((kept.client_train.tensors[1] != 3).sum())
 
 
-def test_extra_setting_needs_the_full_run_first(tmp_path):
-    with pytest.raises(ValueError, match="summary.json is missing"):
-        uq.run_setting(tmp_path, uq.FULL.extra[0].name)
-    with pytest.raises(ValueError, match="unknown setting 'nope'"):
-        uq.run_setting(tmp_path, "nope")
-
-
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     summary = uq.run(tmp_path, quick=True)
-    for name in ("quality_runs.csv", "quality.csv", "quality.png", "sweeps.csv", "sweeps.png", "tuning_grid.csv", "report.md",
-                 "budget.csv", "budget_tradeoff.png", "verify_vs_retrain.csv", "summary.json", "machine.json"):
+    for name in ("quality_runs.csv", "quality.csv", "quality.png", "frontier.csv", "frontier.png", "proof_cost.csv",
+                 "report.md", "summary.json", "machine.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     runs = pd.read_csv(tmp_path / "quality_runs.csv")
-    vit, opt = uq.QUICK.vit.name, uq.QUICK.opt.name
-    assert set(runs[runs["setting"] == vit]["method"]) == set(uq.METHODS)
-    assert set(runs[runs["setting"] == opt]["method"]) == set(uq.METHODS) - {uq.METHOD_TUNED}
+    for setting in uq.QUICK.settings:
+        methods = set(runs[runs["setting"] == setting.name]["method"])
+        expected = set(uq.METHODS) - (set() if setting.model == "vit" and "class" in setting.name else {"head-row"})
+        assert methods == expected, setting.name
     assert runs[list(uq.METRICS)].notna().all().all()
-    # the retrain row is the reference of the gap column
-    assert (runs[runs["method"] == "retrain"]["forget_gap_to_retrain"] == 0).all()
-    # the tuned point follows the stated rule on the tuning grid
-    grid = pd.read_csv(tmp_path / "tuning_grid.csv")
-    ok = grid[grid["recovery"] >= uq.RECOVERY_FLOOR]
-    best = (ok if len(ok) else grid)["abs_forget_gap"].min()
-    chosen = grid[(grid["mask_fraction"] == summary["tuned"]["mask_fraction"])
-                  & (grid["damping"] == summary["tuned"]["damping"])]
-    assert len(chosen) == 1 and chosen["abs_forget_gap"].iloc[0] == pytest.approx(best)
-    # every budget point was proven and verified by the real verifier on the proof client
-    budget = pd.read_csv(tmp_path / "budget.csv")
-    proven = budget.dropna(subset=["verdict"])
-    assert len(proven) == len(uq.QUICK.budgets) and (proven["verdict"] == "compliant").all()
-    capped = budget[budget["budget"] == str(uq.QUICK.budgets[0])]
-    assert (capped["touched_blocks"] <= uq.QUICK.budgets[0]).all()
-    ratio = json.loads((tmp_path / "summary.json").read_text())["verify_vs_retrain"]
-    assert ratio["verify_s"] > 0 and ratio["retrain_s"] > 0
-    assert math.isclose(ratio["verify_vs_retrain"], ratio["retrain_s"] / ratio["verify_s"])
+    # the retrain row is the reference of the gap columns
+    retrain = runs[runs["method"] == "retrain"]
+    assert (retrain["forget_gap_to_retrain"] == 0).all() and (retrain["mia_gap_to_retrain"] == 0).all()
+    # summary.json: the machine-readable headline, keyed by setting then method
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for setting in uq.QUICK.settings:
+        methods = saved["headline"][setting.name]["methods"]
+        for key in ("recovery", "forget_acc_after", "forget_gap_to_retrain", "mia_auc", "mia_tpr_at_1pct_fpr", "runs"):
+            assert key in methods["verified"] and key in methods["retrain"], key
+        assert methods["retrain"]["forget_gap_to_retrain"] == 0 and methods["no-op"]["recovery"] == 1
+    # the frontier holds the verified grid and every baseline's point
+    frontier = pd.read_csv(tmp_path / "frontier.csv")
+    assert len(frontier[(frontier["method"] == "verified") & (frontier["point"] != "default")]) == \
+        len(uq.QUICK.settings) * len(uq.QUICK.frontier["mask_fraction"]) * len(uq.QUICK.frontier["damping"])
+    # both masks were proven and verified by the real verifier under the same budget
+    proof = pd.read_csv(tmp_path / "proof_cost.csv")
+    assert set(proof["method"]) == {"verified", "zk-apex-paper"} and (proof["verdict"] == "compliant").all()
+    assert (proof["touched_blocks"] <= uq.QUICK.proof["max_blocks"]).all()
+    assert summary["proof_cost"][0]["verify_vs_retrain"] == pytest.approx(
+        proof["retrain_s"][0] / (proof["verify_ms"][0] / 1000))

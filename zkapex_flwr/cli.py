@@ -25,17 +25,16 @@ def _local(args: argparse.Namespace) -> int:
     from rich import box
 
     cols = {"personalization_acc_after": "pers acc", "recovery": "recovery", "forget_acc_after": "forget",
-            "mia_auc_after": "MIA AUC", "kkt_max_residual": "KKT res", "client_s": "secs"}
-    table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset} (seed {cfg.seed})\nbefore unlearning: "
-                        f"pers acc {result['personalization_acc_before']:.3f}, forget acc "
-                        f"{result['forget_acc_before']:.3f}, MIA AUC {result['mia_auc_before']:.3f}",
+            "mia_auc_after": "RMIA AUC", "mia_tpr_at_1pct_fpr_after": "TPR@1%", "client_s": "secs"}
+    table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset}, forget {_request(cfg)} (seed {cfg.seed})\n"
+                        f"before unlearning: pers acc {result['personalization_acc_before']:.3f}, forget acc "
+                        f"{result['forget_acc_before']:.3f}, RMIA AUC {result['mia_auc_before']:.3f}",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("method", no_wrap=True, min_width=13)
     for key, label in cols.items():
         table.add_column(label, justify="right", no_wrap=True, min_width=len(label))
-    for name, row in {"ZK-APEX": result, **result["baselines"]}.items():
-        table.add_row(name, *(f"{row[k]:.2g}" if k == "kkt_max_residual" else f"{row[k]:.1f}" if k == "client_s"
-                              else f"{row[k]:.3f}" for k in cols))
+    for name, row in {"verified": result, **result["baselines"]}.items():
+        table.add_row(name, *(f"{row[k]:.1f}" if k == "client_s" else f"{row[k]:.3f}" for k in cols))
     Console().print(table)
     if "proof" in result:
         pr = result["proof"]
@@ -44,6 +43,15 @@ def _local(args: argparse.Namespace) -> int:
               f"{pr['proof_bytes']} proof bytes, register {pr['register_s']:.1f} s")
     print(json.dumps({"out": str(args.out), "wall_s": round(result["wall_s"], 1)}))
     return 0
+
+
+def _request(cfg) -> str:
+    if cfg.forget_mode == "class":
+        scope = "federation-wide" if not cfg.client_keeps_forget else "provider data only"
+        return f"class {','.join(map(str, cfg.forget_classes))} ({scope})"
+    if cfg.forget_mode == "samples":
+        return f"{cfg.forget_count} random samples"
+    return f"package '{cfg.forget_package}'"
 
 
 def _bench(args: argparse.Namespace) -> int:

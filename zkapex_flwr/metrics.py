@@ -1,4 +1,8 @@
-"""Unlearning quality metrics (PROTOCOL.md §6): accuracy, recovery, forget accuracy, MIA AUC."""
+"""Unlearning quality metrics (docs/protocol.md §6): accuracy, recovery, forget accuracy, membership inference.
+
+The membership attack that counts is the per-example RMIA of :mod:`zkapex_flwr.membership` (AUC and
+TPR at 1 % FPR); the loss/entropy-threshold attack here is kept as a cheap extra column.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +14,7 @@ from .data.tensors import TensorData
 from .training import accuracy, per_sample_stats
 
 
-def mia_auc(model: nn.Module, task, members: TensorData, non_members: TensorData, seed: int = 0) -> float:
+def loss_mia_auc(model: nn.Module, task, members: TensorData, non_members: TensorData, seed: int = 0) -> float:
     """Membership-inference AUC of a loss/entropy attack: forget samples (members) vs never-seen ones.
 
     A logistic-regression attacker is trained and scored with stratified 5-fold cross-validation on
@@ -40,8 +44,16 @@ def mia_auc(model: nn.Module, task, members: TensorData, non_members: TensorData
     return float(roc_auc_score(y, proba))
 
 
-def quality(model: nn.Module, task, splits: UnlearningSplits, seed: int = 0) -> dict[str, float]:
-    """Personalization accuracy, forget accuracy and MIA AUC of one model on a client's data."""
+def quality(model: nn.Module, task, splits: UnlearningSplits, audit, seed: int = 0) -> dict[str, float]:
+    """Personalization accuracy, forget accuracy and both membership attacks of one model on a client's data.
+
+    Each metric reads its own split: held-out client data without the forget classes (personalization),
+    D_f in the client's domain (forget accuracy, members), never-trained samples drawn like D_f
+    (non-members). ``audit`` is a :class:`~zkapex_flwr.membership.MembershipAudit` on those members and
+    non-members.
+    """
+    rmia = audit.score(model, task)
     return {"personalization_acc": accuracy(model, task, splits.client_test),
             "forget_acc": accuracy(model, task, splits.client_forget),
-            "mia_auc": mia_auc(model, task, splits.client_forget, splits.client_unseen, seed)}
+            "mia_auc": rmia["auc"], "mia_tpr_at_1pct_fpr": rmia["tpr_at_1pct_fpr"],
+            "loss_mia_auc": loss_mia_auc(model, task, splits.client_forget, splits.client_unseen, seed)}

@@ -25,8 +25,11 @@ def _unfuse_attention(model: nn.Module) -> nn.Module:
 
 def build_vit(image_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 10, *, embed_dim: int = 64,
               depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, patch_size: int | None = None,
-              seed: int = 0) -> nn.Module:
-    """A small timm VisionTransformer built from config (random init, seeded)."""
+              global_pool: str = "token", seed: int = 0) -> nn.Module:
+    """A small timm VisionTransformer built from config (random init, seeded).
+
+    ``global_pool='avg'`` averages the patch tokens instead of reading a class token (no class token),
+    which trains better from scratch on a few thousand images."""
     from timm.models.vision_transformer import VisionTransformer
 
     chans, height, width = image_shape
@@ -38,7 +41,8 @@ def build_vit(image_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 
     torch.manual_seed(seed)
     model = VisionTransformer(img_size=height, patch_size=patch_size, in_chans=chans, num_classes=num_classes,
                               embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                              drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+                              drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, global_pool=global_pool,
+                              class_token=global_pool == "token")
     return _unfuse_attention(model)
 
 

@@ -2,7 +2,13 @@
 
 train global θg (provider) → personalize θp (client) → client Fisher (phase 2, before any request)
 → provider saliency and mask on θg with D_f → client Group-OBS → θu, then the same metrics for the
-baselines: no-op, mask-only, mask + fine-tune, retrain-from-scratch without D_f then re-personalize.
+baselines: ZK-APEX with the paper's defaults, no-op, mask-only, mask + fine-tune, retrain-from-scratch
+without D_f then re-personalize, and (class requests) the head-row mask.
+
+The configured method is the *verified* default (docs/research/forgetting.md): the scope adds the
+classifier head to every block's fc1, the mask is larger (8 % for class requests, 16 % of fc1 for
+sample requests) and the damping is 1 (a ridge that keeps the compensation from rebuilding what the
+mask removed). It is proven by the same circuit as the paper's update.
 """
 from __future__ import annotations
 
@@ -15,15 +21,22 @@ import torch
 from torch import nn
 
 from .data.splits import UnlearningSplits
+from .membership import MembershipAudit
 from .metrics import quality
 from .models import build_opt, build_vit, clone_model
 from .tasks import task_for
 from .training import seed_everything, train
 from .unlearning import (BlockFisher, BlockLayout, UnlearningMask, certificate_residual, compute_update, mask_only,
                          saliency_scores, select_mask, write_update)
+from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_SCOPE
 
 METRIC_KEYS = ("personalization_acc_before", "personalization_acc_after", "recovery", "forget_acc_before",
-               "forget_acc_after", "mia_auc_before", "mia_auc_after", "kkt_max_residual", "client_s")
+               "forget_acc_after", "mia_auc_before", "mia_auc_after", "mia_tpr_at_1pct_fpr_before",
+               "mia_tpr_at_1pct_fpr_after", "loss_mia_auc_before", "loss_mia_auc_after", "kkt_max_residual",
+               "client_s")
+BASELINES = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
+# ZK-APEX exactly as the paper sets it: fc1 of every block, 4 % of it masked, damping 0.01
+PAPER = {"scope": DEFAULT_SCOPE, "mask_fraction": 0.04, "damping": 0.01}
 
 
 @dataclass
@@ -33,17 +46,18 @@ class LocalConfig:
     model: str = "vit"
     dataset: str = "digits"
     seed: int = 0
-    # unlearning
-    mask_fraction: float = 0.04
+    # unlearning (the verified default; PAPER holds the paper's values, run as the zk-apex-paper baseline)
+    mask_fraction: float = 0.08
     block_size: int = 64
     max_blocks: int | None = None
     mask_group: tuple[int, int] | None = None  # (G, K): column-structured mask, see select_mask
-    damping: float = 0.01
+    damping: float = 1.0
     num_grads: int | None = 512
     fisher_data: str = "train"       # "train": all client data (committed before the request); "retain"
     saliency: str = "margin"
     saliency_gamma: float = 0.1
-    scope: str = r"(^|\.)fc1\.weight$"
+    scope: str = VERIFIED_SCOPE
+    mask_exclude: str | None = None  # scope tensors the mask may not touch (regex); sample requests: the head
     # request
     forget_mode: str = "class"       # class | samples (images), package (code)
     forget_classes: tuple[int, ...] = (3,)
@@ -53,8 +67,10 @@ class LocalConfig:
     num_clients: int = 2
     client_id: int = 0
     alpha: float = 1.0
+    provider_fraction: float = 0.4   # images: share of the pool the provider trains on (smaller: more memorisation)
     domain_shift: str = "style"      # images: DomainShift kind (style | mild | geometric | none)
-    client_keeps_forget: bool = True  # class requests: False drops the client's own samples of the class too
+    client_keeps_forget: bool = False  # False: the request covers the federation (clients drop their own samples
+    #                                    of the class or package too); True: only the provider's named data goes
     max_provider_seqs: int = 6000    # code data only
     max_client_seqs: int = 1500
     # model and training
@@ -65,7 +81,10 @@ class LocalConfig:
     personal_lr: float = 1e-3
     finetune_epochs: int = 3
     batch_size: int = 64
-    baselines: tuple[str, ...] = ("no-op", "mask-only", "mask+finetune", "retrain")
+    augment: bool = False            # images: random ±1–2 pixel translations while training
+    baselines: tuple[str, ...] = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
+    # membership inference (RMIA): reference models trained by the same pipeline without D_f
+    mia_references: int = 2
     # proof (issue 3): register, prove and verify the client's update with EZKL
     prove: bool = False
     proof_slots: int = 2
@@ -76,13 +95,17 @@ class LocalConfig:
 def preset(model: str, dataset: str, **overrides) -> LocalConfig:
     """Defaults tuned so each run takes a few minutes on a 2-core CPU."""
     combos = {
+        # measured ceilings on this CPU are in docs/research/forgetting.md (tiny ViTs trained from scratch)
         ("vit", "digits"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
-                                num_clients=2, global_epochs=40, personal_epochs=30),
-        ("vit", "mnist"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
-                               num_clients=3, global_epochs=15, personal_epochs=15),
+                                num_clients=2, global_epochs=40, personal_epochs=30, global_lr=3e-3,
+                                domain_shift="mild"),
+        ("vit", "mnist"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=7),
+                               num_clients=3, global_epochs=40, personal_epochs=30, global_lr=3e-3, augment=True,
+                               domain_shift="none"),
         ("opt", "stdlib-code"): dict(model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4), num_clients=4,
-                                     forget_mode="package", global_epochs=4, global_lr=2e-3, personal_epochs=4,
-                                     personal_lr=1e-3, finetune_epochs=1, num_grads=512, batch_size=32),
+                                     forget_mode="package", global_epochs=8, global_lr=2e-3, personal_epochs=4,
+                                     personal_lr=1e-3, finetune_epochs=1, num_grads=512, batch_size=32,
+                                     max_provider_seqs=3000, max_client_seqs=600),
     }
     if (model, dataset) not in combos:
         raise ValueError(f"no preset for model '{model}' on dataset '{dataset}'; "
@@ -93,7 +116,29 @@ def preset(model: str, dataset: str, **overrides) -> LocalConfig:
             raise ValueError(f"unknown config option '{key}'")
         if value is not None:
             setattr(cfg, key, value)
+    given = {k for k, v in overrides.items() if v is not None}
+    if cfg.forget_mode == "samples":  # the verified mask for sample requests: 16 % of fc1, off the class head
+        if "mask_exclude" not in given and cfg.scope == VERIFIED_SCOPE:
+            cfg.mask_exclude = CLASSIFIER_HEAD
+        if "mask_fraction" not in given:
+            cfg.mask_fraction = 0.16
+    _check_config(cfg)
     return cfg
+
+
+def _check_config(cfg: LocalConfig) -> None:
+    """Refuse a bad setting before any training starts (a clear error naming it)."""
+    if not 0 < cfg.mask_fraction < 1:
+        raise ValueError(f"mask fraction must be in (0, 1), got {cfg.mask_fraction}")
+    if cfg.damping < 0:
+        raise ValueError(f"damping must be non-negative, got {cfg.damping}")
+    if cfg.block_size < 1:
+        raise ValueError(f"block_size must be positive, got {cfg.block_size}")
+    if cfg.mia_references < 1:
+        raise ValueError(f"the membership attack needs at least one reference model, got mia_references={cfg.mia_references}")
+    unknown = set(cfg.baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose from {list(BASELINES)}")
 
 
 def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
@@ -106,7 +151,7 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
         splits = image_splits(cfg.dataset, client_id=cfg.client_id, num_clients=cfg.num_clients, alpha=cfg.alpha,
                               forget_mode=cfg.forget_mode, forget_classes_=cfg.forget_classes,
                               forget_count=cfg.forget_count, seed=cfg.seed, shift_kind=cfg.domain_shift,
-                              client_keeps_forget=cfg.client_keeps_forget)
+                              client_keeps_forget=cfg.client_keeps_forget, provider_fraction=cfg.provider_fraction)
         return splits, {"image_shape": tuple(splits.meta["image_shape"]), "num_classes": 10}
     if cfg.dataset == "stdlib-code":
         from .data.code import code_splits
@@ -115,7 +160,8 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
             raise ValueError(f"forget_mode '{cfg.forget_mode}' does not apply to code; use package")
         splits, tok = code_splits(client_id=cfg.client_id, num_clients=cfg.num_clients,
                                   forget_package_=cfg.forget_package, seed=cfg.seed,
-                                  max_provider_seqs=cfg.max_provider_seqs, max_client_seqs=cfg.max_client_seqs)
+                                  max_provider_seqs=cfg.max_provider_seqs, max_client_seqs=cfg.max_client_seqs,
+                                  client_keeps_forget=cfg.client_keeps_forget)
         return splits, {"vocab_size": len(tok), "seq_len": splits.meta["seq_len"]}
     raise ValueError(f"unknown dataset '{cfg.dataset}'; choose digits, mnist or stdlib-code")
 
@@ -147,15 +193,25 @@ class RunCache:
 def _keys(cfg: LocalConfig) -> dict[str, tuple]:
     data = ("data", cfg.model, cfg.dataset, cfg.seed, cfg.client_id, cfg.num_clients, cfg.alpha,
             (cfg.domain_shift, cfg.client_keeps_forget), cfg.forget_mode, tuple(cfg.forget_classes), cfg.forget_count,
-            cfg.forget_package, cfg.max_provider_seqs, cfg.max_client_seqs)
-    model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size)
-    glob = ("global",) + data[1:4] + data[5:6] + data[8:] + model  # provider data does not depend on the client
+            cfg.forget_package, cfg.max_provider_seqs, cfg.max_client_seqs, cfg.provider_fraction)
+    model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size, cfg.augment)
+    # provider data does not depend on the client (nor, for images, on whether clients keep the class)
+    provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
+    glob = ("global",) + data[1:4] + data[5:6] + data[8:] + (provider_split,) + model
     personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)
     fisher = ("fisher", personal, cfg.block_size, cfg.scope, cfg.num_grads, cfg.fisher_data)
-    return {"data": data, "global": glob, "retrain-global": ("retrain",) + glob, "personal": personal,
-            "retrain-personal": ("retrain",) + personal, "quality": ("quality",) + personal, "fisher": fisher,
+    paper_fisher = ("fisher", personal, cfg.block_size, PAPER["scope"], cfg.num_grads, cfg.fisher_data)
+    keys = {"data": data, "global": glob, "retrain-global": ("retrain",) + glob, "personal": personal,
+            "retrain-personal": ("retrain",) + personal, "fisher": fisher, "paper-fisher": paper_fisher,
             "scores": ("scores", glob, cfg.block_size, cfg.scope, cfg.saliency, cfg.saliency_gamma),
+            "paper-scores": ("scores", glob, cfg.block_size, PAPER["scope"], cfg.saliency, cfg.saliency_gamma),
+            "audit": ("audit", personal, cfg.mia_references),
             "prover": ("prover", fisher, cfg.damping, cfg.proof_slots, cfg.proof_steps_per_proof, cfg.proof_group)}
+    keys["quality"] = ("quality", keys["audit"])
+    for r in range(cfg.mia_references):
+        keys[f"reference-{r}-global"] = ("reference", r) + glob
+        keys[f"reference-{r}-personal"] = ("reference", r) + personal
+    return keys
 
 
 def build_model(cfg: LocalConfig, model_args: dict, seed: int) -> nn.Module:
@@ -171,12 +227,27 @@ def build_model(cfg: LocalConfig, model_args: dict, seed: int) -> nn.Module:
 
 
 def _row(before: dict, after: dict, residual: float, seconds: float) -> dict:
-    return {"personalization_acc_before": before["personalization_acc"],
-            "personalization_acc_after": after["personalization_acc"],
-            "recovery": after["personalization_acc"] / max(before["personalization_acc"], 1e-12),
-            "forget_acc_before": before["forget_acc"], "forget_acc_after": after["forget_acc"],
-            "mia_auc_before": before["mia_auc"], "mia_auc_after": after["mia_auc"],
-            "kkt_max_residual": residual, "client_s": seconds}
+    row = {"personalization_acc_before": before["personalization_acc"],
+           "personalization_acc_after": after["personalization_acc"],
+           "recovery": after["personalization_acc"] / max(before["personalization_acc"], 1e-12)}
+    for key in ("forget_acc", "mia_auc", "mia_tpr_at_1pct_fpr", "loss_mia_auc"):
+        row[f"{key}_before"], row[f"{key}_after"] = before[key], after[key]
+    return {**row, "kkt_max_residual": residual, "client_s": seconds}
+
+
+def _head_rows_zeroed(model: nn.Module, cfg: LocalConfig) -> nn.Module | None:
+    """θp with the forget classes' rows of the classifier head (weights and biases) set to zero, or None
+    where the request is not a class request or the model has no ``head`` classifier."""
+    head = getattr(model, "head", None)
+    if cfg.forget_mode != "class" or not isinstance(head, nn.Linear):
+        return None
+    out = clone_model(model)
+    rows = torch.tensor(list(cfg.forget_classes))
+    with torch.no_grad():
+        out.head.weight[rows] = 0.0
+        if out.head.bias is not None:
+            out.head.bias[rows] = 0.0
+    return out
 
 
 def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None, cache: RunCache | None = None) -> dict:
@@ -194,6 +265,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
     seed_everything(cfg.seed)
     splits, model_args = cache.get(keys["data"], lambda: build_splits(cfg))
     task = task_for(splits.task)
+    augment = (2 if model_args["image_shape"][-1] > 8 else 1) if cfg.augment and splits.task == "image" else 0
     timings: dict[str, float] = {}
 
     def log(msg: str) -> None:
@@ -211,43 +283,61 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             timings[desc] = seconds
             return value
 
-        def fit(model, data, epochs, lr, desc, **kw):
-            return train(model, task, data, epochs=epochs, lr=lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                         progress=progress, desc=desc, **kw)
+        def fit(model, data, epochs, lr, desc, seed=None, **kw):
+            return train(model, task, data, epochs=epochs, lr=lr, batch_size=cfg.batch_size,
+                         seed=cfg.seed if seed is None else seed, augment=augment, progress=progress, desc=desc,
+                         **kw)
+
+        def pipeline(provider_data, client_data, seed, key, desc):
+            """θg on ``provider_data`` from a fresh init, then personalized on ``client_data`` (both cached)."""
+            glob = timed(f"{key}global", f"{desc} global",
+                         lambda: fit(build_model(cfg, model_args, seed), provider_data, cfg.global_epochs,
+                                     cfg.global_lr, f"{desc} global", seed=seed))
+            return glob, timed(f"{key}personal", f"{desc} personalize",
+                               lambda: fit(clone_model(glob), client_data, cfg.personal_epochs, cfg.personal_lr,
+                                           f"{desc} personalize", seed=seed))
 
         log(f"data: {splits.sizes()}")
-        theta_g = timed("global", "global training", lambda: fit(build_model(cfg, model_args, cfg.seed),
-                                                                  splits.provider_train, cfg.global_epochs,
-                                                                  cfg.global_lr, "global training"))
-        theta_p = timed("personal", "personalize", lambda: fit(clone_model(theta_g), splits.client_train,
-                                                               cfg.personal_epochs, cfg.personal_lr, "personalize"))
-        layout = BlockLayout.from_model(theta_p, cfg.block_size, cfg.scope)
+        theta_g, theta_p = pipeline(splits.provider_train, splits.client_train, cfg.seed, "", "global")
+        timings["global training"] = timings.pop("global global")
+        timings["personalize"] = timings.pop("global personalize")
 
-        # phase 2: the client's Fisher, fixed before any request
-        fisher_src = {"train": splits.client_train, "retain": splits.client_retain}.get(cfg.fisher_data)
-        if fisher_src is None:
-            raise ValueError(f"fisher_data must be 'train' or 'retain', got '{cfg.fisher_data}'")
-        fisher = timed("fisher", "client fisher",
-                       lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads))
+        # the membership attack's reference models: the same pipeline without D_f, other seeds
+        def make_audit():
+            refs = [pipeline(splits.provider_retain, splits.client_retain, cfg.seed + 1000 * (r + 1),
+                             f"reference-{r}-", f"reference {r}")[1]
+                    for r in range(cfg.mia_references)]
+            return MembershipAudit.calibrate(refs, task, splits.client_forget, splits.client_unseen)
 
-        # phase 3: the provider's mask, on θg
-        scores = timed("scores", "provider saliency",
-                       lambda: saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
-                                               method=cfg.saliency, gamma=cfg.saliency_gamma))
-        t = time.perf_counter()
-        mask = select_mask(scores, layout, cfg.mask_fraction, cfg.max_blocks, cfg.mask_group)
-        timings["provider mask"] = timings["provider saliency"] + time.perf_counter() - t
+        audit = cache.get(keys["audit"], make_audit)
+
+        def unlearn(scope: str, fraction: float, damping: float, exclude: str | None, tag: str):
+            """Layout, client Fisher (phase 2), provider mask on θg (phase 3) and Group-OBS (phase 4)."""
+            layout = BlockLayout.from_model(theta_p, cfg.block_size, scope)
+            fisher_src = {"train": splits.client_train, "retain": splits.client_retain}.get(cfg.fisher_data)
+            if fisher_src is None:
+                raise ValueError(f"fisher_data must be 'train' or 'retain', got '{cfg.fisher_data}'")
+            fisher = timed(f"{tag}fisher", f"{tag}client fisher",
+                           lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads))
+            scores = timed(f"{tag}scores", f"{tag}provider saliency",
+                           lambda: saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
+                                                   method=cfg.saliency, gamma=cfg.saliency_gamma))
+            t = time.perf_counter()
+            mask = select_mask(scores, layout, fraction, cfg.max_blocks, cfg.mask_group, exclude)
+            timings[f"{tag}provider mask"] = timings[f"{tag}provider saliency"] + time.perf_counter() - t
+            t = time.perf_counter()
+            update = compute_update(theta_p, mask, fisher, damping)
+            model = clone_model(theta_p)
+            write_update(model, update, layout)
+            timings[f"{tag}client group-obs"] = time.perf_counter() - t
+            seconds = timings[f"{tag}client fisher"] + timings[f"{tag}client group-obs"]
+            return layout, fisher, mask, update, model, seconds
+
+        layout, fisher, mask, update, theta_u, client_s = unlearn(cfg.scope, cfg.mask_fraction, cfg.damping,
+                                                                   cfg.mask_exclude, "")
         log(f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
             f"{layout.n_blocks} blocks (d={layout.block_size})")
-
-        # phase 4: the client's Group-OBS
-        t = time.perf_counter()
-        update = compute_update(theta_p, mask, fisher, cfg.damping)
-        theta_u = clone_model(theta_p)
-        write_update(theta_u, update, layout)
-        timings["client group-obs"] = time.perf_counter() - t
         kkt = update.max_residual()
-
         blocks = update.blocks
 
         def cert(model: nn.Module) -> float:
@@ -259,35 +349,37 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                                    lambda make: (timed("prover", "client register", make), timings["client register"]))
                  if cfg.prove else None)
 
-        q_before = cache.get(keys["quality"], lambda: quality(theta_p, task, splits, cfg.seed))
-        metrics = _row(q_before, quality(theta_u, task, splits, cfg.seed), kkt,
-                       timings["client fisher"] + timings["client group-obs"])
+        q_before = cache.get(keys["quality"], lambda: quality(theta_p, task, splits, audit, cfg.seed))
+        metrics = _row(q_before, quality(theta_u, task, splits, audit, cfg.seed), kkt, client_s)
         baselines: dict[str, dict] = {}
         for name in cfg.baselines:
             t = time.perf_counter()
-            if name == "no-op":
+            if name == "zk-apex-paper":
+                *_, model, seconds = unlearn(PAPER["scope"], PAPER["mask_fraction"], PAPER["damping"], None, "paper-")
+                baselines[name] = _row(q_before, quality(model, task, splits, audit, cfg.seed), float("nan"), seconds)
+                continue
+            if name == "head-row":
+                model = _head_rows_zeroed(theta_p, cfg)
+                if model is None:  # only a class request on a model with a classifier head has head rows to mask
+                    continue
+            elif name == "no-op":
                 model = theta_p
             elif name == "mask-only":
                 model = clone_model(theta_p)
                 mask_only(model, mask)
-            elif name == "mask+finetune":
+            elif name == "mask-finetune":
                 model = clone_model(theta_p)
                 mask_only(model, mask)
-                fit(model, splits.client_retain, cfg.finetune_epochs, cfg.personal_lr, "mask+finetune",
+                fit(model, splits.client_retain, cfg.finetune_epochs, cfg.personal_lr, "mask-finetune",
                     frozen_zero=_frozen(layout, mask))
             elif name == "retrain":
-                retrained = timed("retrain-global", "retrain global",
-                                  lambda: fit(build_model(cfg, model_args, cfg.seed), splits.provider_retain,
-                                              cfg.global_epochs, cfg.global_lr, "retrain global"))
-                model = timed("retrain-personal", "retrain personalize",
-                              lambda: fit(clone_model(retrained), splits.client_retain, cfg.personal_epochs,
-                                          cfg.personal_lr, "retrain personalize"))
+                model = pipeline(splits.provider_retain, splits.client_retain, cfg.seed, "retrain-", "retrain")[1]
             else:
                 raise ValueError(f"unknown baseline '{name}'")
             seconds = time.perf_counter() - t
             if name == "retrain":  # what retraining costs, even when this process reused a cached model
                 seconds = timings["retrain global"] + timings["retrain personalize"]
-            baselines[name] = _row(q_before, quality(model, task, splits, cfg.seed), cert(model), seconds)
+            baselines[name] = _row(q_before, quality(model, task, splits, audit, cfg.seed), cert(model), seconds)
             timings[name] = seconds
 
     result = {**metrics, "baselines": baselines, **({"proof": proof} if proof else {}),
@@ -360,16 +452,18 @@ def plot_local(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {"ZK-APEX": result, **result["baselines"]}
+    rows = {"verified": result, **result["baselines"]}
     keys = [("personalization_acc_after", "personalization acc"), ("forget_acc_after", "forget acc"),
-            ("mia_auc_after", "MIA AUC")]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+            ("mia_auc_after", "RMIA AUC"), ("mia_tpr_at_1pct_fpr_after", "RMIA TPR @ 1 % FPR")]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(keys)
     for j, (key, label) in enumerate(keys):
         ax.bar([i + j * width for i in range(len(rows))], [r[key] for r in rows.values()], width, label=label)
     ax.axhline(result["personalization_acc_before"], color="k", ls="--", lw=0.8, label="personalization acc before")
-    ax.set_xticks([i + width for i in range(len(rows))], list(rows))
+    ax.set_xticks([i + 1.5 * width for i in range(len(rows))], list(rows), fontsize=8)
     ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction (accuracy, AUC, TPR)")
+    ax.set_xlabel("method (lower forget acc and MIA than before = forgotten; compare with retrain)")
     cfg = result["config"]
     ax.set_title(f"{cfg['model']} on {cfg['dataset']}: {result['masked_weights']} masked weights, "
                  f"{result['touched_blocks']} blocks")

@@ -17,13 +17,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift every image of ``x`` (N, C, H, W) by its own random offset of up to ``max_shift`` pixels
+    (zero padding): the standard augmentation that lets a small ViT generalise from a few thousand digits."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    di = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dj = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (torch.arange(h)[None] + di[:, None])[:, None, :, None]
+    cols = (torch.arange(w)[None] + dj[:, None])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, batch_size: int = 64,
           weight_decay: float = 0.01, seed: int = 0, frozen_zero: dict[str, torch.Tensor] | None = None,
-          progress=None, desc: str = "train") -> nn.Module:
+          augment: int = 0, progress=None, desc: str = "train") -> nn.Module:
     """Train in place with AdamW and a cosine schedule.
 
     ``frozen_zero`` maps parameter names to boolean masks of entries that must stay exactly zero (used by
-    the mask + fine-tune baseline). ``progress`` is an optional ``rich.progress.Progress``.
+    the mask + fine-tune baseline). ``augment`` > 0 translates image batches by up to that many pixels.
+    ``progress`` is an optional ``rich.progress.Progress``.
     """
     if len(data) == 0:
         raise ValueError(f"{desc}: no training data")
@@ -38,6 +51,8 @@ def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, b
     model.train()
     for _ in range(epochs):
         for batch in data.batches(batch_size, shuffle=True, generator=gen):
+            if augment:
+                batch = (random_translate(batch[0], augment, gen),) + tuple(batch[1:])
             loss = task.per_sample_loss(task.forward(model, batch), batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

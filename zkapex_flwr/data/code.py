@@ -89,13 +89,16 @@ def chunk_tokens(ids: list[int], seq_len: int) -> list[list[int]]:
 def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: str = "json",
                 seq_len: int = 64, vocab_size: int = 2048, provider_fraction: float = 0.6,
                 max_provider_seqs: int = 6000, max_client_seqs: int = 1500, seed: int = 0,
-                root: str | Path | None = None) -> tuple[UnlearningSplits, object]:
+                root: str | Path | None = None, client_keeps_forget: bool = True) -> tuple[UnlearningSplits, object]:
     """Build the roles of :class:`UnlearningSplits` for next-token prediction on stdlib code.
 
     Packages are shuffled: a ``provider_fraction`` share (always including ``forget_package_``) is the
     provider's pool; the rest is dealt to ``num_clients`` clients (their domains). Half of the forget
     package's sequences are in the provider's training data (D_f, as the request names them); the other
-    half is never seen by anyone and serves as MIA non-members. Returns ``(splits, tokenizer)``.
+    half is never seen by anyone and serves as MIA non-members. With ``client_keeps_forget=False`` the
+    request covers the whole federation: a third of the package is D_f, a third is dealt to the clients
+    (each personalizes on its share, then drops it from ``client_retain``) and a third stays unseen.
+    Returns ``(splits, tokenizer)``.
     """
     files = stdlib_files(root)
     packages = sorted({f.package for f in files})
@@ -129,16 +132,18 @@ def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: st
     if len(forget_all) < 4:
         raise ValueError(f"forget package '{forget_package_}' has only {len(forget_all)} sequences of {seq_len} tokens")
     order = rng.permutation(len(forget_all))
-    half = len(forget_all) // 2
-    forget = [forget_all[i] for i in order[:half]]
-    unseen = [forget_all[i] for i in order[half:2 * half]]
+    part = len(forget_all) // (2 if client_keeps_forget else 3)
+    forget = [forget_all[i] for i in order[:part]]
+    unseen = [forget_all[i] for i in order[part:2 * part]]
+    held = [forget_all[i] for j, i in enumerate(order[2 * part:]) if j % num_clients == client_id]
     provider_rest = sample([s for p in sorted(provider_pkgs) for s in by_pkg.get(p, [])],
                            max_provider_seqs - len(forget))
     client = sample([s for p in client_pkgs for s in by_pkg.get(p, [])], max_client_seqs)
     perm = rng.permutation(len(client))
     n_test = max(1, len(client) // 5)
     client_test = [client[i] for i in perm[:n_test]]
-    client_train = [client[i] for i in perm[n_test:]]
+    client_retain = [client[i] for i in perm[n_test:]]
+    client_train = client_retain + held  # the client's own share of the package, dropped by the request
 
     retain_t = tensor(provider_rest)
     forget_t = tensor(forget)
@@ -148,12 +153,13 @@ def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: st
         provider_retain=TensorData((retain_t,)),
         forget=TensorData((forget_t,)),
         client_train=TensorData((tensor(client_train),)),
-        client_retain=TensorData((tensor(client_train),)),
+        client_retain=TensorData((tensor(client_retain),)),
         client_test=TensorData((tensor(client_test),)),
         client_forget=TensorData((forget_t,)),
         client_unseen=TensorData((tensor(unseen),)),
         meta={"dataset": "stdlib-code", "client_id": client_id, "num_clients": num_clients,
               "forget_mode": "package", "forget_package": forget_package_, "seq_len": seq_len,
+              "client_keeps_forget": client_keeps_forget, "client_forget_package_seqs": len(held),
               "vocab_size": len(tok), "client_packages": client_pkgs, "provider_packages": len(provider_pkgs)},
     )
     return splits, tok

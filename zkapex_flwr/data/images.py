@@ -59,7 +59,7 @@ class DomainShift:
     pattern: float = 0.0     # strength of a fixed additive noise pattern
     seed: int = 0            # seeds the pattern
 
-    KINDS = ("style", "mild", "geometric", "none")
+    KINDS = ("style", "mild", "light", "geometric", "none")
 
     @staticmethod
     def for_client(client_id: int, seed: int, kind: str = "style") -> "DomainShift":
@@ -73,6 +73,9 @@ class DomainShift:
             return DomainShift()
         geometric = kind == "geometric"
         rng = np.random.default_rng([seed, client_id, 7])
+        if kind == "light":
+            return DomainShift(gain=float(rng.uniform(0.85, 1.15)), pattern=float(rng.uniform(0.05, 0.12)),
+                               seed=int(rng.integers(2**31)))
         return DomainShift(rotate=int(rng.integers(4)) if geometric else 0,
                            flip=bool(rng.integers(2)) if geometric else False,
                            invert=kind != "mild" and client_id % 2 == 0, gain=float(rng.uniform(0.6, 1.4)),
@@ -166,9 +169,7 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
     elif forget_mode == "samples":
         f_idx = forget_samples(len(py), forget_count, seed)
         hold_keep = torch.ones(len(hy), dtype=torch.bool)
-        g = torch.Generator().manual_seed(seed + 1)
-        pick = torch.randperm(len(ty), generator=g)[:forget_count]
-        unseen = TensorData((tx[pick], ty[pick]))
+        unseen = TensorData((tx, ty))  # MIA non-members: the whole never-trained test pool
         described = {"forget_count": forget_count}
     else:
         raise ValueError(f"unknown forget_mode '{forget_mode}'; choose 'class' or 'samples'")

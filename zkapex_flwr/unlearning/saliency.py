@@ -62,8 +62,12 @@ def saliency_scores(model: nn.Module, task, forget: TensorData, retain: TensorDa
 
 
 def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.04,
-                max_blocks: int | None = None, group: tuple[int, int] | None = None) -> UnlearningMask:
+                max_blocks: int | None = None, group: tuple[int, int] | None = None,
+                exclude: str | None = None) -> UnlearningMask:
     """Mask the top ``fraction`` of scope weights by score, within at most ``max_blocks`` blocks.
+
+    ``exclude`` (a regular expression over scope tensor names) keeps the mask off those tensors: the
+    verified default keeps sample requests off the classifier head, whose rows carry whole classes.
 
     ``group=(G, K)`` makes the mask column-structured: in every group of G consecutive blocks at most
     K distinct local positions are masked (the K with the largest total score over the group), the
@@ -71,13 +75,24 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
     group, ``max_blocks`` counts every block of a touched group: at most ``max_blocks // G`` groups
     (proof units) are touched, those whose K best positions hold the most candidate score.
     """
+    if exclude is not None:
+        if scores.shape != (layout.size,):
+            raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
+        off = layout.tensor_mask(exclude)
+        if bool(off.all()):
+            raise ValueError(f"the mask exclusion {exclude!r} covers the whole unlearning scope")
+        scores = torch.where(off, torch.full_like(scores, float("-inf")), scores)
+        k = max(1, int(round(fraction * layout.size)))
+        if k > int((~off).sum()):
+            raise ValueError(f"the mask fraction {fraction} asks for {k} weights, more than the "
+                             f"{int((~off).sum())} outside {exclude!r}")
     if group is not None:
         return _select_grouped(scores, layout, fraction, *group, max_blocks=max_blocks)
     if scores.shape != (layout.size,):
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
     if not 0 < fraction < 1:
         raise ValueError(f"mask fraction must be in (0, 1), got {fraction}")
-    if not torch.isfinite(scores).all():
+    if torch.isnan(scores).any() or torch.isposinf(scores).any() or (exclude is None and torch.isinf(scores).any()):
         raise ValueError("saliency scores contain NaN or inf")
     k = max(1, int(round(fraction * layout.size)))
     if max_blocks is None or max_blocks >= layout.n_blocks:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DEFAULT_SCOPE = r"(^|\.)fc1\.weight$"
+DEFAULT_SCOPE = r"(^|\.)fc1\.weight$"   # the paper's scope: every transformer block's MLP up-projection
+CLASSIFIER_HEAD = r"^head\.weight$"     # a timm ViT's classifier: one row of weights per class
+VERIFIED_SCOPE = DEFAULT_SCOPE + "|" + CLASSIFIER_HEAD  # the verified default for image classifiers
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,15 @@ class BlockLayout:
             for t in self.tensors:
                 p = params[t.name]
                 p.copy_(flat[t.offset:t.offset + t.numel].reshape(t.shape).to(p.dtype))
+
+    def tensor_mask(self, pattern: str) -> torch.Tensor:
+        """Boolean ``(size,)``: the scope entries of the tensors whose names match ``pattern``."""
+        rx = re.compile(pattern)
+        out = torch.zeros(self.size, dtype=torch.bool)
+        for t in self.tensors:
+            if rx.search(t.name):
+                out[t.offset:t.offset + t.numel] = True
+        return out
 
     def check_model(self, model: nn.Module) -> None:
         params = dict(model.named_parameters())
