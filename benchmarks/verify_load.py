@@ -11,7 +11,7 @@ Three parts, in one process:
    the fleet chooses it (1 % of the scope, at most 32 blocks, column-structured (16, 2): two units, two
    proofs per bundle). ``CLIENTS`` clients with their own θp and Fisher register; each proves one honest
    bundle with :meth:`ClientProver.unlearn`. Dishonest clients produce bundles with
-   :func:`~zkapex_flwr.proof.cheats.cheat_bundle` (PROTOCOL.md §5), and a few malformed byte strings are
+   :func:`~zkapex_flwr.proof.cheats.cheat_bundle` (docs/protocol.md §5), and a few malformed byte strings are
    added. Every pool bundle is verified once, by a separate verifier, to check it gets its expected verdict
    and to count its SNARK verifications.
 2. **Throughput**: ``--bundles`` verifications (default 1 000) drawn from the pool, ``HONEST_SHARE`` honest
@@ -59,7 +59,7 @@ BUNDLES, QUICK_BUNDLES = 1000, 40
 NODES, QUICK_NODES = 200, 20      # fleet size in the store part: verdict i goes to node i mod NODES
 READ_SIZES = (1000, 10000)
 READ_REPS, QUICK_READ_REPS = 50, 5
-# PROTOCOL.md §5: what each dishonest client sends and the verdict it must get (as tests/test_proof.py)
+# docs/protocol.md §5: what each dishonest client sends and the verdict it must get (as tests/test_proof.py)
 CHEATS = {"garbage-proof": "invalid-proof", "tamper-instances": "invalid-proof", "stale-model": "stale-model",
           "fake-fisher": "fisher-mismatch", "mask-only": "kkt-violation", "wrong-mask": "wrong-mask",
           "partial-mask": "wrong-mask", "drop-blocks": "incomplete", "duplicate-block": "incomplete",

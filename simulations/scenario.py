@@ -1,4 +1,4 @@
-"""Declarative fleet scenarios (PROTOCOL.md §7): one TOML file says everything a fleet run depends on.
+"""Declarative fleet scenarios (docs/protocol.md §7): one TOML file says everything a fleet run depends on.
 
 A scenario names the model and dataset, the provider's training and unlearning settings, the deletion
 requests, the device **profiles** (data size and label skew, domain shift, compute speed, memory

@@ -1,4 +1,4 @@
-"""Deadline and retry for a provider round (PROTOCOL.md §2.5): a sliding window over Flower's Grid.
+"""Deadline and retry for a provider round (docs/protocol.md §2.5): a sliding window over Flower's Grid.
 
 ``dispatch`` keeps at most ``max_in_flight`` messages in flight (the provider's verification load,
 and in simulation the depth of the Ray queue), gives every message ``deadline_s`` from the moment it is

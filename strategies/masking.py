@@ -1,4 +1,4 @@
-"""The provider's deletion requests and masks (PROTOCOL.md §2.3): saliency on θg, then a sparse mask.
+"""The provider's deletion requests and masks (docs/protocol.md §2.3): saliency on θg, then a sparse mask.
 
 A :class:`DeletionRequest` names the data to forget (D_f, samples or classes the provider can name). The
 :class:`SaliencyMasker` scores the scope weights of the current global model θg against D_f,

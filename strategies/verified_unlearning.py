@@ -1,4 +1,4 @@
-"""The provider: verified unlearning around any Flower strategy (PROTOCOL.md §2, §4, §5).
+"""The provider: verified unlearning around any Flower strategy (docs/protocol.md §2, §4, §5).
 
 ``VerifiedUnlearning`` wraps a ``flwr.serverapp.strategy.Strategy`` (FedAvg by default) the way
 Flower's SecAgg+ workflow wraps one: the wrapped strategy still samples, configures and aggregates

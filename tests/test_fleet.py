@@ -1,6 +1,6 @@
 """The smoke fleet end to end through Flower's simulation engine on Ray (about 2 minutes).
 
-20 virtual SuperNodes run the ready ClientApp; one of every dishonest behaviour of PROTOCOL.md §5 runs
+20 virtual SuperNodes run the ready ClientApp; one of every dishonest behaviour of docs/protocol.md §5 runs
 its real code path against the real verifier inside the provider strategy.
 """
 import json

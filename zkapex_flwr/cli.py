@@ -13,10 +13,11 @@ def _local(args: argparse.Namespace) -> int:
     from .pipeline import preset, run_local
 
     forget_classes = tuple(int(c) for c in args.forget_classes.split(",")) if args.forget_classes else None
-    cfg = preset(args.model, args.dataset, seed=args.seed, mask_fraction=args.mask_fraction,
+    cfg = preset(args.model, args.dataset, method=args.method, seed=args.seed, mask_fraction=args.mask_fraction,
                  block_size=args.block_size, max_blocks=args.max_blocks, damping=args.damping,
                  num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
-                 forget_classes=forget_classes, forget_package=args.forget_package,
+                 forget_classes=forget_classes, forget_package=args.forget_package, forget_count=args.forget_count,
+                 client_keeps_forget=True if args.client_keeps_forget else None, mia_references=args.mia_references,
                  global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
                  proof_slots=args.proof_slots, proof_group=args.proof_group,
                  mask_group=tuple(int(v) for v in args.mask_group.split(",")) if args.mask_group else None)
@@ -33,7 +34,7 @@ def _local(args: argparse.Namespace) -> int:
     table.add_column("method", no_wrap=True, min_width=13)
     for key, label in cols.items():
         table.add_column(label, justify="right", no_wrap=True, min_width=len(label))
-    for name, row in {"verified": result, **result["baselines"]}.items():
+    for name, row in {args.method: result, **result["baselines"]}.items():
         table.add_row(name, *(f"{row[k]:.1f}" if k == "client_s" else f"{row[k]:.3f}" for k in cols))
     Console().print(table)
     if "proof" in result:
@@ -98,17 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: digits for vit, stdlib-code for opt")
     p.add_argument("--out", required=True, help="output folder (metrics.json, metrics.png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mask-fraction", type=float, default=None, help="fraction of scope weights masked (0.04)")
+    p.add_argument("--method", choices=["verified", "zk-apex-paper"], default="verified",
+                   help="unlearning defaults: the verified default (fc1 + head, 8 %%, damping 1) or the paper's "
+                        "(fc1, 4 %%, damping 0.01)")
+    p.add_argument("--mask-fraction", type=float, default=None,
+                   help="fraction of scope weights masked (0.08; 0.16 of fc1 for sample requests)")
     p.add_argument("--block-size", type=int, default=None, help="Fisher block size d (64)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on touched Fisher blocks (none)")
     p.add_argument("--mask-group", default=None, metavar="G,K",
                    help="column-structured mask: at most K local positions per group of G blocks")
-    p.add_argument("--damping", type=float, default=None, help="Fisher damping relative to the mean diagonal")
+    p.add_argument("--damping", type=float, default=None, help="Fisher damping relative to the mean diagonal (1.0)")
     p.add_argument("--num-grads", type=int, default=None, help="per-sample gradients in the client Fisher")
     p.add_argument("--fisher-data", choices=["train", "retain"], default=None)
     p.add_argument("--forget-mode", choices=["class", "samples", "package"], default=None)
     p.add_argument("--forget-classes", default=None, help="comma-separated classes to forget (image data)")
     p.add_argument("--forget-package", default=None, help="stdlib package to forget (code data)")
+    p.add_argument("--forget-count", type=int, default=None, help="samples to forget with --forget-mode samples (60)")
+    p.add_argument("--client-keeps-forget", action="store_true", default=None,
+                   help="the request covers only the provider's data: clients keep their own samples of the class "
+                        "(default: the request covers the federation)")
+    p.add_argument("--mia-references", type=int, default=None,
+                   help="reference models of the membership attack (RMIA), each a full retrain pipeline (2)")
     p.add_argument("--prove", action="store_true", default=None,
                    help="also register, prove (EZKL) and verify the client's update; use with --block-size 16")
     p.add_argument("--proof-slots", type=int, default=None, help="masked columns per proof step K (2)")

@@ -1,4 +1,4 @@
-"""The provider's ledger (PROTOCOL.md §1, §4): one row per deletion request × client attempt.
+"""The provider's ledger (docs/protocol.md §1, §4): one row per deletion request × client attempt.
 
 Rows are only ever added, to the ``ledger`` table of the provider's SQLite
 :class:`~zkapex_flwr.store.ProviderStore`; a later attempt at the same request (a quarantined node

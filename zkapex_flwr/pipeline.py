@@ -92,8 +92,16 @@ class LocalConfig:
     proof_group: int = 1             # G blocks per proof unit (pair with mask_group=(G, K))
 
 
-def preset(model: str, dataset: str, **overrides) -> LocalConfig:
-    """Defaults tuned so each run takes a few minutes on a 2-core CPU."""
+METHODS = ("verified", "zk-apex-paper")
+
+
+def preset(model: str, dataset: str, method: str = "verified", **overrides) -> LocalConfig:
+    """Defaults tuned so each run takes a few minutes on a 2-core CPU.
+
+    ``method='zk-apex-paper'`` starts from the paper's unlearning settings (:data:`PAPER`) instead of the
+    verified default; explicit ``overrides`` win over either."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
     combos = {
         # measured ceilings on this CPU are in docs/research/forgetting.md (tiny ViTs trained from scratch)
         ("vit", "digits"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
@@ -117,7 +125,11 @@ def preset(model: str, dataset: str, **overrides) -> LocalConfig:
         if value is not None:
             setattr(cfg, key, value)
     given = {k for k, v in overrides.items() if v is not None}
-    if cfg.forget_mode == "samples":  # the verified mask for sample requests: 16 % of fc1, off the class head
+    if method == "zk-apex-paper":
+        for key, value in PAPER.items():
+            if key not in given:
+                setattr(cfg, key, value)
+    elif cfg.forget_mode == "samples":  # the verified mask for sample requests: 16 % of fc1, off the class head
         if "mask_exclude" not in given and cfg.scope == VERIFIED_SCOPE:
             cfg.mask_exclude = CLASSIFIER_HEAD
         if "mask_fraction" not in given:
@@ -199,14 +211,10 @@ def _keys(cfg: LocalConfig) -> dict[str, tuple]:
     provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
     glob = ("global",) + data[1:4] + data[5:6] + data[8:] + (provider_split,) + model
     personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)
-    fisher = ("fisher", personal, cfg.block_size, cfg.scope, cfg.num_grads, cfg.fisher_data)
-    paper_fisher = ("fisher", personal, cfg.block_size, PAPER["scope"], cfg.num_grads, cfg.fisher_data)
+    # the Fisher and the saliency are keyed by the resolved layout (see run_local): two scope patterns that
+    # select the same tensors (the verified and the paper's scope on a model without a classifier head) share them
     keys = {"data": data, "global": glob, "retrain-global": ("retrain",) + glob, "personal": personal,
-            "retrain-personal": ("retrain",) + personal, "fisher": fisher, "paper-fisher": paper_fisher,
-            "scores": ("scores", glob, cfg.block_size, cfg.scope, cfg.saliency, cfg.saliency_gamma),
-            "paper-scores": ("scores", glob, cfg.block_size, PAPER["scope"], cfg.saliency, cfg.saliency_gamma),
-            "audit": ("audit", personal, cfg.mia_references),
-            "prover": ("prover", fisher, cfg.damping, cfg.proof_slots, cfg.proof_steps_per_proof, cfg.proof_group)}
+            "retrain-personal": ("retrain",) + personal, "audit": ("audit", personal, cfg.mia_references)}
     keys["quality"] = ("quality", keys["audit"])
     for r in range(cfg.mia_references):
         keys[f"reference-{r}-global"] = ("reference", r) + glob
@@ -314,6 +322,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
         def unlearn(scope: str, fraction: float, damping: float, exclude: str | None, tag: str):
             """Layout, client Fisher (phase 2), provider mask on θg (phase 3) and Group-OBS (phase 4)."""
             layout = BlockLayout.from_model(theta_p, cfg.block_size, scope)
+            keys[f"{tag}fisher"] = ("fisher", keys["personal"], layout.digest(), cfg.num_grads, cfg.fisher_data)
+            keys[f"{tag}scores"] = ("scores", keys["global"], layout.digest(), cfg.saliency, cfg.saliency_gamma)
             fisher_src = {"train": splits.client_train, "retain": splits.client_retain}.get(cfg.fisher_data)
             if fisher_src is None:
                 raise ValueError(f"fisher_data must be 'train' or 'retain', got '{cfg.fisher_data}'")
@@ -345,6 +355,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             res = certificate_residual(update.theta_p, th, update.fisher, update.local_mask)
             return float(max(res["feasibility"].max(), res["stationarity"].max()))
 
+        keys["prover"] = ("prover", keys["fisher"], cfg.damping, cfg.proof_slots, cfg.proof_steps_per_proof,
+                          cfg.proof_group)
         proof = (_prove_and_verify(cfg, theta_p, layout, fisher, mask, update, progress, log,
                                    lambda make: (timed("prover", "client register", make), timings["client register"]))
                  if cfg.prove else None)

@@ -1,4 +1,4 @@
-"""The wire protocol between the provider strategy and the client mod (PROTOCOL.md §2, §4).
+"""The wire protocol between the provider strategy and the client mod (docs/protocol.md §2, §4).
 
 Two Flower message types carry the unlearning phases, next to the wrapped strategy's ordinary
 ``train``/``evaluate`` messages:

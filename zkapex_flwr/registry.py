@@ -1,4 +1,4 @@
-"""The provider's persistent commitment registry (PROTOCOL.md §1): one entry per client node.
+"""The provider's persistent commitment registry (docs/protocol.md §1): one entry per client node.
 
 An entry is what the node committed in phase 2 (:class:`~zkapex_flwr.proof.BlockCommitments`: KZG
 commitments of θp per proof unit and of its inverse-Fisher stripes) plus the circuit it registered

@@ -1,4 +1,4 @@
-"""The provider's durable state: one SQLite file holding the registry and the ledger (PROTOCOL.md §1).
+"""The provider's durable state: one SQLite file holding the registry and the ledger (docs/protocol.md §1).
 
 Why one SQLite file. A verdict changes two things at once: the ledger gains a row and, when the
 client complied, its registry entry moves to θu. Written to two files, a provider killed between the

@@ -1,4 +1,4 @@
-"""The data roles of one unlearning experiment (PROTOCOL.md §2, §6)."""
+"""The data roles of one unlearning experiment (docs/protocol.md §2, §6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

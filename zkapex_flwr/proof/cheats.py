@@ -1,4 +1,4 @@
-"""Dishonest provers (PROTOCOL.md §5), each a real code path that produces bytes for the real verifier.
+"""Dishonest provers (docs/protocol.md §5), each a real code path that produces bytes for the real verifier.
 
 Used by the tests, by red-teamers and by the fleet simulator. Every function returns what a client
 with that behaviour would send back in the unlearning round; the honest path is

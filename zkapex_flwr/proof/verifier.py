@@ -1,4 +1,4 @@
-"""Provider side: one verdict per bundle, with the reason codes of PROTOCOL.md §4.
+"""Provider side: one verdict per bundle, with the reason codes of docs/protocol.md §4.
 
 The verifier trusts nothing the client reports. It derives everything from the bundle's proofs, the
 client's registry entry, the request's mask and its own circuit keys, in this order:

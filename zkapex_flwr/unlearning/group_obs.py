@@ -5,7 +5,7 @@ For block b with curvature C_b (d×d, SPD), personalized weights w (d) and mask 
     minimise ½ δᵀ C_b δ   subject to  (w + δ)_M = 0
     δ = −C_b⁻¹ E_M (E_Mᵀ C_b⁻¹ E_M)⁻¹ w_M,      λ = (E_Mᵀ C_b⁻¹ E_M)⁻¹ w_M
 
-and (δ, λ) satisfy the linear KKT system  C_b δ + E_M λ = 0,  (w + δ)_M = 0  (PROTOCOL.md §3).
+and (δ, λ) satisfy the linear KKT system  C_b δ + E_M λ = 0,  (w + δ)_M = 0  (docs/protocol.md §3).
 All touched blocks are solved at once in float64: one batched Cholesky of C, one batched triangular
 solve for the k masked columns (no d×d inverse), and one batched Cholesky of the k×k Schur block,
 with blocks of different k padded by identity rows that do not interact with real entries.
