@@ -1,4 +1,4 @@
-"""Property-based fuzzing of everything the provider parses from clients (issue 6, item 3).
+"""Property-based fuzzing of everything the provider parses from clients.
 
 Bundle bytes, the records and keys of ``train.unlearn`` / ``train.commit`` replies, oversized proofs,
 non-finite metrics, unknown circuit ids and registry entries with commitments of the wrong length: each

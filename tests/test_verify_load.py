@@ -1,4 +1,4 @@
-"""Issue 6 (load): the verification-throughput benchmark's quick mode end to end, and its CLI wiring."""
+"""The verification-throughput benchmark's quick mode end to end, and its CLI wiring."""
 from __future__ import annotations
 
 import json

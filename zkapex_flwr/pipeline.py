@@ -85,7 +85,7 @@ class LocalConfig:
     baselines: tuple[str, ...] = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
     # membership inference (RMIA): reference models trained by the same pipeline without D_f
     mia_references: int = 2
-    # proof (issue 3): register, prove and verify the client's update with EZKL
+    # proof: register, prove and verify the client's update with EZKL
     prove: bool = False
     proof_slots: int = 2
     proof_steps_per_proof: int = 1
