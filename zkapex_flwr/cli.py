@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_simulate)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
     b.add_argument("what", choices=["proof", "quality", "load"],
-                   help="proof: proof cost per circuit shape; quality: ZK-APEX against its baselines, sweeps, "
-                        "block budget against proof cost, verify vs retrain; load: verification throughput and "
+                   help="proof: proof cost per circuit shape; quality: the verified update against retrain and "
+                        "every baseline where retrain forgets, the frontier, proof cost of the verified mask; load: verification throughput and "
                         "latency over many bundles, and the provider store's writes and reads")
     b.add_argument("--out", required=True)
     b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
