@@ -266,6 +266,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    _check_config(cfg)
     console = console or Console(stderr=True)
     cache = cache or RunCache()
     keys = _keys(cfg)
