@@ -382,7 +382,7 @@ def plot_quality(agg, path: Path) -> None:
     settings = list(dict.fromkeys(agg["setting"]))
     keys = [("recovery", "recovery"), ("forget_acc_after", "forget acc"), ("mia_auc_after", "RMIA AUC"),
             ("mia_tpr_at_1pct_fpr_after", "RMIA TPR @ 1 % FPR")]
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         part = agg[agg["setting"] == setting]
         width = 0.8 / len(keys)
@@ -393,7 +393,7 @@ def plot_quality(agg, path: Path) -> None:
         ax.set_ylim(0, 1.1)
         ax.set_ylabel("fraction (accuracy ratio, accuracy, AUC, TPR)")
         ax.set_title(f"{setting} ({int(part['runs'].max())} runs, mean ± std)", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
