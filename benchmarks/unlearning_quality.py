@@ -246,7 +246,16 @@ def headline_json(agg) -> dict:
             "mia_tpr_at_1pct_fpr": r["mia_tpr_at_1pct_fpr_after_mean"],
             "mia_gap_to_retrain": r["mia_gap_to_retrain_mean"], "tpr_gap_to_retrain": r["tpr_gap_to_retrain_mean"],
             "loss_mia_auc": r["loss_mia_auc_after_mean"], "client_s": r["client_s_mean"], "runs": int(r["runs"])}
-    return json.loads(json.dumps(out, default=float).replace("NaN", "null"))
+    return {setting: {"methods": {m: {k: _number(v) for k, v in row.items()} for m, row in part["methods"].items()}}
+            for setting, part in out.items()}
+
+
+def _number(value):
+    """A JSON-ready number: a plain float or int, ``None`` for NaN (a std over a single run)."""
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return None if value != value else value
 
 
 def targets(headline: dict) -> dict:

@@ -59,7 +59,7 @@ class DomainShift:
     pattern: float = 0.0     # strength of a fixed additive noise pattern
     seed: int = 0            # seeds the pattern
 
-    KINDS = ("style", "mild", "light", "geometric", "none")
+    KINDS = ("style", "mild", "geometric", "none")
 
     @staticmethod
     def for_client(client_id: int, seed: int, kind: str = "style") -> "DomainShift":
@@ -73,9 +73,6 @@ class DomainShift:
             return DomainShift()
         geometric = kind == "geometric"
         rng = np.random.default_rng([seed, client_id, 7])
-        if kind == "light":
-            return DomainShift(gain=float(rng.uniform(0.85, 1.15)), pattern=float(rng.uniform(0.05, 0.12)),
-                               seed=int(rng.integers(2**31)))
         return DomainShift(rotate=int(rng.integers(4)) if geometric else 0,
                            flip=bool(rng.integers(2)) if geometric else False,
                            invert=kind != "mild" and client_id % 2 == 0, gain=float(rng.uniform(0.6, 1.4)),
