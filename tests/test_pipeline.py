@@ -82,6 +82,10 @@ def test_sample_request_mask_stays_off_the_class_head():
     assert head[select_mask(scores, layout, 0.01).indices].all()  # without the exclusion it would take the head
     with pytest.raises(ValueError, match="covers the whole unlearning scope"):
         select_mask(scores, layout, 0.1, exclude=".")
+    bad = scores.clone()
+    bad[0] = float("-inf")  # a caller's -inf is refused even where the exclusion adds its own
+    with pytest.raises(ValueError, match="NaN or inf"):
+        select_mask(bad, layout, 0.1, exclude=CLASSIFIER_HEAD)
 
 
 @pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")

@@ -78,6 +78,8 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
     if exclude is not None:
         if scores.shape != (layout.size,):
             raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
+        if not torch.isfinite(scores).all():  # checked before the exclusion writes its own -inf
+            raise ValueError("saliency scores contain NaN or inf")
         off = layout.tensor_mask(exclude)
         if bool(off.all()):
             raise ValueError(f"the mask exclusion {exclude!r} covers the whole unlearning scope")
@@ -92,7 +94,7 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
     if not 0 < fraction < 1:
         raise ValueError(f"mask fraction must be in (0, 1), got {fraction}")
-    if torch.isnan(scores).any() or torch.isposinf(scores).any() or (exclude is None and torch.isinf(scores).any()):
+    if exclude is None and not torch.isfinite(scores).all():
         raise ValueError("saliency scores contain NaN or inf")
     k = max(1, int(round(fraction * layout.size)))
     if max_blocks is None or max_blocks >= layout.n_blocks:
