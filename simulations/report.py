@@ -24,9 +24,11 @@ NO_RESPONSE = "no-response"
 LEDGER_COLUMNS = ("request_id", "node_id", "partition_id", "reason", "compliant", "verify_ms", "bundle_bytes",
                   "quarantined")
 RESEARCH_COLUMNS = ("client_prove_s", "client_recovery", "client_forget_acc_before", "client_forget_acc_after",
+                    "client_personalization_acc_before", "client_personalization_acc_after",
                     "client_device_s", "client_upload_s")  # optional: filled with NaN when absent
 CLIENT_COLUMNS = ("partition_id", "node_id", "behaviour", "profile")
-PLOTS = ("detection.png", "recovery.png", "proof_cost.png")
+PLOTS = ("detection.png", "recovery.png", "proof_cost.png", "forgetting.png")
+REFERENCE_REQUIRED = ("partition_id", "retrain_forget_acc", "retrain_personalization_acc")
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -83,13 +85,16 @@ def _plain(value):
     return value
 
 
-def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra: dict | None = None) -> dict:
+def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra: dict | None = None,
+              reference: pd.DataFrame | None = None) -> dict:
     """Counts of caught/missed cheaters and accepted/rejected honest clients, plus cost and quality medians.
 
     Honest means ``behaviour`` in :data:`HONEST_BEHAVIOURS`. A client "accepted" or "missed" has at least
     one ledger row and all are compliant; "caught" has a non-compliant row (no-response included); an
     honest client is "rejected" only for a non-compliant row whose reason is not no-response.
     Ledger rows are taken to be in chronological order (``quarantined`` reads each node's last row).
+    ``reference`` (:func:`simulations.reference.retrain_reference`) adds ``retrain_reference``: its
+    clients' forget accuracy before, after the verified update and after retrain-from-scratch.
     """
     rows = _joined(ledger, clients)
     per = _per_client(rows, clients)
@@ -124,7 +129,60 @@ def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra:
         "by_profile": by_profile,
         "wall_s": float(wall_s),
     }
+    if reference is not None:
+        summary["retrain_reference"] = _reference_summary(rows, reference)
     return _plain({**summary, **(extra or {})})
+
+
+def _reference_rows(rows: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """The reference clients beside their own before/after metrics on the first request (compliant rows)."""
+    _require(reference, REFERENCE_REQUIRED, "retrain reference")
+    if reference["partition_id"].duplicated().any():
+        raise ValueError("retrain reference lists a partition_id more than once")
+    good = rows[rows["honest"] & rows["compliant"]]
+    if len(good):
+        good = good[good["request_id"] == good["request_id"].iloc[0]]
+    mine = good[["partition_id", "profile", "client_forget_acc_before", "client_forget_acc_after",
+                 "client_personalization_acc_before", "client_personalization_acc_after"]]
+    joined = reference[list(REFERENCE_REQUIRED)].merge(mine.drop_duplicates("partition_id"), on="partition_id", how="left")
+    missing = joined.loc[joined["client_forget_acc_before"].isna() | joined["client_forget_acc_after"].isna(),
+                         "partition_id"].tolist()
+    if missing:
+        raise ValueError(f"retrain reference names partition(s) {missing} without a compliant honest ledger row "
+                         "carrying its forget accuracy before and after")
+    return joined
+
+
+def _reference_summary(rows: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    j = _reference_rows(rows, reference)
+    return {"clients": len(j),
+            "forget_acc_before_median": _median(j["client_forget_acc_before"]),
+            "forget_acc_after_median": _median(j["client_forget_acc_after"]),
+            "retrain_forget_acc_median": _median(j["retrain_forget_acc"]),
+            "forget_gap_to_retrain_median": _median(j["client_forget_acc_after"] - j["retrain_forget_acc"]),
+            "personalization_acc_after_median": _median(j["client_personalization_acc_after"]),
+            "retrain_personalization_acc_median": _median(j["retrain_personalization_acc"]),
+            "rows": j.to_dict(orient="records")}
+
+
+def _plot_forgetting(rows: pd.DataFrame, reference: pd.DataFrame | None, ax) -> None:
+    """Forget accuracy per reference client: before, after the verified update, retrain-from-scratch."""
+    title = "Forget accuracy against retrain (sampled honest clients)"
+    if reference is None or reference.empty:
+        return _no_data(ax, title)
+    j = _reference_rows(rows, reference).sort_values("partition_id")
+    x = np.arange(len(j))
+    for off, col, label, colour in ((-0.27, "client_forget_acc_before", "before (θp)", "lightgrey"),
+                                    (0.0, "client_forget_acc_after", "after verified update (θu)", "tab:blue"),
+                                    (0.27, "retrain_forget_acc", "retrain from scratch", "tab:orange")):
+        bars = ax.bar(x + off, j[col].astype(float), width=0.27, color=colour, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(x, [f"{int(p)}\n{prof}" for p, prof in zip(j["partition_id"], j["profile"])], fontsize="small")
+    ax.set_xlabel("client (partition id, profile)")
+    ax.set_ylabel("forget accuracy (fraction of D_f)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, fontsize="small")
 
 
 def _no_data(ax, title: str) -> None:
@@ -177,8 +235,9 @@ def _plot_box(rows: pd.DataFrame, column: str, ax, title: str) -> None:
     ax.tick_params(axis="x", labelrotation=30)
 
 
-def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write ``detection.png``, ``recovery.png`` and ``proof_cost.png`` to ``out_dir``; return their paths.
+def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path,
+                reference: pd.DataFrame | None = None) -> list[Path]:
+    """Write :data:`PLOTS` to ``out_dir``; return their paths.
 
     Proof bytes are drawn over honest compliant rows only (a no-response row carries 0 bytes, not a proof).
     """
@@ -187,12 +246,13 @@ def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path) -> l
     rows = _joined(ledger, clients)
     honest = rows[rows["honest"]]
     figures = [Figure(figsize=(7, 0.5 * max(4, clients["behaviour"].nunique()) + 1)), Figure(figsize=(6, 4)),
-               Figure(figsize=(11, 4))]
+               Figure(figsize=(11, 4)), Figure(figsize=(max(6, 0.8 * len(reference if reference is not None else ()) + 2), 4.5))]
     _plot_detection(_per_client(rows, clients), figures[0].subplots())
     _plot_recovery(rows, figures[1].subplots())
     left, right = figures[2].subplots(1, 2)
     _plot_box(honest, "client_prove_s", left, "Prove time per profile (s, honest)")
     _plot_box(honest[honest["compliant"]], "bundle_bytes", right, "Proof bundle per profile (bytes, honest, compliant)")
+    _plot_forgetting(rows, reference, figures[3].subplots())
     paths = [out_dir / name for name in PLOTS]
     for figure, path in zip(figures, paths):
         figure.tight_layout()
@@ -230,22 +290,42 @@ def _markdown(summary: dict, scenario_name: str) -> str:
               f"- median recovery: {_fmt(s['recovery_median'])}",
               f"- median forget accuracy: {_fmt(s['forget_acc_before_median'])} before, "
               f"{_fmt(s['forget_acc_after_median'])} after",
-              f"- median verify time: {_fmt(s['verify_ms_median'])} ms", "", "## Plots", ""]
+              f"- median verify time: {_fmt(s['verify_ms_median'])} ms", ""]
+    ref = s.get("retrain_reference")
+    if ref:
+        lines += ["## Forgetting against retrain-from-scratch", "",
+                  f"{ref['clients']} honest clients, sampled evenly by partition id, re-run without the forgotten data "
+                  "(θg pretrained without D_f, the FedAvg rounds before the request replayed with the same nodes "
+                  "on the data they keep, then re-personalized). Medians: forget accuracy "
+                  f"{_fmt(ref['forget_acc_before_median'])} before, {_fmt(ref['forget_acc_after_median'])} after the "
+                  f"verified update, {_fmt(ref['retrain_forget_acc_median'])} after retrain; personalization accuracy "
+                  f"{_fmt(ref['personalization_acc_after_median'])} after the update, "
+                  f"{_fmt(ref['retrain_personalization_acc_median'])} after retrain.", "",
+                  "| client | profile | forget acc before | after (verified) | retrain | pers. acc after | retrain |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for r in ref["rows"]:
+            lines.append(f"| {r['partition_id']} | {r['profile']} | {_fmt(r['client_forget_acc_before'])} "
+                         f"| {_fmt(r['client_forget_acc_after'])} | {_fmt(r['retrain_forget_acc'])} "
+                         f"| {_fmt(r['client_personalization_acc_after'])} | {_fmt(r['retrain_personalization_acc'])} |")
+        lines.append("")
+    lines += ["## Plots", ""]
     lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
     return "\n".join(lines) + "\n"
 
 
 def write_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, wall_s: float,
-                 extra: dict | None = None, scenario_name: str = "") -> dict:
+                 extra: dict | None = None, scenario_name: str = "", reference: pd.DataFrame | None = None) -> dict:
     """Write ledger/clients tables, ``summary.json``, the plots and ``report.md`` to ``out_dir``; return the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(ledger, clients, wall_s, extra)  # validates before anything is written
+    summary = summarize(ledger, clients, wall_s, extra, reference)  # validates before anything is written
     ledger.to_csv(out_dir / "ledger.csv", index=False)
     if importlib.util.find_spec("pyarrow") is not None:
         ledger.to_parquet(out_dir / "ledger.parquet", index=False)
     clients.to_csv(out_dir / "clients.csv", index=False)
+    if reference is not None:
+        reference.to_csv(out_dir / "reference.csv", index=False)
     atomic_write(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    plot_report(ledger, clients, out_dir)
+    plot_report(ledger, clients, out_dir, reference)
     (out_dir / "report.md").write_text(_markdown(summary, scenario_name), encoding="utf-8")
     return summary

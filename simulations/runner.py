@@ -21,7 +21,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from .scenario import ScenarioError, load_scenario
+from .scenario import HONEST_BEHAVIOURS, ScenarioError, load_scenario
 
 log = logging.getLogger("zkapex_flwr.fleet")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,30 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
              "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
              "unattributed_rows": unattributed, "timings_s": timings,
              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
-    summary = write_report(ledger, clients, out, time.perf_counter() - t0, extra=extra, scenario_name=sc.name)
+    reference = None
+    if sc.retrain_clients:
+        from .reference import retrain_reference, sample_clients
+
+        first = provider.requests[0].request_id
+        honest_pids = {c.partition_id for c in world.fleet if c.behaviour in HONEST_BEHAVIOURS}
+        measured = []   # honest, compliant on the first request, with its own before/after metrics (not a resend)
+        if len(ledger) and "client_forget_acc_before" in ledger:
+            good = ledger[(ledger["request_id"] == first) & ledger["compliant"].astype(bool)
+                          & ledger["client_forget_acc_before"].notna() & ledger["client_forget_acc_after"].notna()]
+            measured = [int(p) for p in good["partition_id"] if int(p) in honest_pids]
+        picked = sample_clients(measured, sc.retrain_clients)
+        rounds = {rnd: [provider.partitions[n] for n in nodes if n in provider.partitions]
+                  for rnd, nodes in provider.participants.items()}
+        s = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            bar = progress.add_task("retrain reference", total=1 + len(picked))
+            reference = retrain_reference(world, rounds, picked,
+                                          on_progress=lambda phase, done, total: progress.update(
+                                              bar, description=phase, completed=done, total=total))
+        timings["retrain_reference_s"] = time.perf_counter() - s
+    summary = write_report(ledger, clients, out, time.perf_counter() - t0, extra=extra, scenario_name=sc.name,
+                           reference=reference)
     console.log(f"[{sc.name}] {summary['cheaters_caught']} of {summary['dishonest']} cheaters caught, "
                 f"{summary['honest_rejected']} honest rejected, wall {summary['wall_s']:.0f} s → {out}")
     return summary

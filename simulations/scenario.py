@@ -19,6 +19,7 @@ import numpy as np
 
 from zkapex_flwr.data.images import DomainShift
 from zkapex_flwr.proof.cheats import BEHAVIOURS
+from zkapex_flwr.unlearning.scope import VERIFIED_SCOPE
 
 FLEET_BEHAVIOURS = BEHAVIOURS + ("late",)   # late = honest but slow: answers after the deadline once
 HONEST_BEHAVIOURS = ("honest", "late")
@@ -62,14 +63,14 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class UnlearningSpec:
-    scope: str = r"(^|\.)fc1\.weight$"
+    scope: str = VERIFIED_SCOPE      # every block's fc1 and the classifier head (the verified default)
     block_size: int = 16
     mask_fraction: float = 0.01
     max_blocks: int | None = None    # block budget (with group > 1: counts every block of a touched unit)
-    group: int = 16                  # G: Fisher blocks per proof unit (column-structured mask)
+    group: int = 1                   # G: Fisher blocks per proof unit (G > 1: column-structured mask)
     slots: int = 2                   # K: masked columns per proof step
     steps: tuple[int, ...] = (1,)    # B choices offered to clients; each picks by its memory budget
-    damping: float = 0.01
+    damping: float = 1.0             # λ in units of each block's mean Fisher diagonal
     num_grads: int = 64
     deadline_s: float = 60.0
     max_attempts: int = 2
@@ -119,6 +120,8 @@ class Scenario:
     profiles: tuple[ProfileSpec, ...] = (ProfileSpec("default"),)
     behaviours: tuple[tuple[str, float], ...] = (("honest", 1.0),)
     replay_wait_s: float = 20.0      # a replaying client waits this long for a bundle to capture
+    retrain_clients: int = 8         # honest clients given a retrain-from-scratch reference in the report (0: none;
+                                     # a file without the key: min(8, clients))
     source: str = ""                 # the file it was loaded from
     digest: str = ""                 # sha256 of the file's bytes
 
@@ -187,7 +190,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: not valid TOML: {err}") from None
     src = str(path)
     top = {"name", "clients", "seed", "description", "model", "data", "training", "unlearning", "requests",
-           "profiles", "behaviours", "replay_wait_s"}
+           "profiles", "behaviours", "replay_wait_s", "retrain_clients"}
     unknown = sorted(set(raw) - top)
     _check(not unknown, src, f"unknown top-level key(s) {unknown}; allowed: {sorted(top)}")
     _check("clients" in raw and isinstance(raw["clients"], int) and raw["clients"] >= 2, src,
@@ -209,6 +212,7 @@ def load_scenario(path: str | Path) -> Scenario:
                   requests=requests, profiles=profiles,
                   behaviours=tuple((b, float(w)) for b, w in behaviours.items() if w > 0),
                   replay_wait_s=float(raw.get("replay_wait_s", 20.0)),
+                  retrain_clients=raw.get("retrain_clients", min(8, raw["clients"])),
                   source=src, digest=hashlib.sha256(raw_bytes).hexdigest())
     _validate(sc)
     return sc
@@ -224,6 +228,9 @@ def _validate(sc: Scenario) -> None:
     _check(t.rounds >= 0 and t.rounds_after >= 0 and 0 < t.fraction_train <= 1, src,
            "[training] rounds >= 0, rounds_after >= 0 and 0 < fraction_train <= 1")
     _check(sc.requests, src, "at least one [[requests]] entry is needed")
+    _check(isinstance(sc.retrain_clients, int) and not isinstance(sc.retrain_clients, bool)
+           and 0 <= sc.retrain_clients <= sc.clients, src,
+           f"'retrain_clients' must be an integer in 0..clients={sc.clients}, got {sc.retrain_clients!r}")
     ids = [r.id for r in sc.requests]
     _check(len(set(ids)) == len(ids), src, f"[[requests]] ids must be unique, got {ids}")
     for r in sc.requests:

@@ -141,7 +141,7 @@ def test_write_report_writes_every_file(ledger, clients, tmp_path):
 
 def test_plots_survive_empty_data(ledger, clients, tmp_path):
     paths = plot_report(ledger.iloc[0:0], clients.iloc[0:0], tmp_path)
-    assert [p.name for p in paths] == ["detection.png", "recovery.png", "proof_cost.png"]
+    assert [p.name for p in paths] == ["detection.png", "recovery.png", "proof_cost.png", "forgetting.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
 
@@ -157,3 +157,33 @@ def test_unknown_partition_is_named(ledger, clients, tmp_path):
     with pytest.raises(ValueError, match=r"partition_id\(s\) \[99\] absent from the clients table"):
         write_report(bad, clients, tmp_path / "bad", wall_s=1.0)
     assert not (tmp_path / "bad" / "ledger.csv").exists()
+
+
+REFERENCE = pd.DataFrame({"partition_id": [0, 1], "profile": ["phone", "laptop"], "retrain_forget_acc": [0.0, 0.05],
+                          "retrain_personalization_acc": [0.91, 0.89]})
+
+
+def test_retrain_reference_sits_beside_the_clients_own_metrics(ledger, clients, tmp_path):
+    out = tmp_path / "ref"
+    s = write_report(ledger, clients, out, wall_s=1.0, scenario_name="ref", reference=REFERENCE)
+    ref = s["retrain_reference"]
+    assert ref["clients"] == 2
+    # the first request's rows of partitions 0 and 1: forget after 0.1 and 0.2, retrain 0.0 and 0.05
+    assert ref["forget_acc_after_median"] == pytest.approx(0.15)
+    assert ref["retrain_forget_acc_median"] == pytest.approx(0.025)
+    assert ref["forget_gap_to_retrain_median"] == pytest.approx(0.125)
+    assert ref["forget_acc_before_median"] == pytest.approx(0.9)
+    assert [r["partition_id"] for r in ref["rows"]] == [0, 1]
+    md = (out / "report.md").read_text()
+    assert "## Forgetting against retrain-from-scratch" in md and "| 1 | laptop | 0.9 | 0.2 | 0.05 |" in md
+    assert (out / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pd.read_csv(out / "reference.csv")) == 2
+
+
+def test_reference_client_without_measurements_is_named(ledger, clients, tmp_path):
+    bad = pd.concat([REFERENCE, REFERENCE.iloc[[0]].assign(partition_id=2)], ignore_index=True)  # late: a resend
+    with pytest.raises(ValueError, match=r"partition\(s\) \[2\] without a compliant honest ledger row"):
+        write_report(ledger, clients, tmp_path / "bad", wall_s=1.0, reference=bad)
+    assert not (tmp_path / "bad" / "ledger.csv").exists()
+    with pytest.raises(ValueError, match="missing required column"):
+        summarize(ledger, clients, 1.0, reference=REFERENCE.drop(columns="retrain_forget_acc"))

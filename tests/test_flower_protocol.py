@@ -317,6 +317,9 @@ def test_scenario_errors_name_file_and_key(tmp_path):
     bad.write_text('clients = 4\n[unlearning]\nblock_sise = 16\n')
     with pytest.raises(ScenarioError, match=r"bad.toml \[unlearning\]: unknown key\(s\) \['block_sise'\]"):
         load_scenario(bad)
+    bad.write_text('clients = 4\nretrain_clients = "all"\n[[requests]]\nid = "r"\nafter_round = 0\n')
+    with pytest.raises(ScenarioError, match=r"'retrain_clients' must be an integer in 0..clients=4, got 'all'"):
+        load_scenario(bad)
     sc = load_scenario("simulations/smoke.toml")
     assert sc.fleet() == load_scenario("simulations/smoke.toml").fleet()
     counts = {}
