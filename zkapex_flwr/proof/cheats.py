@@ -37,7 +37,7 @@ def _mask_only_steps(theta, h_hat, mask, spec) -> list[Step]:
         nxt = current.copy()
         if i == len(honest) - 1:
             nxt[np.asarray(mask, dtype=bool)] = 0.0
-        steps.append(Step(current, nxt, st.mask, np.zeros_like(st.y), st.columns, st.h))
+        steps.append(Step(current, nxt, st.mask, np.zeros_like(st.y), st.columns, st.h, st.selector))
         current = nxt
     return steps
 

@@ -1,10 +1,15 @@
 """The column-form Group-OBS certificate as an EZKL (Halo2/KZG) circuit, built once per shape and cached.
 
-One proof holds ``B`` step slots; a step covers one Fisher block of size ``d`` and up to ``K`` masked
-columns. Per step slot:
+One proof holds ``B`` step slots; a step covers one proof unit (G consecutive Fisher blocks of size
+``d``; G = 1: one block) and up to ``K`` masked columns. Per step slot, for G = 1:
 
     inputs  (all ``polycommit``):  θ_in (d), θ_out (d), m (d), y (K), h_1 … h_K (d each)
     outputs (``public``):          r = [θ_out − θ_in + Σ_j y_j h_j ,  m ⊙ θ_out]      (2d)
+
+and for G > 1 the step also takes a selector s (G·K): s[g, j] = 1 when block g masks the step's
+column j. Each block's multipliers pass through it, r = [θ_out − θ_in + Σ_j (y ⊙ s)[:, j] h_j , m ⊙ θ_out],
+so a block can move only along the columns it masks itself; the verifier rebuilds s from the
+request's mask and checks its commitment as it checks m's (docs/proof-design.md §1, §4).
 
 An unused step slot carries all-zero inputs (a true, empty statement); the verifier demands the zero
 commitment for each of its inputs, so a real block cannot sit in a padding slot.
@@ -12,7 +17,8 @@ commitment for each of its inputs, so a real block cannot sit in a padding slot.
 where h_j are columns of the block's normalised inverse Fisher Ĥ = C⁻¹ / max|C⁻¹| and m is the
 block's 0/1 mask on the final step of a block (zero on intermediate steps, see ``statement.py``). With
 ``input_scale = param_scale = S`` and ``scale_rebase_multiplier = 10`` the residuals are exact integers
-at scale 2S (no lookups); range checks on inputs/outputs are off (``ignore_range_check_inputs_outputs``),
+at scale 2S (3S with the selector; :attr:`CircuitSpec.residual_scale`), with no lookups; range checks on
+inputs/outputs are off (``ignore_range_check_inputs_outputs``),
 which costs the column form no soundness that matters (docs/proof-design.md §4) and saves 15–60×.
 
 A circuit is identified by :attr:`CircuitSpec.circuit_id`, a digest of everything that changes its
@@ -31,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORM = "col-v1"
+FORM = "col-v2"   # v2: wide units (G > 1) take the per-block column selector
 
 
 def cache_root() -> Path:
@@ -121,17 +127,33 @@ class CircuitSpec:
             raise ValueError(f"a unit needs at least one block, got group={self.group}")
         import math
 
-        bits = (self.slots + 1) * (self.scale + math.log2(max(self.slots, 2))) + math.log2(self.d)
+        per = self.residual_scale - self.scale   # bits of one multiplier term above θ's scale
+        bits = (self.slots + 1) * (per + math.log2(max(self.slots, 2))) + math.log2(self.d)
         if bits >= 250:
             raise ValueError(f"slots={self.slots} at scale {self.scale} is unsound without range checks: "
-                             f"(K+1)(S+log2 K)+log2 d = {bits:.0f} bits must stay below 250 "
+                             f"(K+1)({per}+log2 K)+log2 d = {bits:.0f} bits must stay below 250 "
                              f"(docs/proof-design.md §4); use fewer slots")
         if not 8 <= self.scale <= 24:
             raise ValueError(f"fixed-point scale must be within 8..24 bits, got {self.scale}")
 
     @property
+    def selector(self) -> bool:
+        """Wide units carry the per-block column selector (a G = 1 unit's columns are all its own)."""
+        return self.group > 1
+
+    @property
+    def residual_scale(self) -> int:
+        """Fixed-point bits of the public residuals: 2S, or 3S when y passes through the selector."""
+        return (3 if self.selector else 2) * self.scale
+
+    @property
+    def column_input(self) -> int:
+        """Index, within a step slot, of the first Ĥ column input (after θ_in, θ_out, m, y and s)."""
+        return 5 if self.selector else 4
+
+    @property
     def inputs_per_step(self) -> int:
-        return 4 + self.slots
+        return self.column_input + self.slots
 
     @property
     def num_inputs(self) -> int:
@@ -148,7 +170,8 @@ class CircuitSpec:
 
     def input_shapes(self) -> list[tuple[int, int]]:
         n = self.unit_size
-        return ([(1, n)] * 3 + [(1, self.group * self.slots)] + [(1, n)] * self.slots) * self.steps
+        small = [(1, self.group * self.slots)] * (2 if self.selector else 1)   # y (and s)
+        return ([(1, n)] * 3 + small + [(1, n)] * self.slots) * self.steps
 
     def name(self) -> str:
         return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}" + \
@@ -165,12 +188,14 @@ def _torch_module(spec: CircuitSpec):
         def forward(self, *xs):
             outs = []
             for b in range(spec.steps):
-                theta_in, theta_out, m, y, *cols = xs[b * per:(b + 1) * per]
+                step = xs[b * per:(b + 1) * per]
+                theta_in, theta_out, m, y = step[:4]
+                cols = step[spec.column_input:]
                 if g == 1:
                     acc = theta_out - theta_in + torch.matmul(y, torch.cat(cols, dim=0))  # y (1, K) · (K, d)
-                else:  # per block of the unit: θ_out − θ_in + Σ_j y[:, j] · stripe_j
+                else:  # per block of the unit: θ_out − θ_in + Σ_j (y ⊙ s)[:, j] · stripe_j
                     acc = (theta_out - theta_in).reshape(g, d)
-                    yy = y.reshape(g, k)
+                    yy = (y * step[4]).reshape(g, k)
                     for j, col in enumerate(cols):
                         acc = acc + yy[:, j:j + 1] * col.reshape(g, d)
                     acc = acc.reshape(1, g * d)

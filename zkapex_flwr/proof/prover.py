@@ -38,7 +38,8 @@ class ProveReport:
 
 def _zero_inputs(spec) -> list[list[float]]:
     n = spec.unit_size
-    return [[0.0] * n] * 3 + [[0.0] * (spec.group * spec.slots)] + [[0.0] * n] * spec.slots
+    small = [[0.0] * (spec.group * spec.slots)] * (2 if spec.selector else 1)   # y (and the selector)
+    return [[0.0] * n] * 3 + small + [[0.0] * n] * spec.slots
 
 
 def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path) -> tuple[Proof, float, float]:

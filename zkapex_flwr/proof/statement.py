@@ -10,7 +10,11 @@ output, with m = 0 on intermediate steps). The chain telescopes to the single ce
 
 A proof *unit* is a group of G consecutive blocks proven together in wide inputs (G = 1: one block):
 the unit's positions are the union of its blocks' masked local positions, and a step's "stripe" j is
-column p_j of every block's Ĥ, concatenated (docs/research/grouped-packing.md).
+column p_j of every block's Ĥ, concatenated (docs/research/grouped-packing.md). The positions are proven
+in sorted order, K per step (:func:`unit_columns`): the chain of a unit with k_u positions has exactly
+⌈k_u/K⌉ steps, which the verifier derives from the mask alone. With G > 1 each step carries the
+selector s[g, j] = [block g masks column p_j]; the circuit applies y ⊙ s, so a block's multipliers on a
+position it does not mask have no effect.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class Step:
     y: np.ndarray          # (G, len(columns)); 0 where a block does not mask that position
     columns: list[int]     # local positions (Ĥ columns) this step uses, shared by the unit's blocks
     h: np.ndarray          # (G, d, len(columns)) those columns of each block's Ĥ
+    selector: np.ndarray | None = None  # (G, len(columns)) 0/1: block g masks column j (G > 1 circuits)
 
     def inputs(self, spec) -> list[list[float]]:
         """Flat input lists in the circuit's ONNX input order, padded to ``spec.slots`` columns."""
@@ -55,8 +60,32 @@ class Step:
         y = np.zeros((g, spec.slots))
         y[:, :k] = self.y
         stripes = [self.h[:, :, j].reshape(-1) for j in range(k)] + [np.zeros(g * d)] * (spec.slots - k)
-        return [self.theta_in.reshape(-1).tolist(), self.theta_out.reshape(-1).tolist(),
-                self.mask.astype(float).reshape(-1).tolist(), y.reshape(-1).tolist()] + [v.tolist() for v in stripes]
+        head = [self.theta_in.reshape(-1).tolist(), self.theta_out.reshape(-1).tolist(),
+                self.mask.astype(float).reshape(-1).tolist(), y.reshape(-1).tolist()]
+        if spec.selector:
+            if self.selector is None:
+                raise ValueError("a wide-unit circuit needs each step's column selector")
+            head.append(selector_values(self.selector, spec).tolist())
+        return head + [v.tolist() for v in stripes]
+
+
+def unit_columns(unit_mask: np.ndarray, slots: int) -> list[list[int]]:
+    """The canonical steps of a unit: its masked positions (union over its blocks), sorted, K per step."""
+    positions = np.flatnonzero(np.atleast_2d(np.asarray(unit_mask, dtype=bool)).any(0))
+    return [positions[i:i + slots].tolist() for i in range(0, positions.size, slots)]
+
+
+def step_selector(unit_mask: np.ndarray, columns: list[int]) -> np.ndarray:
+    """(G, len(columns)) bool: which of the unit's blocks mask each of the step's columns."""
+    return np.atleast_2d(np.asarray(unit_mask, dtype=bool))[:, list(columns)]
+
+
+def selector_values(selector: np.ndarray, spec) -> np.ndarray:
+    """The selector input of one step: (G, K) 0/1 flattened, unused column slots 0."""
+    sel = np.asarray(selector, dtype=bool)
+    out = np.zeros((spec.group, spec.slots))
+    out[:, :sel.shape[1]] = sel
+    return out.reshape(-1)
 
 
 def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray, spec) -> list[Step]:
@@ -67,8 +96,8 @@ def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray,
     theta = quantize(np.atleast_2d(theta_p), s)
     h = np.asarray(h_hat, dtype=np.float64).reshape(theta.shape[0], theta.shape[1], theta.shape[1])
     masks = np.atleast_2d(np.asarray(masks, dtype=bool))
-    positions = np.flatnonzero(masks.any(0))
-    if positions.size == 0:
+    chunks = [np.asarray(c) for c in unit_columns(masks, spec.slots)]
+    if not chunks:
         raise ValueError("a touched unit has no masked entry")
     g_count = theta.shape[0]
     y_full = np.zeros((g_count, theta.shape[1]))
@@ -77,7 +106,6 @@ def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray,
         if idx.size:
             y_full[g, idx] = quantize(np.linalg.solve(h[g][np.ix_(idx, idx)], theta[g, idx]), s)
     steps, current = [], theta
-    chunks = [positions[i:i + spec.slots] for i in range(0, positions.size, spec.slots)]
     for c, cols in enumerate(chunks):
         yc = y_full[:, cols]
         hc = h[:, :, cols]
@@ -87,7 +115,7 @@ def honest_unit_steps(theta_p: np.ndarray, h_hat: np.ndarray, masks: np.ndarray,
         if last:
             nxt[masks] = 0.0
             m[masks] = 1.0
-        steps.append(Step(current, nxt, m, yc, cols.tolist(), hc))
+        steps.append(Step(current, nxt, m, yc, cols.tolist(), hc, step_selector(masks, cols)))
         current = nxt
     return steps
 

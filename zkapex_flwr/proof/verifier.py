@@ -10,14 +10,17 @@ client's registry entry, the request's mask and its own circuit keys, in this or
    layout) → ``malformed``;  layout → ``wrong-mask``;
 2. coverage: every touched block's chain of steps 0…G−1 proven exactly once → ``incomplete``; no
    extra block → ``wrong-mask``;
-3. per block: the steps' columns are exactly the block's masked indices, each once → ``wrong-mask``;
+3. per unit: the steps' columns are exactly the mask's canonical steps — the unit's masked positions
+   in order, K per step, so the chain has ⌈k_u/K⌉ steps — → ``wrong-mask`` (a prefix of them whose
+   last step carries no mask → ``incomplete``);
 4. every proof's SNARK (``ezkl.verify``) → ``invalid-proof``;
 5. commitments inside the proofs: padding slots commit to zero in every input → ``malformed``; first
    θ_in = registered θp → ``stale-model``; links θ_out = next θ_in → ``malformed``; slot columns =
    registered Ĥ columns (zero commitment in unused column slots) → ``fisher-mismatch``; mask input =
-   commitment of the block's mask on the last step, zero before → ``wrong-mask``;
+   commitment of the block's mask on the last step, zero before → ``wrong-mask``; with G > 1 each step's
+   selector = commitment of which block masks which of its columns → ``wrong-mask``;
 6. public residuals, decoded as exact integers: m ⊙ θu exactly 0 and |θ_out − θ_in + Ĥ y| within the
-   tolerance the verifier derives from S, k and the step count → ``kkt-violation``;
+   tolerance the verifier derives from S, k and the mask's step count → ``kkt-violation``;
 otherwise ``compliant``, with the new θu commitments for the registry. "Block" in verdict messages is
 the proof unit: G consecutive Fisher blocks proven together (G = 1 by default: one block).
 """
@@ -35,7 +38,7 @@ import numpy as np
 from .bundle import MalformedBundle, ProofBundle, circuit_id_problem, felt_to_int, short_repr
 from .circuit import Circuit
 from .commitments import COMMITMENT_BYTES, BlockCommitments, commit_vectors, zero_commitment
-from .statement import residual_tolerance
+from .statement import residual_tolerance, selector_values, step_selector, unit_columns
 
 REASONS = ("compliant", "malformed", "incomplete", "invalid-proof", "stale-model", "fisher-mismatch", "wrong-mask",
            "kkt-violation", "wrong-circuit", "no-response")
@@ -108,6 +111,7 @@ class Verifier:
     def __init__(self, circuit: Circuit):
         self.circuit = circuit
         self._mask_commitments: dict[bytes, bytes] = {}
+        self._selector_commitments: dict[bytes, bytes] = {}
         self._proof_bytes: int | None = None
 
     @property
@@ -122,6 +126,13 @@ class Verifier:
         if key not in self._mask_commitments:
             self._mask_commitments[key] = commit_vectors(self.circuit, [local_mask.reshape(-1).astype(float)])[0]
         return self._mask_commitments[key]
+
+    def _selector_commitment(self, selector: np.ndarray) -> bytes:
+        values = selector_values(selector, self.circuit.spec)
+        key = np.packbits(values.astype(bool)).tobytes()
+        if key not in self._selector_commitments:
+            self._selector_commitments[key] = commit_vectors(self.circuit, [values])[0]
+        return self._selector_commitments[key]
 
     def verify(self, data: bytes, registry: BlockCommitments, mask, *, menu=None,
                request_id: str | None = None) -> Verdict:
@@ -218,16 +229,18 @@ class Verifier:
                 return Verdict("incomplete", f"block {b}: steps {steps_seen} are not a complete chain from 0")
         local_of = {u: units_mask[u] for u in touched}
         zero = zero_commitment(circ)
+        canonical = {b: unit_columns(local_of[b], spec.slots) for b in chains}
         for b, chain in chains.items():
-            cols = [c for (pi, si) in chain for c in bundle.proofs[pi].slots[si].columns]
-            want = np.flatnonzero(local_of[b].any(0)).tolist()
-            if sorted(cols) != want:
+            got = [list(bundle.proofs[pi].slots[si].columns) for (pi, si) in chain]
+            want = canonical[b]
+            if got != want:
                 pi, si = chain[-1]
                 last_mask = bundle.proofs[pi].proof[COMMITMENT_BYTES * (si * per + 2):COMMITMENT_BYTES * (si * per + 3)]
-                if set(cols) < set(want) and len(cols) == len(set(cols)) and last_mask == zero:
+                if len(got) < len(want) and got == want[:len(got)] and last_mask == zero:
                     return Verdict("incomplete", f"block {b}: its chain stops before the final step "
-                                                 f"({len(cols)} of {len(want)} masked columns proven)")
-                return Verdict("wrong-mask", f"block {b}: proven columns {sorted(cols)[:8]} ≠ masked {want[:8]}")
+                                                 f"({len(got)} of {len(want)} steps proven)")
+                return Verdict("wrong-mask", f"block {b}: the steps prove columns {got[:4]}, the mask's steps are "
+                                             f"{want[:4]} (its masked positions in order, {spec.slots} per step)")
         for pi, pr in enumerate(bundle.proofs):
             if all(sl is None for sl in pr.slots):
                 return Verdict("malformed", f"proof {pi} proves no step: every slot is padding")
@@ -235,7 +248,7 @@ class Verifier:
             for pi, pr in enumerate(bundle.proofs):
                 if not _snark_ok(circ, pr.proof, pr.instances, Path(tmp)):
                     return Verdict("invalid-proof", f"proof {pi}: the SNARK does not verify", steps_verified=pi)
-        one = 2 ** (2 * spec.scale)
+        one = 2 ** spec.residual_scale
 
         def commitment(pi: int, si: int, i: int) -> bytes:
             off = COMMITMENT_BYTES * (si * per + i)
@@ -246,9 +259,11 @@ class Verifier:
                 if sl is None and any(commitment(pi, si, i) != zero for i in range(per)):
                     return Verdict("malformed", f"proof {pi}: padding slot {si} is not all zero")
         new_theta: dict[int, bytes] = {}
+        col0 = spec.column_input
         for b, chain in chains.items():
             m = local_of[b]
-            tol = residual_tolerance(spec.scale, int(m.sum(1).max()), len(chain))
+            # the chain length is the mask's (checked above), never a count the prover picked
+            tol = residual_tolerance(spec.scale, int(m.sum(1).max()), len(canonical[b]))
             prev_out = None
             for step, (pi, si) in enumerate(chain):
                 sl = bundle.proofs[pi].slots[si]
@@ -257,8 +272,11 @@ class Verifier:
                     return Verdict("stale-model", f"block {b}: θp does not open the registered commitment")
                 if step > 0 and theta_in != prev_out:
                     return Verdict("malformed", f"block {b}: step {step} does not start where step {step - 1} ended")
+                if spec.selector and commitment(pi, si, 4) != self._selector_commitment(step_selector(m, sl.columns)):
+                    return Verdict("wrong-mask", f"block {b} step {step}: the column selector is not the request's "
+                                                 "(which block masks which column)")
                 for j in range(spec.slots):
-                    got = commitment(pi, si, 4 + j)
+                    got = commitment(pi, si, col0 + j)
                     expect = registry.column_of(b, sl.columns[j]) if j < len(sl.columns) else zero
                     if got != expect:
                         what = f"column {sl.columns[j]}" if j < len(sl.columns) else f"unused column slot {j}"
