@@ -77,6 +77,14 @@ class UnlearningConfig:
     makeup: bool = True                  # re-send failed requests to quarantined nodes
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a commit reply was not registered (its reason code and detail)."""
+
+    reason: str
+    detail: str
+
+
 @dataclass
 class _GridView:
     """A Grid whose node list hides quarantined nodes (for the wrapped strategy's sampling)."""
@@ -112,7 +120,8 @@ class VerifiedUnlearning:
                                  group=masker.group) for b in sorted(set(self.cfg.steps))]
         self.circuits = {c.circuit_id: c for c in (get_circuit(s) for s in self.menu)}
         self.verifiers = {cid: Verifier(c) for cid, c in self.circuits.items()}
-        self.commit_failures: dict[int, tuple[str, str]] = {}   # node -> (reason, detail)
+        # node -> (reason, detail) of its failed commit; persisted, so a restarted provider does not ask again
+        self.commit_failures: dict[int, tuple[str, str]] = {n: (r, d) for n, (r, d, _) in self.registry.failures().items()}
         self.masks: dict[str, UnlearningMask] = {}
         self.nonces: dict[tuple[str, int], str] = {}
         self.participants: dict[int, list[int]] = {}           # training round -> nodes sent a train message
@@ -173,73 +182,132 @@ class VerifiedUnlearning:
         nodes = [n for n in sorted(grid.get_node_ids()) if n not in self.registry and n not in self.commit_failures]
         if not nodes:
             return
-        req = CommitRequest(scope=self.masker.scope, block_size=self.masker.block_size,
-                            layout_digest=self.layout.digest(), circuits=self.menu, damping=self.cfg.damping,
-                            num_grads=self.cfg.num_grads, personal_epochs=self.cfg.personal_epochs,
-                            personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size)
-        content = req.to_content(arrays)
+        content = self._commit_request().to_content(arrays)
         done = [0]
 
         def on_outcome(out: Outcome) -> None:
             done[0] += 1
             self._progress("commit", done[0], len(nodes))
-            if out.reply is None:
-                self.commit_failures[out.node_id] = ("no-response", f"commit round: {out.detail}")
+            accepted = self._commit_reply(out)
+            if isinstance(accepted, _Refusal):
+                self._commit_failed(out.node_id, accepted.reason, accepted.detail)
                 return
-            try:
-                rep = CommitReply.from_message(out.reply)
-                entry = BlockCommitments.from_bytes(rep.registry)
-                if rep.circuit_id not in self.circuits:
-                    raise ProtocolError(f"circuit {rep.circuit_id} is not in the provider's circuit menu")
-                if entry.circuit_id != rep.circuit_id and entry.circuit_id not in self.circuits:
-                    raise ProtocolError(f"the registry entry names circuit {entry.circuit_id[:80]!r}, which is not "
-                                        "in the provider's circuit menu")
-                if rep.circuit != self.circuits[rep.circuit_id].spec:
-                    raise ProtocolError(f"'circuit' {rep.circuit} is not the shape of circuit {rep.circuit_id}")
-                spec = self.circuits[entry.circuit_id].spec
-                entry.check_shape(spec, self.layout.n_blocks // spec.group)
-                metrics = reply_metrics(out.reply)
-                part = metrics.get("partition-id")
-                if part is not None and not (part.is_integer() and 0 <= part < 2**31):
-                    raise ProtocolError(f"metric 'partition-id' must be a partition number, got {part!r}")
-            except (ProtocolError, ValueError, KeyError) as err:
-                self.commit_failures[out.node_id] = ("malformed", f"commit reply: {err}")
-                return
-            if entry.circuit_id != rep.circuit_id:
-                self.commit_failures[out.node_id] = ("wrong-circuit", f"the registry entry was made for circuit "
-                                                     f"{entry.circuit_id[:12]}…, the reply names {rep.circuit_id[:12]}…")
-                return
-            if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
-                self.commit_failures[out.node_id] = ("wrong-mask", "committed to another block layout")
-                return
-            part = int(part) if part is not None else None
+            entry, spec, part, metrics = accepted
             if part is not None:
                 self.partitions[out.node_id] = part
             self.commit_metrics[out.node_id] = metrics
-            self.registry.register(out.node_id, entry, self.circuits[rep.circuit_id].spec, partition_id=part)
+            self.registry.register(out.node_id, entry, spec, partition_id=part)
 
         dispatch(grid, nodes, lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
                  deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
                  max_in_flight=self.cfg.max_in_flight, on_outcome=on_outcome)
         log.info("commit: %d nodes registered, %d failed", len(self.registry), len(self.commit_failures))
 
+    def _commit_request(self) -> CommitRequest:
+        return CommitRequest(scope=self.masker.scope, block_size=self.masker.block_size,
+                             layout_digest=self.layout.digest(), circuits=self.menu, damping=self.cfg.damping,
+                             num_grads=self.cfg.num_grads, personal_epochs=self.cfg.personal_epochs,
+                             personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size)
+
+    def _commit_failed(self, node: int, reason: str, detail: str) -> None:
+        self.commit_failures[node] = (reason, detail)
+        self.registry.record_failure(node, reason, detail)
+
+    def _commit_reply(self, out: Outcome):
+        """(entry, spec, partition, metrics) of a well-formed commit reply, else a :class:`_Refusal`."""
+        if out.reply is None:
+            return _Refusal("no-response", f"commit round: {out.detail}")
+        try:
+            rep = CommitReply.from_message(out.reply)
+            entry = BlockCommitments.from_bytes(rep.registry)
+            if rep.circuit_id not in self.circuits:
+                raise ProtocolError(f"circuit {rep.circuit_id} is not in the provider's circuit menu")
+            if entry.circuit_id != rep.circuit_id and entry.circuit_id not in self.circuits:
+                raise ProtocolError(f"the registry entry names circuit {entry.circuit_id[:80]!r}, which is not "
+                                    "in the provider's circuit menu")
+            if rep.circuit != self.circuits[rep.circuit_id].spec:
+                raise ProtocolError(f"'circuit' {rep.circuit} is not the shape of circuit {rep.circuit_id}")
+            spec = self.circuits[entry.circuit_id].spec
+            entry.check_shape(spec, self.layout.n_blocks // spec.group)
+            metrics = reply_metrics(out.reply)
+            part = metrics.get("partition-id")
+            if part is not None and not (part.is_integer() and 0 <= part < 2**31):
+                raise ProtocolError(f"metric 'partition-id' must be a partition number, got {part!r}")
+        except (ProtocolError, ValueError, KeyError) as err:
+            return _Refusal("malformed", f"commit reply: {err}")
+        if entry.circuit_id != rep.circuit_id:
+            return _Refusal("wrong-circuit", f"the registry entry was made for circuit {entry.circuit_id[:12]}…, the reply "
+                                     f"names {rep.circuit_id[:12]}…")
+        if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
+            return _Refusal("wrong-mask", "committed to another block layout")
+        return entry, self.circuits[rep.circuit_id].spec, (int(part) if part is not None else None), metrics
+
+    def repersonalize(self, grid: Grid, arrays: ArrayRecord, node: int, *, reason: str, rnd: int = -1) -> bool:
+        """Let a registered node personalize again from ``arrays`` and replace its entry (logged).
+
+        The node inherits every active deletion: each request broadcast so far is asked again and judged
+        against the new entry. Returns whether the node registered again (a failed attempt keeps the old
+        entry and changes nothing)."""
+        if node not in self.registry:
+            raise ValueError(f"node {node} is not registered: a first personalization goes through the commit round")
+        outcome: list[Outcome] = []
+        dispatch(grid, [node], lambda n, a: Message(self._commit_request().to_content(arrays), dst_node_id=n,
+                                                    message_type=COMMIT),
+                 deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
+                 max_in_flight=1, on_outcome=outcome.append)
+        accepted = self._commit_reply(outcome[0]) if outcome else _Refusal("no-response", "commit round: no outcome")
+        if isinstance(accepted, _Refusal):
+            log.warning("node %d: re-personalization refused (%s: %s); its entry is unchanged", node, accepted.reason,
+                        accepted.detail)
+            return False
+        entry, spec, _, metrics = accepted
+        self.commit_metrics[node] = metrics
+        self.registry.repersonalize(node, entry, spec, reason=reason)
+        for req in self.requests:
+            if req.request_id in self.masks or self.ledger.broadcast(req.request_id) is not None:
+                self.nonces.pop((req.request_id, node), None)
+                self.unlearn_round(grid, arrays, req, rnd, nodes=[node])
+        return True
+
     # ------------------------------------------------------------------ phase 4/5: unlearn
     def unlearn_round(self, grid: Grid, arrays: ArrayRecord, request: DeletionRequest, rnd: int,
                       nodes: list[int] | None = None) -> None:
         """Mask on θg, ``train.unlearn`` with deadline and retry, verification and ledger rows."""
         rid = request.request_id
-        if rid not in self.masks:
-            self.masks[rid] = self.masker(arrays, request)
-            mask = self.masks[rid]
+        if rid not in self.masks:   # the first broadcast fixes the mask; a restarted provider sends it again
+            known = self.ledger.broadcast(rid)
+            mask = (UnlearningMask.from_bytes(known[1], self.layout) if known is not None
+                    else self.masker(arrays, request))
+            self.ledger.record_broadcast(rid, self.layout.digest(), mask.to_bytes())
+            self.masks[rid] = mask
             log.info("request %s: %d masked weights in %d blocks", rid, len(mask), len(mask.touched_blocks()))
         mask = self.masks[rid]
-        decided = self.ledger.decided(rid) if nodes is None else set()   # a restarted provider does not ask twice
+        broadcast_epoch = self.ledger.broadcast(rid)[0]
         connected = sorted(grid.get_node_ids()) if nodes is None else nodes
+        if nodes is None:   # a restarted provider does not ask twice; a re-personalized node is asked again
+            decided = {n for n, at in self.ledger.decided_at(rid).items()
+                       if n not in self.registry or at > self.registry.registration(n)[0]}
+        else:
+            decided = set()
+        failures = self.registry.failures()
         for n in connected:
-            if n in self.commit_failures and n not in decided:
+            if n in self.commit_failures and n not in self.registry and n not in decided:
                 reason, detail = self.commit_failures[n]
                 self._record(rid, n, rnd, reason, detail, attempts=0)
-        targets = [n for n in connected if n in self.registry and n not in decided]
+        targets = []
+        for n in connected:
+            if n not in self.registry or n in decided:
+                continue
+            epoch, kind = self.registry.registration(n)
+            if kind == "commit" and epoch > broadcast_epoch:
+                if n in failures and failures[n][2] < broadcast_epoch and self._latest_reason(rid, n) != "late-commit":
+                    # it failed to commit before the mask went out and registered after seeing it
+                    self.nonces[(rid, n)] = secrets.token_hex(16)
+                    self._record(rid, n, rnd, "late-commit", f"registered at epoch {epoch}, after this request's "
+                                 f"mask was broadcast (epoch {broadcast_epoch}); its commit had failed at epoch "
+                                 f"{failures[n][2]}", attempts=0)
+                continue   # a node that joined after the broadcast inherits the deletion through θg
+            targets.append(n)
         layout_json = json.dumps(self.layout.to_dict())
         mask_bytes = mask.to_bytes()
         done = [0]
@@ -325,6 +393,11 @@ class VerifiedUnlearning:
         self.ledger.append([row])
         if reason != "compliant":
             log.info("request %s: node %d %s (%s)", rid, node, reason, detail)
+
+    def _latest_reason(self, rid: str, node: int) -> str | None:
+        rows = self.store.query("SELECT reason FROM ledger WHERE request_id = ? AND node_id = ? ORDER BY seq DESC "
+                                "LIMIT 1", (rid, str(int(node))))
+        return rows[0][0] if rows else None
 
     def _progress(self, phase: str, done: int, total: int) -> None:
         if self.on_progress is not None:

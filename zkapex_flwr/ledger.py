@@ -92,12 +92,12 @@ class Ledger:
             values["node_id"] = str(int(row["node_id"]))
             values["compliant"], values["quarantined"] = int(bool(row["compliant"])), int(bool(row["quarantined"]))
             clean.append(values)
-        cols = ", ".join(ALL)
+        cols = ", ".join(ALL + ("epoch",))
         with self.store.transaction() as db:
             for i, values in enumerate(clean):
                 try:
-                    db.execute(f"INSERT INTO ledger ({cols}) VALUES ({', '.join('?' * len(ALL))})",
-                               tuple(values[c] for c in ALL))
+                    db.execute(f"INSERT INTO ledger ({cols}) VALUES ({', '.join('?' * (len(ALL) + 1))})",
+                               tuple(values[c] for c in ALL) + (self.store.next_epoch(),))
                 except sqlite3.IntegrityError:
                     raise LedgerError(f"ledger row {i}: request {values['request_id']!r}, node {values['node_id']}, "
                                       f"nonce {values['nonce']!r} already has a verdict (a client is never counted "
@@ -111,6 +111,34 @@ class Ledger:
         """Nodes with a recorded outcome for ``request_id``."""
         return {int(r[0]) for r in self.store.query("SELECT DISTINCT node_id FROM ledger WHERE request_id = ?",
                                                     (request_id,))}
+
+    def decided_at(self, request_id: str) -> dict[int, int]:
+        """Node → epoch of its latest row for ``request_id``."""
+        return {int(n): int(e or 0) for n, e in self.store.query(
+            "SELECT node_id, MAX(epoch) FROM ledger WHERE request_id = ? GROUP BY node_id", (request_id,))}
+
+    # ------------------------------------------------------------------------------ broadcasts
+    def record_broadcast(self, request_id: str, layout_digest: str, mask: bytes) -> tuple[int, bytes]:
+        """The request's first broadcast: (epoch, mask). Recorded once; later calls return the first."""
+        from datetime import datetime, timezone
+
+        with self.store.transaction() as db:
+            known = db.execute("SELECT epoch, layout, mask FROM broadcasts WHERE request_id = ?", (request_id,)).fetchone()
+            if known:
+                if known[1] != layout_digest:
+                    raise LedgerError(f"request {request_id!r} was broadcast for another block layout "
+                                      f"({known[1][:12]}…, this provider has {layout_digest[:12]}…)")
+                return int(known[0]), bytes(known[2])
+            epoch = self.store.next_epoch()
+            db.execute("INSERT INTO broadcasts (request_id, epoch, layout, mask, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                       (request_id, epoch, layout_digest, mask,
+                        datetime.now(timezone.utc).isoformat(timespec="milliseconds")))
+        return epoch, mask
+
+    def broadcast(self, request_id: str) -> tuple[int, bytes] | None:
+        """(epoch, mask) of the request's first broadcast, or None if it was never broadcast."""
+        rows = self.store.query("SELECT epoch, mask FROM broadcasts WHERE request_id = ?", (request_id,))
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def quarantined(self) -> set[int]:
         """Nodes with a request whose latest outcome is not compliant (they are excluded from training)."""

@@ -6,15 +6,28 @@ with. After a compliant unlearning the θ commitments move to θu. Nothing is ov
 adds version k+1 of the node's row in the ``registry`` table of the :class:`~zkapex_flwr.store.ProviderStore`,
 inside a transaction (the provider writes a verdict's ledger row in the same one), so a crash at any
 instant leaves the previous registry intact and a restarted provider reloads exactly what was recorded.
+
+Every version carries the *registration epoch* of the commitment it descends from (the provider's
+event clock when the node committed) and its kind: ``commit`` (phase 2), ``unlearn`` (θ moved to θu
+by a compliant verdict; it keeps its registration epoch) or ``repersonalize``. Registering a node
+twice is refused: a node that saw a request's mask must not be judged against commitments made after
+it. The one way to replace an entry is :meth:`Registry.repersonalize`, explicit and logged; the provider
+then asks the node every active request again. Commit failures are recorded here too, so a restarted
+provider still knows which nodes failed to commit, and when.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .proof import BlockCommitments
 from .proof.circuit import CircuitSpec
 from .protocol import spec_from_json, spec_to_json
 from .store import ProviderStore, StoreError, open_store
+
+
+log = logging.getLogger("zkapex_flwr.registry")
+KINDS = ("commit", "unlearn", "repersonalize")
 
 
 class RegistryError(StoreError):
@@ -41,11 +54,11 @@ class Registry:
 
     def record(self, node_id: int) -> dict:
         """The node's latest entry (without the commitment bytes)."""
-        rows = self.store.query("SELECT version, circuit, circuit_id, layout, partition_id, round, digest FROM registry "
-                                "WHERE node_id = ? ORDER BY version DESC LIMIT 1", (_key(node_id),))
+        rows = self.store.query("SELECT version, circuit, circuit_id, layout, partition_id, round, digest, kind, epoch "
+                                "FROM registry WHERE node_id = ? ORDER BY version DESC LIMIT 1", (_key(node_id),))
         if not rows:
             raise RegistryError(f"node {node_id} has no registry entry (it never committed)")
-        keys = ("version", "circuit", "circuit_id", "layout", "partition_id", "round", "digest")
+        keys = ("version", "circuit", "circuit_id", "layout", "partition_id", "round", "digest", "kind", "epoch")
         return dict(zip(keys, rows[0]))
 
     def partitions(self) -> dict[int, int]:
@@ -80,22 +93,73 @@ class Registry:
         self._cache[node_id] = (version, entry)
         return entry
 
-    def _write(self, node_id: int, entry: BlockCommitments, rec: dict) -> None:
+    def _write(self, node_id: int, entry: BlockCommitments, rec: dict, kind: str) -> int:
         with self.store.transaction() as db:
+            epoch = rec["epoch"] if kind == "unlearn" else self.store.next_epoch()
             db.execute("INSERT INTO registry (node_id, version, circuit, circuit_id, layout, partition_id, round, "
-                       "digest, entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "digest, entry, kind, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (_key(node_id), int(rec.get("version", 0)) + 1, rec["circuit"], rec["circuit_id"],
-                        rec["layout"], rec.get("partition_id"), rec.get("round"), entry.digest(), entry.to_bytes()))
+                        rec["layout"], rec.get("partition_id"), rec.get("round"), entry.digest(), entry.to_bytes(),
+                        kind, epoch))
+        return epoch
 
     def register(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, partition_id: int | None = None,
-                 round_: int | None = None) -> None:
-        """Record (or replace, as a new version) the node's phase-2 commitments."""
+                 round_: int | None = None) -> int:
+        """Record the node's phase-2 commitments; returns the registration epoch. A second call is refused."""
         if spec is None or entry.circuit_id == "":
             raise RegistryError(f"node {node_id}: a registry entry needs its circuit")
-        old = self.record(node_id)["version"] if node_id in self else 0
-        self._write(node_id, entry, {"version": old, "circuit": spec_to_json(spec), "circuit_id": entry.circuit_id,
-                                     "layout": entry.layout_digest, "partition_id": partition_id, "round": round_})
+        if node_id in self:
+            rec = self.record(node_id)
+            raise RegistryError(f"node {node_id} is already registered (v{rec['version']}, epoch {rec['epoch']}): "
+                                "replacing an entry is refused; a new personalization goes through repersonalize(), "
+                                "which must prove every active deletion again")
+        return self._write(node_id, entry, {"version": 0, "circuit": spec_to_json(spec), "circuit_id": entry.circuit_id,
+                                            "layout": entry.layout_digest, "partition_id": partition_id,
+                                            "round": round_}, "commit")
+
+    def repersonalize(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, reason: str,
+                      round_: int | None = None) -> int:
+        """Replace a registered node's commitments after an explicit re-personalization (logged).
+
+        The new entry gets a new registration epoch; the provider must then ask the node every active
+        request again, judged against this entry (:meth:`registration`)."""
+        if not reason or not isinstance(reason, str):
+            raise RegistryError(f"node {node_id}: a re-personalization needs a stated reason (it is logged)")
+        rec = self.record(node_id)   # raises for a node that never registered
+        if spec is None or entry.circuit_id == "":
+            raise RegistryError(f"node {node_id}: a registry entry needs its circuit")
+        epoch = self._write(node_id, entry, {"version": rec["version"], "circuit": spec_to_json(spec),
+                                             "circuit_id": entry.circuit_id, "layout": entry.layout_digest,
+                                             "partition_id": rec["partition_id"], "round": round_}, "repersonalize")
+        log.warning("node %d re-personalized at epoch %d (was v%d, epoch %d): %s", node_id, epoch, rec["version"],
+                    rec["epoch"], reason)
+        return epoch
+
+    def registration(self, node_id: int) -> tuple[int, str]:
+        """(epoch, kind) of the commitment the node's current entry descends from: 'commit' or 'repersonalize'."""
+        rows = self.store.query("SELECT epoch, kind FROM registry WHERE node_id = ? AND kind != 'unlearn' "
+                                "ORDER BY version DESC LIMIT 1", (_key(node_id),))
+        if not rows:
+            raise RegistryError(f"node {node_id} has no registry entry (it never committed)")
+        return int(rows[0][0]), str(rows[0][1])
 
     def update_theta(self, node_id: int, new_theta: dict[int, bytes]) -> None:
-        """After a compliant verdict the node's θ commitments move to θu (a new version)."""
-        self._write(node_id, self.get(node_id).with_theta(new_theta), self.record(node_id))
+        """After a compliant verdict the node's θ commitments move to θu (a new version, same registration)."""
+        self._write(node_id, self.get(node_id).with_theta(new_theta), self.record(node_id), "unlearn")
+
+    # ------------------------------------------------------------------------- commit failures
+    def record_failure(self, node_id: int, reason: str, detail: str) -> int:
+        """Persist a node's failed commit (the first one stands); returns its epoch."""
+        with self.store.transaction() as db:
+            known = db.execute("SELECT epoch FROM commit_failures WHERE node_id = ?", (_key(node_id),)).fetchone()
+            if known:
+                return int(known[0])
+            epoch = self.store.next_epoch()
+            db.execute("INSERT INTO commit_failures (node_id, reason, detail, epoch) VALUES (?, ?, ?, ?)",
+                       (_key(node_id), reason, detail, epoch))
+        return epoch
+
+    def failures(self) -> dict[int, tuple[str, str, int]]:
+        """Node → (reason, detail, epoch) of every recorded commit failure."""
+        return {int(n): (r, d or "", int(e)) for n, r, d, e in
+                self.store.query("SELECT node_id, reason, detail, epoch FROM commit_failures")}

@@ -1,5 +1,9 @@
 """The provider's durable state: one SQLite file holding the registry and the ledger (docs/protocol.md §1).
 
+Beside them it keeps the provider's event clock (``meta.epoch``), every commit failure and every
+request's first broadcast (its epoch and mask): a request is judged only against registry entries
+older than its broadcast, and a restarted provider sends the same mask again.
+
 Why one SQLite file. A verdict changes two things at once: the ledger gains a row and, when the
 client complied, its registry entry moves to θu. Written to two files, a provider killed between the
 two writes would come back with a registry at θu and no ledger row (the node is asked again, proves
@@ -18,7 +22,7 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # v2: registration epochs, commit failures, broadcasts
 APPLICATION_ID = 0x5A4B4150   # "ZKAP": marks the file as a zkapex-flwr provider store
 
 SCHEMA = """
@@ -26,7 +30,13 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE registry (
     node_id TEXT NOT NULL, version INTEGER NOT NULL, circuit TEXT NOT NULL, circuit_id TEXT NOT NULL,
     layout TEXT NOT NULL, partition_id INTEGER, round INTEGER, digest TEXT NOT NULL, entry BLOB NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('commit', 'unlearn', 'repersonalize')), epoch INTEGER NOT NULL,
     PRIMARY KEY (node_id, version));
+CREATE TABLE commit_failures (
+    node_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, epoch INTEGER NOT NULL);
+CREATE TABLE broadcasts (
+    request_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, layout TEXT NOT NULL, mask BLOB NOT NULL,
+    recorded_at TEXT);
 CREATE TABLE ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL, node_id TEXT NOT NULL, partition_id INTEGER, server_round INTEGER, nonce TEXT NOT NULL,
@@ -34,11 +44,11 @@ CREATE TABLE ledger (
     bundle_bytes INTEGER, circuit TEXT, quarantined INTEGER NOT NULL, recorded_at TEXT,
     client_prove_s REAL, client_recovery REAL, client_personalization_acc_before REAL,
     client_personalization_acc_after REAL, client_forget_acc_before REAL, client_forget_acc_after REAL,
-    client_masked_weights REAL, client_device_s REAL, client_upload_s REAL,
+    client_masked_weights REAL, client_device_s REAL, client_upload_s REAL, epoch INTEGER,
     UNIQUE (request_id, node_id, nonce));
 CREATE INDEX ledger_pair ON ledger (request_id, node_id, seq);
 """
-TABLES = ("meta", "registry", "ledger")
+TABLES = ("meta", "registry", "ledger", "commit_failures", "broadcasts")
 
 
 class StoreError(RuntimeError):
@@ -90,6 +100,7 @@ class ProviderStore:
                 self.conn.execute(statement)
             self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT INTO meta VALUES ('epoch', '0')")
 
     def _check(self) -> None:
         (app_id,) = self.conn.execute("PRAGMA application_id").fetchone()
@@ -135,6 +146,16 @@ class ProviderStore:
                 raise self._damaged(err) from None
         finally:
             self._depth = 0
+
+    def next_epoch(self) -> int:
+        """The provider's event clock: one tick per registration, commit failure, broadcast and verdict.
+
+        Called inside a transaction, so the tick and the record it dates commit together.
+        """
+        if not self._depth:
+            raise StoreError("next_epoch() must be called inside a transaction")
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'epoch'")
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:

@@ -1,0 +1,150 @@
+"""Registration after the mask is known: refused, remembered across restarts, and judged as such.
+
+The registry used to replace an entry whenever a node committed again, commit failures lived only in
+the provider's memory, and a request was judged against whatever entry was latest. A node whose
+commit was lost could register after a restart, with the mask already public, and be judged against
+commitments chosen after it had seen what to forget. Now every entry carries its registration epoch
+(the provider's event clock), commit failures and each request's first broadcast are persisted, a
+second registration is refused, and a request is judged only against entries older than its
+broadcast — except after an explicit, logged re-personalization, which must prove every active
+deletion again. Runs the real ClientApp, prover and verifier in process (``simulations.sync_grid``).
+"""
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from simulations.sync_grid import SyncGrid
+from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
+from strategies.dispatch import Outcome
+from zkapex_flwr.client import UnlearningSetup, VerifiedUnlearningMod
+from zkapex_flwr.data.images import load_images
+from zkapex_flwr.data.tensors import TensorData
+from zkapex_flwr.protocol import COMMIT
+from zkapex_flwr.registry import RegistryError
+from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.training import train
+
+pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+              pytest.mark.usefixtures("task_identity")]
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images("digits")
+
+
+def _app(digits) -> ClientApp:
+    x, y = digits
+
+    def setup(context: Context) -> UnlearningSetup:
+        pid = int(context.node_config["partition-id"])
+        idx = torch.arange(300 + 100 * pid, 380 + 100 * pid)
+        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
+
+    mod = VerifiedUnlearningMod(setup)
+    app = ClientApp()
+
+    @app.train()
+    def local_train(msg: Message, context: Context) -> Message:
+        node = mod.setup_for(context)
+        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        train(node.model, node.task, node.data, epochs=1, lr=1e-3)
+        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+
+    return mod.install(app)
+
+
+def _provider(digits, state_dir) -> VerifiedUnlearning:
+    x, y = digits
+    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
+    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
+    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=r"(^|\.)fc1\.weight$", block_size=16,
+                            mask_fraction=0.01, max_blocks=16, group=16, slots=2)
+    return VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
+                              requests=[DeletionRequest("r1", forget, after_round=0)], state_dir=state_dir,
+                              config=UnlearningConfig(personal_epochs=1, deadline_s=2.0, max_attempts=1))
+
+
+@pytest.fixture(scope="module")
+def arrays(digits):
+    x, y = digits
+    model = MLP()
+    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
+    return ArrayRecord(model.state_dict())
+
+
+def test_second_registration_is_refused_and_changes_nothing(digits, arrays, tmp_path):
+    grid = SyncGrid(_app(digits), 2)
+    strat = _provider(digits, tmp_path)
+    strat.commit_round(grid, arrays)
+    before = strat.registry.versions(100), strat.registry.record(100)["digest"]
+    entry, (spec, _) = strat.registry.get(101), strat.registry.circuit_of(101)
+    with pytest.raises(RegistryError, match="already registered.*replacing an entry is refused"):
+        strat.registry.register(100, entry, spec)          # node 100 tries to take node 101's commitments
+    assert (strat.registry.versions(100), strat.registry.record(100)["digest"]) == before
+
+
+def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits, arrays, tmp_path):
+    grid = SyncGrid(_app(digits), 3, drop_first={(102, COMMIT)})    # node 102's commit is lost
+    strat = _provider(digits, tmp_path)
+    strat.start(grid, arrays, num_rounds=0)                          # commit round, then r1
+    out = strat.ledger.outcomes().set_index("node_id")
+    assert out.loc[100, "reason"] == out.loc[101, "reason"] == "compliant"
+    assert out.loc[102, "reason"] == "no-response"
+    mask = strat.masks["r1"]
+
+    # the provider restarts: it remembers the failure and the broadcast mask, and does not ask 102 to commit again
+    restarted = _provider(digits, tmp_path)
+    assert restarted.commit_failures[102][0] == "no-response"
+    grid.seen.clear()
+    restarted.commit_round(grid, arrays)
+    assert (102, COMMIT) not in grid.seen
+    # 102 registers anyway, with commitments made after the mask went out (here: an honest personalization)
+    reply = grid.app(Message(restarted._commit_request().to_content(arrays), dst_node_id=102, message_type=COMMIT),
+                     grid.contexts[102])
+    entry, spec, _, _ = restarted._commit_reply(Outcome(102, 1, reply, "replied"))
+    restarted.registry.register(102, entry, spec)
+    restarted.unlearn_round(grid, arrays, restarted.requests[0], 1, nodes=[102])
+    rows = restarted.ledger.frame()
+    late = rows[(rows["node_id"] == 102)].iloc[-1]
+    assert late["reason"] == "late-commit", late["detail"]
+    assert (102, "train.unlearn") not in grid.seen                  # never asked: nothing to judge it against
+    assert 102 in restarted.quarantined()
+    assert restarted.masks["r1"].to_bytes() == mask.to_bytes()        # the same mask after a restart
+
+
+def test_repersonalization_must_prove_every_active_deletion(digits, arrays, tmp_path):
+    grid = SyncGrid(_app(digits), 2)
+    strat = _provider(digits, tmp_path)
+    strat.start(grid, arrays, num_rounds=0)
+    assert set(strat.ledger.outcomes()["reason"]) == {"compliant"}
+    first_epoch = strat.registry.registration(100)[0]
+    grid.seen.clear()
+    assert strat.repersonalize(grid, arrays, 100, reason="the device was reset")
+    epoch, kind = strat.registry.registration(100)
+    assert kind == "repersonalize" and epoch > first_epoch
+    assert grid.seen == [(100, COMMIT), (100, "train.unlearn")]    # r1 asked again, judged on the new entry
+    rows = strat.ledger.frame()
+    mine = rows[rows["node_id"] == 100]
+    assert list(mine["reason"]) == ["compliant", "compliant"] and mine["nonce"].nunique() == 2
+    # a restarted provider counts the re-proof as the pair's decision: it does not ask again
+    again = _provider(digits, tmp_path)
+    grid.seen.clear()
+    again.unlearn_round(grid, arrays, again.requests[0], 1)
+    assert grid.seen == []
