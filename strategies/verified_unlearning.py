@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -133,9 +134,9 @@ class VerifiedUnlearning:
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None) -> Result:
         result = Result()
-        arrays = initial_arrays
+        arrays = self.forget_in_global(initial_arrays)   # a restarted provider keeps earlier deletions
         view = _GridView(grid)
-        self._serve_requests(grid, arrays, 0)
+        arrays = self._serve_requests(grid, arrays, 0)
         for rnd in range(1, num_rounds + 1):
             view.hidden = self.ledger.quarantined()
             visible = len(list(view.get_node_ids()))
@@ -144,7 +145,7 @@ class VerifiedUnlearning:
                 log.warning("round %d skipped: %d nodes outside quarantine, the strategy needs %d", rnd, visible,
                             self.strategy.min_available_nodes)
                 self.participants[rnd] = []
-                self._serve_requests(grid, arrays, rnd)
+                arrays = self._serve_requests(grid, arrays, rnd)
                 continue
             msgs = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), view))
             msgs = [m for m in msgs if m.metadata.dst_node_id not in view.hidden]  # never trust a strategy's sampling
@@ -152,8 +153,8 @@ class VerifiedUnlearning:
             log.info("round %d: training on %d nodes (%d quarantined)", rnd, len(msgs), len(view.hidden))
             replies = grid.send_and_receive(msgs, timeout=timeout) if msgs else []
             new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
-            if new_arrays is not None:
-                arrays = result.arrays = new_arrays
+            if new_arrays is not None:   # deleted weights stay deleted in θg, whatever the clients sent
+                arrays = result.arrays = self.forget_in_global(new_arrays)
             if metrics is not None:
                 result.train_metrics_clientapp[rnd] = metrics
             emsgs = [m for m in self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(evaluate_config or {})), view)
@@ -162,19 +163,21 @@ class VerifiedUnlearning:
                 agg = self.strategy.aggregate_evaluate(rnd, grid.send_and_receive(emsgs, timeout=timeout))
                 if agg is not None:
                     result.evaluate_metrics_clientapp[rnd] = agg
-            self._serve_requests(grid, arrays, rnd)
+            arrays = self._serve_requests(grid, arrays, rnd)
         result.arrays = arrays
         return result
 
-    def _serve_requests(self, grid: Grid, arrays: ArrayRecord, rnd: int) -> None:
+    def _serve_requests(self, grid: Grid, arrays: ArrayRecord, rnd: int) -> ArrayRecord:
+        """Serve the requests due after round ``rnd``; returns θg with their deletions applied."""
         due = [r for r in self.requests if r.after_round == rnd]
         if not due:
-            return
+            return arrays
         self.commit_round(grid, arrays)
         for req in due:
             if self.cfg.makeup:
                 self._makeup(grid)
             self.unlearn_round(grid, arrays, req, rnd)
+        return self.forget_in_global(arrays)
 
     # ------------------------------------------------------------------- phase 2: commit
     def commit_round(self, grid: Grid, arrays: ArrayRecord) -> None:
@@ -207,7 +210,28 @@ class VerifiedUnlearning:
         return CommitRequest(scope=self.masker.scope, block_size=self.masker.block_size,
                              layout_digest=self.layout.digest(), circuits=self.menu, damping=self.cfg.damping,
                              num_grads=self.cfg.num_grads, personal_epochs=self.cfg.personal_epochs,
-                             personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size)
+                             personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size,
+                             deleted=active.to_bytes() if (active := self.deleted()) is not None else b"")
+
+    def deleted(self) -> UnlearningMask | None:
+        """The union of every request's mask broadcast so far (None before the first)."""
+        masks = [m.indices for m in self.masks.values()]
+        for req in self.requests:
+            if req.request_id not in self.masks and (known := self.ledger.broadcast(req.request_id)) is not None:
+                masks.append(UnlearningMask.from_bytes(known[1], self.layout).indices)
+        return UnlearningMask(torch.unique(torch.cat(masks)), self.layout) if masks else None
+
+    def forget_in_global(self, arrays: ArrayRecord) -> ArrayRecord:
+        """θg with every deleted scope weight at zero (after a request, and after every later aggregate)."""
+        active = self.deleted()
+        if active is None or not len(arrays):
+            return arrays
+        model = self.masker.model_fn()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        flat = self.layout.flatten(model)
+        flat[active.indices] = 0.0
+        self.layout.assign(model, flat)
+        return ArrayRecord(model.state_dict())
 
     def _commit_failed(self, node: int, reason: str, detail: str) -> None:
         self.commit_failures[node] = (reason, detail)
@@ -276,8 +300,13 @@ class VerifiedUnlearning:
         rid = request.request_id
         if rid not in self.masks:   # the first broadcast fixes the mask; a restarted provider sends it again
             known = self.ledger.broadcast(rid)
-            mask = (UnlearningMask.from_bytes(known[1], self.layout) if known is not None
-                    else self.masker(arrays, request))
+            if known is not None:
+                mask = UnlearningMask.from_bytes(known[1], self.layout)
+            else:   # a node's obligation is every active deletion: the new mask joins the earlier ones
+                mask = self.masker(arrays, request)
+                active = self.deleted()
+                if active is not None:
+                    mask = UnlearningMask(torch.unique(torch.cat([mask.indices, active.indices])), self.layout)
             self.ledger.record_broadcast(rid, self.layout.digest(), mask.to_bytes())
             self.masks[rid] = mask
             log.info("request %s: %d masked weights in %d blocks", rid, len(mask), len(mask.touched_blocks()))

@@ -137,12 +137,15 @@ class CommitRequest:
     personal_epochs: int
     personal_lr: float
     batch_size: int = 32
+    deleted: bytes = b""              # the active deletions (union mask, UnlearningMask wire form): θp keeps them zero
 
     def to_content(self, arrays: ArrayRecord) -> RecordDict:
         cfg = ConfigRecord({"scope": self.scope, "block-size": self.block_size, "layout-digest": self.layout_digest,
                             "circuits": [spec_to_json(s) for s in self.circuits], "damping": self.damping,
                             "num-grads": self.num_grads, "personal-epochs": self.personal_epochs,
                             "personal-lr": self.personal_lr, "batch-size": self.batch_size})
+        if self.deleted:   # Flower cannot size an empty bytes value: no deletion, no key
+            cfg["deleted"] = self.deleted
         return RecordDict({ARRAYS: arrays, CONFIG: cfg})
 
     @staticmethod
@@ -160,7 +163,8 @@ class CommitRequest:
                             num_grads=_get(cfg, "num-grads", int, what),
                             personal_epochs=_get(cfg, "personal-epochs", int, what),
                             personal_lr=_get(cfg, "personal-lr", float, what),
-                            batch_size=_get(cfg, "batch-size", int, what))
+                            batch_size=_get(cfg, "batch-size", int, what),
+                            deleted=_get(cfg, "deleted", bytes, what) if "deleted" in cfg else b"")
         return req, msg.content.array_records[ARRAYS]
 
 

@@ -124,6 +124,10 @@ class VerifiedUnlearningMod:
             raise ProtocolError(f"node {context.node_id}: the scope '{req.scope}' with blocks of {req.block_size} "
                                 f"gives layout {layout.digest()[:12]}… on this model, the provider expects "
                                 f"{req.layout_digest[:12]}… (different architecture?)")
+        if req.deleted:   # a node that joins after a deletion inherits it: θp keeps the deleted weights at zero
+            flat = layout.flatten(model)
+            flat[UnlearningMask.from_bytes(req.deleted, layout).indices] = 0.0
+            layout.assign(model, flat)
         t1 = time.perf_counter()
         fisher = BlockFisher.estimate(model, node.task, node.data, layout, num_grads=req.num_grads)
         t2 = time.perf_counter()
