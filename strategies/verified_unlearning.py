@@ -196,6 +196,11 @@ class VerifiedUnlearning:
                 self._commit_failed(out.node_id, accepted.reason, accepted.detail)
                 return
             entry, spec, part, metrics = accepted
+            other = self.registry.duplicate_of(out.node_id, entry)
+            if other is not None:
+                self._commit_failed(out.node_id, "duplicate-commitment", f"commit reply: the commitments are node "
+                                    f"{other}'s, copied")
+                return
             if part is not None:
                 self.partitions[out.node_id] = part
             self.commit_metrics[out.node_id] = metrics
@@ -285,6 +290,9 @@ class VerifiedUnlearning:
                         accepted.detail)
             return False
         entry, spec, _, metrics = accepted
+        if self.registry.duplicate_of(node, entry) is not None:
+            log.warning("node %d: re-personalization refused (another node's commitments); its entry is unchanged", node)
+            return False
         self.commit_metrics[node] = metrics
         self.registry.repersonalize(node, entry, spec, reason=reason)
         for req in self.requests:

@@ -34,6 +34,16 @@ class RegistryError(StoreError):
     """The registry does not hold what was asked for, or an entry in it is unreadable."""
 
 
+class DuplicateCommitments(RegistryError):
+    """A node registers commitments another node already registered."""
+
+
+def _digests(entry: BlockCommitments) -> tuple[str, str]:
+    import hashlib
+
+    return hashlib.sha256(entry.theta.tobytes()).hexdigest(), hashlib.sha256(entry.columns.tobytes()).hexdigest()
+
+
 def _key(node_id: int) -> str:
     return str(int(node_id))   # Flower node ids are unsigned 64-bit: SQLite integers are signed
 
@@ -96,12 +106,22 @@ class Registry:
     def _write(self, node_id: int, entry: BlockCommitments, rec: dict, kind: str) -> int:
         with self.store.transaction() as db:
             epoch = rec["epoch"] if kind == "unlearn" else self.store.next_epoch()
+            theta_d, columns_d = _digests(entry)
             db.execute("INSERT INTO registry (node_id, version, circuit, circuit_id, layout, partition_id, round, "
-                       "digest, entry, kind, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "digest, entry, kind, epoch, theta_digest, columns_digest) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (_key(node_id), int(rec.get("version", 0)) + 1, rec["circuit"], rec["circuit_id"],
                         rec["layout"], rec.get("partition_id"), rec.get("round"), entry.digest(), entry.to_bytes(),
-                        kind, epoch))
+                        kind, epoch, theta_d, columns_d))
         return epoch
+
+    def duplicate_of(self, node_id: int, entry: BlockCommitments) -> int | None:
+        """Another node whose entry, now or in any earlier version, holds the same θ or the same Fisher
+        commitments (copied verbatim: two real personalizations never commit the same values)."""
+        theta_d, columns_d = _digests(entry)
+        rows = self.store.query("SELECT node_id FROM registry WHERE node_id != ? AND (theta_digest = ? OR "
+                                "columns_digest = ?) LIMIT 1", (_key(node_id), theta_d, columns_d))
+        return int(rows[0][0]) if rows else None
 
     def register(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, partition_id: int | None = None,
                  round_: int | None = None) -> int:
@@ -113,6 +133,10 @@ class Registry:
             raise RegistryError(f"node {node_id} is already registered (v{rec['version']}, epoch {rec['epoch']}): "
                                 "replacing an entry is refused; a new personalization goes through repersonalize(), "
                                 "which must prove every active deletion again")
+        other = self.duplicate_of(node_id, entry)
+        if other is not None:
+            raise DuplicateCommitments(f"node {node_id} registers commitments that node {other} registered: refused "
+                                       "(a copied entry lets one node answer with another's proofs)")
         return self._write(node_id, entry, {"version": 0, "circuit": spec_to_json(spec), "circuit_id": entry.circuit_id,
                                             "layout": entry.layout_digest, "partition_id": partition_id,
                                             "round": round_}, "commit")
@@ -128,6 +152,10 @@ class Registry:
         rec = self.record(node_id)   # raises for a node that never registered
         if spec is None or entry.circuit_id == "":
             raise RegistryError(f"node {node_id}: a registry entry needs its circuit")
+        other = self.duplicate_of(node_id, entry)
+        if other is not None:
+            raise DuplicateCommitments(f"node {node_id} re-personalizes with commitments that node {other} "
+                                       "registered: refused")
         epoch = self._write(node_id, entry, {"version": rec["version"], "circuit": spec_to_json(spec),
                                              "circuit_id": entry.circuit_id, "layout": entry.layout_digest,
                                              "partition_id": rec["partition_id"], "round": round_}, "repersonalize")

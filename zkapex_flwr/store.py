@@ -31,7 +31,10 @@ CREATE TABLE registry (
     node_id TEXT NOT NULL, version INTEGER NOT NULL, circuit TEXT NOT NULL, circuit_id TEXT NOT NULL,
     layout TEXT NOT NULL, partition_id INTEGER, round INTEGER, digest TEXT NOT NULL, entry BLOB NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('commit', 'unlearn', 'repersonalize')), epoch INTEGER NOT NULL,
+    theta_digest TEXT NOT NULL, columns_digest TEXT NOT NULL,
     PRIMARY KEY (node_id, version));
+CREATE INDEX registry_theta ON registry (theta_digest);
+CREATE INDEX registry_columns ON registry (columns_digest);
 CREATE TABLE commit_failures (
     node_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, epoch INTEGER NOT NULL);
 CREATE TABLE broadcasts (

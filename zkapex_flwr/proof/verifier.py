@@ -41,7 +41,8 @@ from .commitments import COMMITMENT_BYTES, BlockCommitments, commit_vectors, zer
 from .statement import residual_tolerance, selector_values, step_selector, unit_columns
 
 REASONS = ("compliant", "malformed", "incomplete", "invalid-proof", "stale-model", "fisher-mismatch", "wrong-mask",
-           "kkt-violation", "wrong-circuit", "no-response", "late-commit")
+           "kkt-violation", "wrong-circuit", "no-response", "late-commit",
+           "duplicate-commitment")
 
 
 @dataclass

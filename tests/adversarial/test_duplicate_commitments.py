@@ -1,0 +1,98 @@
+"""A node may not register another node's commitments and answer with that node's proofs.
+
+A colluding node that copies a victim's commit reply verbatim, then forwards the victim's bundles,
+used to be judged compliant for every request without ever proving anything itself. Now the registry
+refuses commitments (θ or Fisher) that another node registered, and the copier is quarantined with
+``duplicate-commitment``. Real ClientApp, prover and verifier, in process.
+"""
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from simulations.sync_grid import SyncGrid
+from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
+from zkapex_flwr.client import UnlearningSetup, VerifiedUnlearningMod
+from zkapex_flwr.data.images import load_images
+from zkapex_flwr.data.tensors import TensorData
+from zkapex_flwr.protocol import COMMIT, UNLEARN
+from zkapex_flwr.registry import DuplicateCommitments
+from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.training import train
+
+pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+              pytest.mark.usefixtures("task_identity")]
+VICTIM, COPIER = 100, 101
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = nn.Sequential()
+        self.mlp.fc1 = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
+
+
+class CollusionGrid(SyncGrid):
+    """Node 101 answers every commit and unlearning message with node 100's reply to the same message."""
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            if m.metadata.dst_node_id == COPIER and m.metadata.message_type in (COMMIT, UNLEARN):
+                forwarded = Message(m.content, dst_node_id=VICTIM, message_type=m.metadata.message_type)
+                victim_reply = self.app(forwarded, self.contexts[VICTIM])
+                mid = super().push_messages([m])[0]          # 101's own answer is dropped ...
+                self.replies[mid] = Message(victim_reply.content, reply_to=m)   # ... for the victim's
+                ids.append(mid)
+            else:
+                ids += super().push_messages([m])
+        return ids
+
+
+def _app(x, y) -> ClientApp:
+    def setup(context: Context) -> UnlearningSetup:
+        pid = int(context.node_config["partition-id"])
+        idx = torch.arange(300 + 100 * pid, 380 + 100 * pid)
+        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
+
+    mod = VerifiedUnlearningMod(setup)
+    app = ClientApp()
+
+    @app.train()
+    def local_train(msg: Message, context: Context) -> Message:
+        node = mod.setup_for(context)
+        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+
+    return mod.install(app)
+
+
+def test_copied_commitments_are_refused_and_the_copier_quarantined(tmp_path):
+    x, y = load_images("digits")
+    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
+    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
+    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=r"(^|\.)fc1\.weight$", block_size=16,
+                            mask_fraction=0.01, max_blocks=16, group=16, slots=2)
+    strat = VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
+                               requests=[DeletionRequest("r1", forget, after_round=0)], state_dir=tmp_path,
+                               config=UnlearningConfig(personal_epochs=1, deadline_s=5.0))
+    model = MLP()
+    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
+    grid = CollusionGrid(_app(x, y), 3)
+    strat.start(grid, ArrayRecord(model.state_dict()), num_rounds=0)
+    out = strat.ledger.outcomes().set_index("node_id")
+    assert out.loc[VICTIM, "reason"] == out.loc[102, "reason"] == "compliant"
+    assert out.loc[COPIER, "reason"] == "duplicate-commitment", out.loc[COPIER, "detail"]
+    assert COPIER not in strat.registry and strat.quarantined() == {COPIER}
+    # the registry refuses the copy when asked directly, too
+    entry, (spec, _) = strat.registry.get(VICTIM), strat.registry.circuit_of(VICTIM)
+    with pytest.raises(DuplicateCommitments, match=f"node {VICTIM} registered"):
+        strat.registry.register(COPIER, entry, spec)
