@@ -328,7 +328,7 @@ class VerifiedUnlearning:
             decided = set()
         failures = self.registry.failures()
         for n in connected:
-            if n in self.commit_failures and n not in self.registry and n not in decided:
+            if n in self.commit_failures and n not in self.registry and self._latest_reason(rid, n) is None:
                 reason, detail = self.commit_failures[n]
                 self._record(rid, n, rnd, reason, detail, attempts=0)
         targets = []

@@ -518,7 +518,8 @@ def test_commit_reply_with_a_malformed_circuit_id_is_refused(cid):
 class HostileGrid(tfp.SyncGrid):
     """The in-process grid; nodes in ``unlearn`` / ``commit`` answer that phase with a hostile reply.
 
-    A node with a hostile unlearning reply commits with a copy of node 100's (honest) commit reply.
+    A node with a hostile unlearning reply commits honestly (its own commitments: a copy of another
+    node's would be refused as ``duplicate-commitment``).
     """
 
     def __init__(self, app, n: int):
@@ -532,7 +533,7 @@ class HostileGrid(tfp.SyncGrid):
         for m in messages:
             node, kind = m.metadata.dst_node_id, m.metadata.message_type
             hostile = (self.unlearn if kind == UNLEARN else self.commit if kind == COMMIT else {}).get(node)
-            if hostile is None and not (kind == COMMIT and node in self.unlearn):
+            if hostile is None:
                 ids += super().push_messages([m])
                 if kind == COMMIT and node == 100:
                     self.honest_commit = self.replies[ids[-1]].content
@@ -540,7 +541,7 @@ class HostileGrid(tfp.SyncGrid):
             mid = f"hostile-{len(self.seen)}"
             m.metadata.__dict__["_message_id"] = mid
             self.seen.append((node, kind))
-            content = hostile(m) if hostile is not None else self.honest_commit
+            content = hostile(m)
             self.replies[mid] = Message(content, reply_to=m)
             ids.append(mid)
         return ids
@@ -680,7 +681,7 @@ def test_round_goes_on_with_hostile_clients(hostile_round):
 def test_provider_turns_any_hostile_unlearn_reply_into_a_malformed_row(hostile_round, case):
     """Hypothesis-drawn replies (echoing the request where they keep the keys) through the provider itself."""
     grid, strat, arrays, _ = hostile_round
-    node = 100 + 2   # a registered node (with a copy of node 100's entry)
+    node = 100 + 2   # a registered node (its own honest entry)
     content, words = case
 
     def reply(m: Message) -> RecordDict:

@@ -23,7 +23,7 @@ BIG = 2**64 - 1   # Flower node ids are unsigned 64-bit
 
 def entry(mark: int = 0) -> BlockCommitments:
     theta = np.full((2, 64), mark % 256, dtype=np.uint8)
-    return BlockCommitments("c" * 64, "layout", theta, np.zeros((2, 4, 64), dtype=np.uint8))
+    return BlockCommitments("c" * 64, "layout", theta, np.full((2, 4, 64), mark % 256, dtype=np.uint8))
 
 
 def row(rid="r1", node=1, nonce="n1", reason="compliant", **kw) -> dict:
@@ -150,8 +150,9 @@ WRITER = textwrap.dedent("""
     for k in range(nodes):
         node = 2**63 + k
         if node not in reg:
-            reg.register(node, BlockCommitments("c" * 64, "layout", np.zeros((2, 64), np.uint8),
-                                                np.zeros((2, 4, 64), np.uint8)), spec)
+            mark = np.frombuffer(k.to_bytes(8, "little"), np.uint8)   # each node's own commitments
+            reg.register(node, BlockCommitments("c" * 64, "layout", np.resize(mark, (2, 64)),
+                                                np.resize(mark, (2, 4, 64))), spec)
     for i in range(total):          # verdict i: request i // nodes, node i % nodes, as the provider writes it
         rid, node = f"req-{i // nodes}", 2**63 + i % nodes
         if node in led.decided(rid):

@@ -124,8 +124,11 @@ class Registry:
         return int(rows[0][0]) if rows else None
 
     def register(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, partition_id: int | None = None,
-                 round_: int | None = None) -> int:
-        """Record the node's phase-2 commitments; returns the registration epoch. A second call is refused."""
+                 round_: int | None = None, unique: bool = True) -> int:
+        """Record the node's phase-2 commitments; returns the registration epoch. A second call is refused.
+
+        ``unique=False`` skips the copied-commitments check: only for load tests that register a few
+        real clients' entries under many node ids (``benchmarks/verify_load.py``); a provider never does."""
         if spec is None or entry.circuit_id == "":
             raise RegistryError(f"node {node_id}: a registry entry needs its circuit")
         if node_id in self:
@@ -133,7 +136,7 @@ class Registry:
             raise RegistryError(f"node {node_id} is already registered (v{rec['version']}, epoch {rec['epoch']}): "
                                 "replacing an entry is refused; a new personalization goes through repersonalize(), "
                                 "which must prove every active deletion again")
-        other = self.duplicate_of(node_id, entry)
+        other = self.duplicate_of(node_id, entry) if unique else None
         if other is not None:
             raise DuplicateCommitments(f"node {node_id} registers commitments that node {other} registered: refused "
                                        "(a copied entry lets one node answer with another's proofs)")
