@@ -43,6 +43,7 @@ def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
 
     warnings.filterwarnings("ignore")
     from zkapex_flwr.proof import CircuitSpec, Verifier, get_circuit, prove_unlearning, register_blocks
+    from zkapex_flwr.proof.circuit import FORM
     from zkapex_flwr.proof.statement import normalized_inverse, quantize
     from zkapex_flwr.unlearning import BlockLayout, UnlearningMask
 
@@ -89,7 +90,7 @@ def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
         verify.append(verdict.verify_ms)
     masked = slots * steps * group
     prove_s, witness_s = statistics.median(prove), statistics.median(witness)
-    return {"form": "col-v1", "d": d, "slots": slots, "blocks_per_proof": steps * group, "unit_blocks": group,
+    return {"form": FORM, "d": d, "slots": slots, "blocks_per_proof": steps * group, "unit_blocks": group,
             "masked_per_proof": masked,
             "logrows": circuit.logrows, "rows_model": spec.rows_model,
             "setup_s": round(circuit.setup_s, 3), "register_ms_per_block": round(register_ms, 2),
