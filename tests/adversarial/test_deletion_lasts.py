@@ -9,15 +9,13 @@ a node that joins later personalizes from that θg and keeps the deleted weights
 ClientApp, prover and verifier, in process.
 """
 import pytest
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
+from flower_world import MLP, client_app
 from simulations.sync_grid import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
-from zkapex_flwr.client import UnlearningSetup, VerifiedUnlearningMod
 from zkapex_flwr.client.state import NodeState
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
@@ -31,18 +29,6 @@ SCOPE = r"(^|\.)fc1\.weight$|^head\.weight$"
 LATE = 103
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.mlp = nn.Sequential()
-        self.mlp.fc1 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
-
-
 class LateGrid(SyncGrid):
     """Node 103 connects only once ``joined`` is set (after the first request)."""
 
@@ -50,26 +36,6 @@ class LateGrid(SyncGrid):
 
     def get_node_ids(self):
         return [n for n in self.contexts if n != LATE or self.joined]
-
-
-def _app(x, y) -> ClientApp:
-    def setup(context: Context) -> UnlearningSetup:
-        pid = int(context.node_config["partition-id"])
-        idx = torch.arange(300 + 150 * pid, 450 + 150 * pid)   # every node holds samples of class 3
-        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
-
-    mod = VerifiedUnlearningMod(setup)
-    app = ClientApp()
-
-    @app.train()
-    def local_train(msg: Message, context: Context) -> Message:
-        node = mod.setup_for(context)
-        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        train(node.model, node.task, node.data, epochs=2, lr=3e-3, seed=int(context.node_config["partition-id"]))
-        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
-
-    return mod.install(app)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +53,8 @@ def run(tmp_path_factory):
                                config=UnlearningConfig(personal_epochs=2, damping=1.0, deadline_s=30.0))
     theta_g = MLP()
     train(theta_g, ImageTask(), TensorData((pool_x, pool_y)), epochs=30, lr=3e-3)
-    grid = LateGrid(_app(x, y), 4)
+    grid = LateGrid(client_app(x, y, samples=150, stride=150, train_kwargs=dict(
+        epochs=2, lr=3e-3, seed=lambda ctx: int(ctx.node_config["partition-id"]))), 4)   # every node holds class 3
     rounds: dict[int, ArrayRecord] = {}
     aggregate = strat.strategy.aggregate_train
 

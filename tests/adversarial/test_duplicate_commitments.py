@@ -6,15 +6,12 @@ refuses commitments (θ or Fisher) that another node registered, and the copier 
 ``duplicate-commitment``. Real ClientApp, prover and verifier, in process.
 """
 import pytest
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
+from flower_world import MLP, client_app
 from simulations.sync_grid import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
-from zkapex_flwr.client import UnlearningSetup, VerifiedUnlearningMod
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT, UNLEARN
@@ -25,18 +22,6 @@ from zkapex_flwr.training import train
 pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
               pytest.mark.usefixtures("task_identity")]
 VICTIM, COPIER = 100, 101
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.mlp = nn.Sequential()
-        self.mlp.fc1 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
 
 
 class CollusionGrid(SyncGrid):
@@ -56,25 +41,6 @@ class CollusionGrid(SyncGrid):
         return ids
 
 
-def _app(x, y) -> ClientApp:
-    def setup(context: Context) -> UnlearningSetup:
-        pid = int(context.node_config["partition-id"])
-        idx = torch.arange(300 + 100 * pid, 380 + 100 * pid)
-        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
-
-    mod = VerifiedUnlearningMod(setup)
-    app = ClientApp()
-
-    @app.train()
-    def local_train(msg: Message, context: Context) -> Message:
-        node = mod.setup_for(context)
-        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
-
-    return mod.install(app)
-
-
 def test_copied_commitments_are_refused_and_the_copier_quarantined(tmp_path):
     x, y = load_images("digits")
     forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
@@ -86,7 +52,7 @@ def test_copied_commitments_are_refused_and_the_copier_quarantined(tmp_path):
                                config=UnlearningConfig(personal_epochs=1, deadline_s=5.0))
     model = MLP()
     train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
-    grid = CollusionGrid(_app(x, y), 3)
+    grid = CollusionGrid(client_app(x, y), 3)
     strat.start(grid, ArrayRecord(model.state_dict()), num_rounds=0)
     out = strat.ledger.outcomes().set_index("node_id")
     assert out.loc[VICTIM, "reason"] == out.loc[102, "reason"] == "compliant"

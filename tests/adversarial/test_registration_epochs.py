@@ -10,16 +10,13 @@ broadcast — except after an explicit, logged re-personalization, which must pr
 deletion again. Runs the real ClientApp, prover and verifier in process (``simulations.sync_grid``).
 """
 import pytest
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
+from flower_world import MLP, client_app
 from simulations.sync_grid import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from strategies.dispatch import Outcome
-from zkapex_flwr.client import UnlearningSetup, VerifiedUnlearningMod
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT
@@ -31,43 +28,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECUR
               pytest.mark.usefixtures("task_identity")]
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.mlp = nn.Sequential()
-        self.mlp.fc1 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_images("digits")
-
-
-def _app(digits) -> ClientApp:
-    x, y = digits
-
-    def setup(context: Context) -> UnlearningSetup:
-        pid = int(context.node_config["partition-id"])
-        idx = torch.arange(300 + 100 * pid, 380 + 100 * pid)
-        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
-
-    mod = VerifiedUnlearningMod(setup)
-    app = ClientApp()
-
-    @app.train()
-    def local_train(msg: Message, context: Context) -> Message:
-        node = mod.setup_for(context)
-        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        train(node.model, node.task, node.data, epochs=1, lr=1e-3)
-        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
-
-    return mod.install(app)
 
 
 def _provider(digits, state_dir) -> VerifiedUnlearning:
@@ -90,7 +53,7 @@ def arrays(digits):
 
 
 def test_second_registration_is_refused_and_changes_nothing(digits, arrays, tmp_path):
-    grid = SyncGrid(_app(digits), 2)
+    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
     strat = _provider(digits, tmp_path)
     strat.commit_round(grid, arrays)
     before = strat.registry.versions(100), strat.registry.record(100)["digest"]
@@ -101,7 +64,7 @@ def test_second_registration_is_refused_and_changes_nothing(digits, arrays, tmp_
 
 
 def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits, arrays, tmp_path):
-    grid = SyncGrid(_app(digits), 3, drop_first={(102, COMMIT)})    # node 102's commit is lost
+    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 3, drop_first={(102, COMMIT)})    # node 102's commit is lost
     strat = _provider(digits, tmp_path)
     strat.start(grid, arrays, num_rounds=0)                          # commit round, then r1
     out = strat.ledger.outcomes().set_index("node_id")
@@ -130,7 +93,7 @@ def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits,
 
 
 def test_repersonalization_must_prove_every_active_deletion(digits, arrays, tmp_path):
-    grid = SyncGrid(_app(digits), 2)
+    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
     strat = _provider(digits, tmp_path)
     strat.start(grid, arrays, num_rounds=0)
     assert set(strat.ledger.outcomes()["reason"]) == {"compliant"}
