@@ -164,7 +164,7 @@ def behaviour_hook(behaviour: str, pid: int, board: Path | None, replay_wait_s: 
 
     def cheat(prover, mask, req, context):
         rng = np.random.default_rng([seed, pid, zlib.crc32(req.request_id.encode())])
-        return cheat_bundle(prover, mask, req.request_id, behaviour, rng=rng)
+        return cheat_bundle(prover, mask, req.request_id, behaviour, rng=rng, binding=req.binding(context.node_id))
     return cheat
 
 

@@ -39,6 +39,7 @@ from zkapex_flwr.ledger import Ledger
 from zkapex_flwr.proof import Verifier, get_circuit
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
+from zkapex_flwr.proof.statement import Binding
 from zkapex_flwr.proof.verifier import Verdict
 from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
                                   UnlearnRequest, reply_metrics)
@@ -195,16 +196,21 @@ class VerifiedUnlearning:
             if isinstance(accepted, _Refusal):
                 self._commit_failed(out.node_id, accepted.reason, accepted.detail)
                 return
-            entry, spec, part, metrics = accepted
+            entry, spec, part, metrics, identity = accepted
+            holder = self.registry.identity_holder(identity)
+            if holder is not None and holder != out.node_id:
+                self._commit_failed(out.node_id, "duplicate-identity", f"commit reply: identity {identity[:80]!r} is "
+                                    f"node {holder}'s (a node does not start afresh under a new node id)")
+                return
             other = self.registry.duplicate_of(out.node_id, entry)
             if other is not None:
                 self._commit_failed(out.node_id, "duplicate-commitment", f"commit reply: the commitments are node "
-                                    f"{other}'s, copied")
+                                    f"{other}'s, copied", identity)
                 return
             if part is not None:
                 self.partitions[out.node_id] = part
             self.commit_metrics[out.node_id] = metrics
-            self.registry.register(out.node_id, entry, spec, partition_id=part)
+            self.registry.register(out.node_id, entry, spec, partition_id=part, identity=identity)
 
         dispatch(grid, nodes, lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
                  deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
@@ -238,9 +244,9 @@ class VerifiedUnlearning:
         self.layout.assign(model, flat)
         return ArrayRecord(model.state_dict())
 
-    def _commit_failed(self, node: int, reason: str, detail: str) -> None:
+    def _commit_failed(self, node: int, reason: str, detail: str, identity: str = "") -> None:
         self.commit_failures[node] = (reason, detail)
-        self.registry.record_failure(node, reason, detail)
+        self.registry.record_failure(node, reason, detail, identity)
 
     def _commit_reply(self, out: Outcome):
         """(entry, spec, partition, metrics) of a well-formed commit reply, else a :class:`_Refusal`."""
@@ -269,7 +275,8 @@ class VerifiedUnlearning:
                                      f"names {rep.circuit_id[:12]}…")
         if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
             return _Refusal("wrong-mask", "committed to another block layout")
-        return entry, self.circuits[rep.circuit_id].spec, (int(part) if part is not None else None), metrics
+        return (entry, self.circuits[rep.circuit_id].spec, (int(part) if part is not None else None), metrics,
+                rep.identity)
 
     def repersonalize(self, grid: Grid, arrays: ArrayRecord, node: int, *, reason: str, rnd: int = -1) -> bool:
         """Let a registered node personalize again from ``arrays`` and replace its entry (logged).
@@ -289,7 +296,11 @@ class VerifiedUnlearning:
             log.warning("node %d: re-personalization refused (%s: %s); its entry is unchanged", node, accepted.reason,
                         accepted.detail)
             return False
-        entry, spec, _, metrics = accepted
+        entry, spec, _, metrics, identity = accepted
+        if identity != (self.registry.record(node)["identity"] or ""):
+            log.warning("node %d: re-personalization refused (it reports another identity); its entry is unchanged",
+                        node)
+            return False
         if self.registry.duplicate_of(node, entry) is not None:
             log.warning("node %d: re-personalization refused (another node's commitments); its entry is unchanged", node)
             return False
@@ -391,7 +402,8 @@ class VerifiedUnlearning:
         spec, cid = self.registry.circuit_of(node)
         try:
             verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask, menu=self.circuits,
-                                                 request_id=rid)
+                                                 request_id=rid, binding=Binding(rid, self.nonces[(rid, node)],
+                                                                                 str(int(node))))
         except Exception as err:   # a bundle that crashes the verifier is refused; the round goes on
             log.exception("request %s: verifying node %d's bundle raised", rid, node)
             verdict = Verdict("malformed", f"the bundle could not be verified ({type(err).__name__}: {err})")

@@ -130,6 +130,26 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     return files
 
 
+def make_node_key(folder: Path) -> tuple[Path, Path]:
+    """A SuperNode's authentication key pair (EC P-384, OpenSSH format): ``node_key`` and ``node_key.pub``.
+
+    Kept if it exists, so a restarted SuperNode authenticates with the same key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / "node_key", folder / "node_key.pub"
+    if not private.exists():
+        key = ec.generate_private_key(ec.SECP384R1())
+        private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+        private.chmod(0o600)
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH))
+    return private, public
+
+
 PING_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -307,7 +327,8 @@ class Deployment:
     """SuperLink + SuperNodes as real processes on loopback (insecure, or ``tls=True``), and ``flwr`` against them."""
 
     def __init__(self, root: Path, supernodes: int = 3, node_config=None, env: dict | None = None,
-                 node_env: dict | None = None, isolation: str = "subprocess", tls: bool = False):
+                 node_env: dict | None = None, isolation: str = "subprocess", tls: bool = False,
+                 auth: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.home = self.root / "flwr-home"            # FLWR_HOME of the flwr CLI and the SuperLink
@@ -315,6 +336,10 @@ class Deployment:
         self.node_config = node_config or (lambda i: f"partition-id={i} zkapex-state-dir='{self.root / f'supernode-{i}' / 'state'}'")
         self.isolation = isolation
         self.certs = make_certificates(self.root / "certs") if tls else None   # None: --insecure everywhere
+        if auth and not tls:
+            raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it with --insecure)")
+        self.auth = auth                       # --enable-supernode-auth: only registered keys may connect
+        self.registered: dict[int, int] = {}   # SuperNode index -> node id the SuperLink gave its public key
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.superlink: Proc | None = None
@@ -362,7 +387,7 @@ class Deployment:
         self.superlink = self._spawn("superlink", [
             "flower-superlink", *self._tls_args(server=True), "--host", "127.0.0.1", "--port", str(self.port),
             "--isolation", self.isolation, "--disable-runtime-dependency-installation",
-            "--database", str(self.root / "superlink.db")])
+            "--database", str(self.root / "superlink.db"), *(["--enable-supernode-auth"] if self.auth else [])])
         self.superlink.port = self.port
         wait_for_port(self.port, self.superlink.popen, timeout_s)
         for i in range(self.n):
@@ -370,13 +395,37 @@ class Deployment:
         self.wait_for_nodes(timeout_s)
         return self
 
-    def start_supernode(self, i: int) -> Proc:
+    def register_supernode(self, i: int) -> int:
+        """``flwr supernode register`` SuperNode ``i``'s public key with the SuperLink; its node id."""
+        _, public = make_node_key(self.root / f"supernode-{i}" / "auth")
+        out = self.flwr("supernode", "register", str(public), CONNECTION, "--format", "json")
+        try:
+            node_id = int(json.loads(out.stdout)["node-id"])
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeError(f"flwr supernode register failed (rc {out.returncode}):\n{out.stdout}\n{out.stderr}"
+                               ) from None
+        self.registered[i] = node_id
+        return node_id
+
+    def node_id_of(self, i: int) -> int | None:
+        """The node id SuperNode ``i`` last logged (its latest start), or None."""
+        found = re.findall(r"SuperNode ID: (\d+)", (self.root / f"supernode-{i}.log").read_text(errors="replace"))
+        return int(found[-1]) if found else None
+
+    def start_supernode(self, i: int, register: bool = True) -> Proc:
+        """Start SuperNode ``i``; with authentication on, it signs with its key (registered first unless
+        ``register=False``: an unknown key)."""
         home = self.root / f"supernode-{i}"
         (home / "state").mkdir(parents=True, exist_ok=True)
+        auth = []
+        if self.auth:
+            if register and i not in self.registered:
+                self.register_supernode(i)
+            auth = ["--auth-supernode-private-key", str(make_node_key(home / "auth")[0])]
         port = free_port()
         proc = self._spawn(f"supernode-{i}", [
             "flower-supernode", *self._tls_args(server=False), "--superlink", self.address, "--host", "127.0.0.1",
-            "--port", str(port), "--isolation", self.isolation, "--node-config", self.node_config(i)],
+            "--port", str(port), "--isolation", self.isolation, "--node-config", self.node_config(i), *auth],
             env={**self.env, "FLWR_HOME": str(home / "flwr-home"), **self.node_env})
         proc.port = port
         wait_for_port(port, proc.popen, 60.0)

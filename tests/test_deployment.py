@@ -118,16 +118,38 @@ def test_unlearning_replies_crossed_the_network(deployed):
     assert traffic.get("inbound-bytes", 0) > sum(r["content_bytes"] for r in replies), d["info"]
 
 
-def test_tls_round_trip(tmp_path):
-    """The TLS set-up of the README: SuperLink with --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile, SuperNodes
-    with --root-certificates, ``flwr`` with ``root-certificates`` in its connection; a minimal app crosses it."""
+def test_tls_and_supernode_authentication(tmp_path):
+    """The TLS and SuperNode authentication set-up of the README: SuperLink with --ssl-* and
+    --enable-supernode-auth, each SuperNode's P-384 public key registered with ``flwr supernode register``
+    and the SuperNode started with --auth-supernode-private-key; ``flwr`` with ``root-certificates``.
+
+    The provider's registry and ledger are keyed by node id; authentication is what makes a node id an
+    identity: the SuperLink gives each registered key one node id, a SuperNode restarted with its key
+    comes back under that id (its entry, its obligations and any quarantine still apply), and a key that
+    was never registered cannot join at all."""
     app = write_ping_app(tmp_path / "ping-app")
-    with Deployment(tmp_path / "tls", supernodes=2, tls=True) as dep:
+    with Deployment(tmp_path / "tls", supernodes=2, tls=True, auth=True) as dep:
+        assert [dep.node_id_of(i) for i in range(2)] == [dep.registered[0], dep.registered[1]], dep.logs()
         run = dep.run({"out": str(tmp_path / "pong.json"), "nodes": 2}, app=app, timeout_s=300)
         assert run.status == "finished:completed", f"run {run.run_id}: {run.status!r}\n{dep.logs()}"
         assert "https://127.0.0.1" in dep.superlink.log.read_text(), dep.logs()
         pong = json.loads((tmp_path / "pong.json").read_text())
-        assert sorted(pong.values()) == [0, 1], f"{pong}\n{dep.logs()}"
+        assert pong == {str(dep.registered[0]): 0, str(dep.registered[1]): 1}, f"{pong}\n{dep.logs()}"
+        # a restart with the same key: the same node id
+        next(s for s in dep.supernodes if s.name == "supernode-0").stop()
+        logged = dep.node_id_of(0)
+        restarted = dep.start_supernode(0)
+        end = time.monotonic() + 60
+        while restarted.log.read_text(errors="replace").count("SuperNode ID") < 2 and time.monotonic() < end:
+            time.sleep(0.3)
+        assert dep.node_id_of(0) == logged == dep.registered[0], dep.logs()
+        # an unregistered key is refused by the SuperLink: the SuperNode never gets a node id and exits
+        stranger = dep.start_supernode(2, register=False)
+        end = time.monotonic() + 60
+        while stranger.alive() and time.monotonic() < end:
+            time.sleep(0.3)
+        assert not stranger.alive() and dep.node_id_of(2) is None, dep.logs()
+        assert "Failed to activate SuperNode" in stranger.log.read_text(errors="replace"), dep.logs()
 
 
 def _ledger_rows(db) -> int:

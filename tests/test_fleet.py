@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 # or was proven with another circuit when the victim's device picked a different proof size)
 EXPECTED = {"ignore": {"incomplete"}, "garbage-proof": {"invalid-proof"}, "mask-only": {"kkt-violation"},
             "partial-mask": {"wrong-mask"}, "stale-model": {"stale-model"}, "fake-fisher": {"fisher-mismatch"},
-            "replay": {"stale-model", "wrong-circuit"}, "tamper-instances": {"invalid-proof"},
+            "replay": {"invalid-proof", "wrong-circuit"}, "tamper-instances": {"invalid-proof"},
             "wrong-mask": {"wrong-mask"}, "drop-blocks": {"incomplete"}, "duplicate-block": {"incomplete"},
             "hide-in-padding": {"incomplete"}}
 

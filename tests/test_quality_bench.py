@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import unlearning_quality as uq  # noqa: E402
 from zkapex_flwr.pipeline import RunCache, preset, run_local  # noqa: E402
+from zkapex_flwr.unlearning.scope import DEFAULT_SCOPE, VERIFIED_LM_SCOPE  # noqa: E402
 
 TINY = dict(num_clients=2, global_epochs=2, personal_epochs=2, domain_shift="mild",
             model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0))
@@ -101,6 +102,10 @@ def test_quality_benchmark_quick(tmp_path):
     # both masks were proven and verified by the real verifier under the same budget
     proof = pd.read_csv(tmp_path / "proof_cost.csv")
     assert set(proof["method"]) == {"verified", "zk-apex-paper"} and (proof["verdict"] == "compliant").all()
+    # ... for the image classifier and for the language model, whose verified scope is both MLP projections
+    assert set(proof["setting"]) == {uq.QUICK.settings[0].name, "opt-stdlib-code-package-federation"}
+    lm = proof[proof["setting"] == "opt-stdlib-code-package-federation"].set_index("method")
+    assert lm.loc["verified", "scope"] == VERIFIED_LM_SCOPE and lm.loc["zk-apex-paper", "scope"] == DEFAULT_SCOPE
     assert (proof["touched_blocks"] <= uq.QUICK.proof["max_blocks"]).all()
     assert summary["proof_cost"][0]["verify_vs_retrain"] == pytest.approx(
         proof["retrain_s"][0] / (proof["verify_ms"][0] / 1000))

@@ -207,3 +207,33 @@ def test_provider_killed_mid_write_resumes_without_loss_or_duplicates(tmp_path):
         assert reg.versions(node) == list(range(1, len(ok) + 2))   # one registry version per compliant verdict
         last = int(ok["partition_id"].iloc[-1])
         assert reg.get(node).theta_of(0) == last.to_bytes(64, "little")   # registry = the last compliant verdict
+
+
+def test_identity_registers_once_and_a_v2_store_is_migrated_in_place(tmp_path):
+    from zkapex_flwr.registry import DuplicateIdentity
+
+    reg = Registry(tmp_path / "p.db")
+    reg.register(1, entry(1), SPEC, identity="partition-7")
+    reg.record_failure(2, "no-response", "lost", identity="partition-8")
+    assert reg.identity_holder("partition-7") == 1 and reg.identity_holder("partition-8") == 2
+    assert reg.identity_holder("") is None
+    with pytest.raises(DuplicateIdentity, match="identity 'partition-7', which node 1 holds"):
+        reg.register(3, entry(3), SPEC, identity="partition-7")
+    with pytest.raises(DuplicateIdentity, match="node 2 holds"):
+        reg.register(4, entry(4), SPEC, identity="partition-8")
+    assert 3 not in reg and 4 not in reg
+    # a store written by the previous schema (no identity columns) opens with every row kept
+    path = tmp_path / "v2.db"
+    store = ProviderStore(path)
+    Registry(store).register(5, entry(5), SPEC)
+    Ledger(store).append([row(node=5)])
+    store.conn.executescript("DROP INDEX registry_identity; ALTER TABLE registry DROP COLUMN identity; "
+                             "ALTER TABLE commit_failures DROP COLUMN identity; "
+                             "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    store.close()
+    again = Registry(path)
+    assert again.get(5).theta_of(0) == bytes([5]) * 64 and again.record(5)["identity"] is None
+    assert len(Ledger(again.store)) == 1
+    assert again.store.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    again.register(6, entry(6), SPEC, identity="partition-9")
+    assert again.identity_holder("partition-9") == 6

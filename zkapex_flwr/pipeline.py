@@ -28,7 +28,7 @@ from .tasks import task_for
 from .training import seed_everything, train
 from .unlearning import (BlockFisher, BlockLayout, UnlearningMask, certificate_residual, compute_update, mask_only,
                          saliency_scores, select_mask, write_update)
-from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_SCOPE
+from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_LM_SCOPE, VERIFIED_SCOPE
 
 METRIC_KEYS = ("personalization_acc_before", "personalization_acc_after", "recovery", "forget_acc_before",
                "forget_acc_after", "mia_auc_before", "mia_auc_after", "mia_tpr_at_1pct_fpr_before",
@@ -113,7 +113,7 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
         ("opt", "stdlib-code"): dict(model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4), num_clients=4,
                                      forget_mode="package", global_epochs=8, global_lr=2e-3, personal_epochs=4,
                                      personal_lr=1e-3, finetune_epochs=1, num_grads=512, batch_size=32,
-                                     max_provider_seqs=3000, max_client_seqs=600),
+                                     max_provider_seqs=3000, max_client_seqs=600, scope=VERIFIED_LM_SCOPE),
     }
     if (model, dataset) not in combos:
         raise ValueError(f"no preset for model '{model}' on dataset '{dataset}'; "

@@ -27,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from .proof.bundle import circuit_id_problem, short_repr
 from .proof.circuit import CircuitSpec
+from .proof.statement import Binding
 
 COMMIT = "train.commit"
 UNLEARN = "train.unlearn"
@@ -174,15 +175,19 @@ class CommitReply:
     circuit_id: str
     circuit: CircuitSpec
     layout_digest: str
+    identity: str = ""   # the node's stable identity from its node config ('' = the node id is the identity)
 
     def to_content(self, metrics: dict[str, float]) -> RecordDict:
         return _reply({"registry": self.registry, "circuit-id": self.circuit_id, "circuit": spec_to_json(self.circuit),
-                       "layout-digest": self.layout_digest}, metrics)
+                       "layout-digest": self.layout_digest, "identity": self.identity}, metrics)
 
     @staticmethod
     def from_message(msg: Message) -> "CommitReply":
         what = f"{COMMIT} reply"
-        cfg = _reply_config(msg, what, ("registry", "circuit-id", "circuit", "layout-digest"))
+        cfg = _reply_config(msg, what, ("registry", "circuit-id", "circuit", "layout-digest", "identity"))
+        identity = _get(cfg, "identity", str, what) if "identity" in cfg else ""
+        if len(identity) > 256:
+            raise ProtocolError(f"{what}: 'identity' of {len(identity)} characters (at most 256)")
         registry, circuit_id = _get(cfg, "registry", bytes, what), _get(cfg, "circuit-id", str, what)
         problem = circuit_id_problem(circuit_id)
         if problem:
@@ -191,7 +196,7 @@ class CommitReply:
             spec = spec_from_json(_get(cfg, "circuit", str, what))
         except ProtocolError as err:
             raise ProtocolError(f"{what}: 'circuit': {err}") from None
-        return CommitReply(registry, circuit_id, spec, _get(cfg, "layout-digest", str, what))
+        return CommitReply(registry, circuit_id, spec, _get(cfg, "layout-digest", str, what), identity)
 
 
 @dataclass
@@ -204,6 +209,10 @@ class UnlearnRequest:
     circuit_id: str
     attempt: int
     deadline_s: float
+
+    def binding(self, node_id: int) -> Binding:
+        """What the proofs answering this request on node ``node_id`` are bound to (request, nonce, node)."""
+        return Binding(self.request_id, self.nonce, str(int(node_id)))
 
     def to_content(self) -> RecordDict:
         return RecordDict({CONFIG: ConfigRecord({

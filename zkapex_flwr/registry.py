@@ -14,6 +14,10 @@ twice is refused: a node that saw a request's mask must not be judged against co
 it. The one way to replace an entry is :meth:`Registry.repersonalize`, explicit and logged; the provider
 then asks the node every active request again. Commit failures are recorded here too, so a restarted
 provider still knows which nodes failed to commit, and when.
+
+Entries and failures carry the node's stable *identity* when it has one (its node config's, reported at
+commit; with SuperNode authentication the node id itself is stable). One identity registers under one
+node id: a node that comes back under a new node id cannot start afresh.
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ class RegistryError(StoreError):
 
 class DuplicateCommitments(RegistryError):
     """A node registers commitments another node already registered."""
+
+
+class DuplicateIdentity(RegistryError):
+    """A node id claims a stable identity that another node id registered (or failed to commit) under."""
 
 
 def _digests(entry: BlockCommitments) -> tuple[str, str]:
@@ -64,11 +72,13 @@ class Registry:
 
     def record(self, node_id: int) -> dict:
         """The node's latest entry (without the commitment bytes)."""
-        rows = self.store.query("SELECT version, circuit, circuit_id, layout, partition_id, round, digest, kind, epoch "
-                                "FROM registry WHERE node_id = ? ORDER BY version DESC LIMIT 1", (_key(node_id),))
+        rows = self.store.query("SELECT version, circuit, circuit_id, layout, partition_id, round, digest, kind, epoch, "
+                                "identity FROM registry WHERE node_id = ? ORDER BY version DESC LIMIT 1",
+                                (_key(node_id),))
         if not rows:
             raise RegistryError(f"node {node_id} has no registry entry (it never committed)")
-        keys = ("version", "circuit", "circuit_id", "layout", "partition_id", "round", "digest", "kind", "epoch")
+        keys = ("version", "circuit", "circuit_id", "layout", "partition_id", "round", "digest", "kind", "epoch",
+                "identity")
         return dict(zip(keys, rows[0]))
 
     def partitions(self) -> dict[int, int]:
@@ -108,11 +118,11 @@ class Registry:
             epoch = rec["epoch"] if kind == "unlearn" else self.store.next_epoch()
             theta_d, columns_d = _digests(entry)
             db.execute("INSERT INTO registry (node_id, version, circuit, circuit_id, layout, partition_id, round, "
-                       "digest, entry, kind, epoch, theta_digest, columns_digest) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "digest, entry, kind, epoch, theta_digest, columns_digest, identity) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (_key(node_id), int(rec.get("version", 0)) + 1, rec["circuit"], rec["circuit_id"],
                         rec["layout"], rec.get("partition_id"), rec.get("round"), entry.digest(), entry.to_bytes(),
-                        kind, epoch, theta_d, columns_d))
+                        kind, epoch, theta_d, columns_d, rec.get("identity") or None))
         return epoch
 
     def duplicate_of(self, node_id: int, entry: BlockCommitments) -> int | None:
@@ -123,12 +133,23 @@ class Registry:
                                 "columns_digest = ?) LIMIT 1", (_key(node_id), theta_d, columns_d))
         return int(rows[0][0]) if rows else None
 
+    def identity_holder(self, identity: str) -> int | None:
+        """The node that registered, or failed to commit, under ``identity`` ('' names no identity)."""
+        if not identity:
+            return None
+        rows = self.store.query("SELECT node_id FROM registry WHERE identity = ? UNION "
+                                "SELECT node_id FROM commit_failures WHERE identity = ? LIMIT 1", (identity, identity))
+        return int(rows[0][0]) if rows else None
+
     def register(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, partition_id: int | None = None,
-                 round_: int | None = None, unique: bool = True) -> int:
+                 round_: int | None = None, unique: bool = True, identity: str = "") -> int:
         """Record the node's phase-2 commitments; returns the registration epoch. A second call is refused.
 
-        ``unique=False`` skips the copied-commitments check: only for load tests that register a few
-        real clients' entries under many node ids (``benchmarks/verify_load.py``); a provider never does."""
+        ``identity``: the node's stable identity (from its node config); an identity another node id
+        registered or failed under is refused (:class:`DuplicateIdentity`): a node cannot shed its entry,
+        obligations or quarantine by coming back under a new node id. ``unique=False`` skips the
+        copied-commitments check: only for load tests that register a few real clients' entries under
+        many node ids (``benchmarks/verify_load.py``); a provider never does."""
         if spec is None or entry.circuit_id == "":
             raise RegistryError(f"node {node_id}: a registry entry needs its circuit")
         if node_id in self:
@@ -136,13 +157,17 @@ class Registry:
             raise RegistryError(f"node {node_id} is already registered (v{rec['version']}, epoch {rec['epoch']}): "
                                 "replacing an entry is refused; a new personalization goes through repersonalize(), "
                                 "which must prove every active deletion again")
+        holder = self.identity_holder(identity)
+        if holder is not None and holder != int(node_id):
+            raise DuplicateIdentity(f"node {node_id} claims identity {identity!r}, which node {holder} holds: refused "
+                                    "(a node keeps its identity's entry, obligations and quarantine)")
         other = self.duplicate_of(node_id, entry) if unique else None
         if other is not None:
             raise DuplicateCommitments(f"node {node_id} registers commitments that node {other} registered: refused "
                                        "(a copied entry lets one node answer with another's proofs)")
         return self._write(node_id, entry, {"version": 0, "circuit": spec_to_json(spec), "circuit_id": entry.circuit_id,
                                             "layout": entry.layout_digest, "partition_id": partition_id,
-                                            "round": round_}, "commit")
+                                            "round": round_, "identity": identity}, "commit")
 
     def repersonalize(self, node_id: int, entry: BlockCommitments, spec: CircuitSpec, *, reason: str,
                       round_: int | None = None) -> int:
@@ -161,7 +186,8 @@ class Registry:
                                        "registered: refused")
         epoch = self._write(node_id, entry, {"version": rec["version"], "circuit": spec_to_json(spec),
                                              "circuit_id": entry.circuit_id, "layout": entry.layout_digest,
-                                             "partition_id": rec["partition_id"], "round": round_}, "repersonalize")
+                                             "partition_id": rec["partition_id"], "round": round_,
+                                             "identity": rec["identity"]}, "repersonalize")
         log.warning("node %d re-personalized at epoch %d (was v%d, epoch %d): %s", node_id, epoch, rec["version"],
                     rec["epoch"], reason)
         return epoch
@@ -179,15 +205,18 @@ class Registry:
         self._write(node_id, self.get(node_id).with_theta(new_theta), self.record(node_id), "unlearn")
 
     # ------------------------------------------------------------------------- commit failures
-    def record_failure(self, node_id: int, reason: str, detail: str) -> int:
-        """Persist a node's failed commit (the first one stands); returns its epoch."""
+    def record_failure(self, node_id: int, reason: str, detail: str, identity: str = "") -> int:
+        """Persist a node's failed commit (the first one stands); returns its epoch. ``identity``: the one
+        it claimed, unless another node holds it (the failure then stays the node id's own)."""
         with self.store.transaction() as db:
             known = db.execute("SELECT epoch FROM commit_failures WHERE node_id = ?", (_key(node_id),)).fetchone()
             if known:
                 return int(known[0])
+            holder = self.identity_holder(identity)
             epoch = self.store.next_epoch()
-            db.execute("INSERT INTO commit_failures (node_id, reason, detail, epoch) VALUES (?, ?, ?, ?)",
-                       (_key(node_id), reason, detail, epoch))
+            db.execute("INSERT INTO commit_failures (node_id, reason, detail, epoch, identity) VALUES (?, ?, ?, ?, ?)",
+                       (_key(node_id), reason, detail, epoch,
+                        identity if identity and holder in (None, int(node_id)) else None))
         return epoch
 
     def failures(self) -> dict[int, tuple[str, str, int]]:

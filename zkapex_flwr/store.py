@@ -22,7 +22,7 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 2   # v2: registration epochs, commit failures, broadcasts
+SCHEMA_VERSION = 3   # v2: registration epochs, commit failures, broadcasts; v3: node identities
 APPLICATION_ID = 0x5A4B4150   # "ZKAP": marks the file as a zkapex-flwr provider store
 
 SCHEMA = """
@@ -31,12 +31,13 @@ CREATE TABLE registry (
     node_id TEXT NOT NULL, version INTEGER NOT NULL, circuit TEXT NOT NULL, circuit_id TEXT NOT NULL,
     layout TEXT NOT NULL, partition_id INTEGER, round INTEGER, digest TEXT NOT NULL, entry BLOB NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('commit', 'unlearn', 'repersonalize')), epoch INTEGER NOT NULL,
-    theta_digest TEXT NOT NULL, columns_digest TEXT NOT NULL,
+    theta_digest TEXT NOT NULL, columns_digest TEXT NOT NULL, identity TEXT,
     PRIMARY KEY (node_id, version));
 CREATE INDEX registry_theta ON registry (theta_digest);
 CREATE INDEX registry_columns ON registry (columns_digest);
+CREATE INDEX registry_identity ON registry (identity);
 CREATE TABLE commit_failures (
-    node_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, epoch INTEGER NOT NULL);
+    node_id TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT, epoch INTEGER NOT NULL, identity TEXT);
 CREATE TABLE broadcasts (
     request_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, layout TEXT NOT NULL, mask BLOB NOT NULL,
     recorded_at TEXT);
@@ -118,6 +119,13 @@ class ProviderStore:
         if missing:
             raise self._damaged(RuntimeError(f"tables {missing} are missing"))
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == "2":   # v2 -> v3: identity columns, empty for entries made before
+            with self.transaction() as db:
+                db.execute("ALTER TABLE registry ADD COLUMN identity TEXT")
+                db.execute("ALTER TABLE commit_failures ADD COLUMN identity TEXT")
+                db.execute("CREATE INDEX registry_identity ON registry (identity)")
+                db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+            row = ("3",)
         if row is None or row[0] != str(SCHEMA_VERSION):
             raise StoreError(f"provider store {self.path} has schema version {row[0] if row else None}, this "
                              f"zkapex-flwr reads version {SCHEMA_VERSION}")

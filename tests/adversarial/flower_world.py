@@ -24,15 +24,18 @@ class MLP(nn.Module):
         return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
 
 
-def client_app(x, y, *, samples: int = 80, stride: int = 100, train_kwargs: dict | None = None) -> ClientApp:
+def client_app(x, y, *, samples: int = 80, stride: int = 100, train_kwargs: dict | None = None,
+               hooks: dict | None = None) -> ClientApp:
     """A ClientApp with the unlearning mod: node ``pid`` holds digits ``300 + stride·pid`` onward.
 
     ``train_kwargs``: the local FedAvg training (``train``'s epochs, lr, …); None: a node sends θg back unchanged.
+    ``hooks``: partition id → the bundle hook of a dishonest node (``UnlearningSetup.bundle_hook``).
     """
     def setup(context: Context) -> UnlearningSetup:
         pid = int(context.node_config["partition-id"])
         idx = torch.arange(300 + stride * pid, 300 + stride * pid + samples)
-        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid)
+        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid,
+                               bundle_hook=(hooks or {}).get(pid))
 
     mod = VerifiedUnlearningMod(setup)
     app = ClientApp()

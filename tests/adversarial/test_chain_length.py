@@ -36,7 +36,7 @@ def world(request, two_layers):
 
 def _verdict(prover, mask, steps_fn):
     blocks, theta, h_hat, local = prover.unit_arrays(mask)
-    bundle = _prove(prover, blocks, local, theta, h_hat, "r1", steps_fn=steps_fn)
+    bundle = _prove(prover, blocks, local, theta, h_hat, "r1", None, steps_fn=steps_fn)
     return Verifier(prover.circuit).verify(bundle.to_bytes(), prover.registry, mask)
 
 

@@ -67,7 +67,7 @@ def unmasked_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> 
 
 def _bundle(prover, mask, steps_fn):
     blocks, theta, h_hat, local = prover.unit_arrays(mask)
-    return _prove(prover, blocks, local, theta, h_hat, "r1", steps_fn=steps_fn), blocks, theta, local
+    return _prove(prover, blocks, local, theta, h_hat, "r1", None, steps_fn=steps_fn), blocks, theta, local
 
 
 def test_honest_wide_unit_is_compliant(wide):

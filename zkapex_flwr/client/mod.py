@@ -41,7 +41,8 @@ log = logging.getLogger("zkapex_flwr.client")
 
 PROVER_MB_PER_ROW = 0.012   # prover working set per circuit row (docs/results/proof: peak − baseline RSS)
 
-# (prover, mask, request, context) -> bundle bytes to send instead of the honest proof, or None (be honest)
+# (prover, mask, request, context) -> bundle bytes to send instead of the honest proof, or None (be honest);
+# proofs must be bound to req.binding(context.node_id) to be judged on what they prove (see proof.cheats)
 BundleHook = Callable[[ClientProver, UnlearningMask, UnlearnRequest, Context], "bytes | None"]
 
 
@@ -60,6 +61,18 @@ class UnlearningSetup:
     speed: float = 1.0                    # simulation: device speed relative to this machine (modelled time)
     uplink_mbps: float | None = None      # simulation: modelled bundle upload time
     seed: int = 0
+
+
+def node_identity(context: Context) -> str:
+    """The node's stable identity, from the node config its operator set: ``zkapex-identity`` if given,
+    else ``partition-<id>`` (simulation and the tests' deployments), else '' (the node id is the identity:
+    with Flower's SuperNode authentication the SuperLink gives each registered key one node id)."""
+    conf = context.node_config
+    if conf.get("zkapex-identity") not in (None, ""):
+        return str(conf["zkapex-identity"])
+    if isinstance(conf.get("partition-id"), int):
+        return f"partition-{conf['partition-id']}"
+    return ""
 
 
 def prover_mb(logrows: int) -> float:
@@ -140,7 +153,7 @@ class VerifiedUnlearningMod:
                           h_hat=prover.h_hat, spec=spec, layout=layout, registry=prover.registry.to_bytes(),
                           circuit_id=prover.circuit.circuit_id, info=info)
         state.save(context)
-        reply = CommitReply(state.registry, state.circuit_id, spec, layout.digest())
+        reply = CommitReply(state.registry, state.circuit_id, spec, layout.digest(), node_identity(context))
         metrics = {"num-examples": len(node.data), "personalize-s": t1 - t0, "fisher-s": t2 - t1,
                    "register-s": t3 - t2, "steps-per-proof": spec.steps, **info}
         if isinstance(context.node_config.get("partition-id"), int):   # simulation bookkeeping
@@ -172,7 +185,7 @@ class VerifiedUnlearningMod:
         data = node.bundle_hook(prover, mask, req, context) if node.bundle_hook is not None else None
         honest = data is None
         if honest:
-            bundle, _ = prover.unlearn(model, mask, req.request_id)
+            bundle, _ = prover.unlearn(model, mask, req.request_id, binding=req.binding(context.node_id))
             data = bundle.to_bytes()
             state.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
             state.theta = prover.theta

@@ -11,6 +11,11 @@ column j. Each block's multipliers pass through it, r = [θ_out − θ_in + Σ_j
 so a block can move only along the columns it masks itself; the verifier rebuilds s from the
 request's mask and checks its commitment as it checks m's (docs/proof-design.md §1, §4).
 
+Every proof also takes the **binding** b (``BINDING_CHUNKS`` values, its last input) and outputs it
+again as public values after the residuals: b encodes the request, the round's nonce and the node the
+proof answers (:class:`~zkapex_flwr.proof.statement.Binding`). The verifier supplies b itself, so a proof
+made for another request, round or node does not verify (docs/proof-design.md §2).
+
 An unused step slot carries all-zero inputs (a true, empty statement); the verifier demands the zero
 commitment for each of its inputs, so a real block cannot sit in a padding slot.
 
@@ -37,7 +42,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORM = "col-v2"   # v2: wide units (G > 1) take the per-block column selector
+FORM = "col-v3"   # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound
+BINDING_CHUNKS = 6   # the binding input: 6 values of 24 bits (exact through fixed-point scales up to 2^24)
 
 
 def cache_root() -> Path:
@@ -157,7 +163,12 @@ class CircuitSpec:
 
     @property
     def num_inputs(self) -> int:
-        return self.steps * self.inputs_per_step
+        return self.steps * self.inputs_per_step + 1   # the binding is the last input
+
+    @property
+    def num_residuals(self) -> int:
+        """Public values per proof before the binding: 2·G·d per step slot."""
+        return 2 * self.unit_size * self.steps
 
     @property
     def unit_size(self) -> int:
@@ -171,7 +182,7 @@ class CircuitSpec:
     def input_shapes(self) -> list[tuple[int, int]]:
         n = self.unit_size
         small = [(1, self.group * self.slots)] * (2 if self.selector else 1)   # y (and s)
-        return ([(1, n)] * 3 + small + [(1, n)] * self.slots) * self.steps
+        return ([(1, n)] * 3 + small + [(1, n)] * self.slots) * self.steps + [(1, BINDING_CHUNKS)]
 
     def name(self) -> str:
         return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}" + \
@@ -200,7 +211,7 @@ def _torch_module(spec: CircuitSpec):
                         acc = acc + yy[:, j:j + 1] * col.reshape(g, d)
                     acc = acc.reshape(1, g * d)
                 outs += [acc, m * theta_out]
-            return torch.cat(outs, dim=1)
+            return torch.cat(outs, dim=1), xs[-1] + xs[-1]   # residuals, and the binding (2b: an op, not an alias)
 
     return ColumnCertificate()
 
@@ -241,7 +252,7 @@ class Circuit:
 def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     import numpy as np
 
-    from .statement import honest_unit_steps, normalized_inverse  # local import: statement uses the spec
+    from .statement import Binding, honest_unit_steps, normalized_inverse  # local import: statement uses the spec
 
     rng = np.random.default_rng(1234)
     d, n = spec.d, spec.group
@@ -251,7 +262,7 @@ def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     mask = np.zeros((n, d), dtype=bool)
     mask[:, rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
     steps = honest_unit_steps(theta, h, mask, spec)
-    return steps[-1].inputs(spec) * spec.steps
+    return steps[-1].inputs(spec) * spec.steps + [[float(v) for v in Binding("calibration", "", "").values()]]
 
 
 def get_circuit(spec: CircuitSpec) -> Circuit:
@@ -274,7 +285,7 @@ def get_circuit(spec: CircuitSpec) -> Circuit:
         xs = tuple(torch.zeros(s) for s in spec.input_shapes())
         onnx = base / "net.onnx"
         torch.onnx.export(_torch_module(spec), xs, str(onnx), opset_version=17, dynamo=False,
-                          input_names=[f"x{i}" for i in range(len(xs))], output_names=["r"])
+                          input_names=[f"x{i}" for i in range(len(xs))], output_names=["r", "binding"])
         cal = base / "calibration.json"
         cal.write_text(json.dumps({"input_data": _calibration_inputs(spec)}))
         args = ezkl.PyRunArgs()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Proof, ProofBundle, Slot
+from .bundle import Proof, ProofBundle, Slot, int_to_felt
 from .circuit import Circuit
-from .statement import honest_unit_steps
+from .statement import Binding, honest_unit_steps
 
 
 @dataclass
@@ -42,8 +42,12 @@ def _zero_inputs(spec) -> list[list[float]]:
     return [[0.0] * n] * 3 + small + [[0.0] * n] * spec.slots
 
 
-def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path) -> tuple[Proof, float, float]:
-    """Witness + proof of one proof: ``slots`` holds up to B (slot, Step) pairs; missing ones are padding."""
+def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path,
+                binding: Binding) -> tuple[Proof, float, float]:
+    """Witness + proof of one proof: ``slots`` holds up to B (slot, Step) pairs; missing ones are padding.
+
+    The proof is bound to ``binding``; its public binding values are not kept in the :class:`Proof` (the
+    verifier supplies its own)."""
     import ezkl
 
     spec = circuit.spec
@@ -53,6 +57,7 @@ def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workd
     inputs: list[list[float]] = []
     for entry in slots:
         inputs += _zero_inputs(spec) if entry is None else entry[1].inputs(spec)
+    inputs.append([float(v) for v in binding.values()])
     data, witness, proof = workdir / "input.json", workdir / "witness.json", workdir / "proof.json"
     data.write_text(json.dumps({"input_data": inputs}))
     t0 = time.perf_counter()
@@ -61,20 +66,30 @@ def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workd
     ezkl.prove(str(witness), circuit.compiled, circuit.pk, str(proof), srs_path=circuit.srs)
     t2 = time.perf_counter()
     pj = json.loads(proof.read_text())
-    out = Proof([None if e is None else e[0] for e in slots], bytes(pj["proof"]),
-                [bytes.fromhex(h) for h in pj["instances"][0]])
+    public = [bytes.fromhex(h) for h in pj["instances"][0]]
+    if public[spec.num_residuals:] != binding_instances(circuit, binding):
+        raise RuntimeError(f"circuit {spec.name()}: the proof's public binding values are not the binding's "
+                           "(stale circuit keys?)")
+    out = Proof([None if e is None else e[0] for e in slots], bytes(pj["proof"]), public[:spec.num_residuals])
     return out, t1 - t0, t2 - t1
 
 
-def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, progress=None) -> tuple[list[Proof], float, float]:
-    """Prove every block's step chain (honest or not: the circuit decides), B steps per proof."""
+def binding_instances(circuit: Circuit, binding: Binding) -> list[bytes]:
+    """The public values a proof bound to ``binding`` carries after its residuals: 2b at scale S."""
+    return [int_to_felt(2 * v << circuit.spec.scale) for v in binding.values()]
+
+
+def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, binding: Binding,
+                 progress=None) -> tuple[list[Proof], float, float]:
+    """Prove every block's step chain (honest or not: the circuit decides), B steps per proof, bound to
+    ``binding``."""
     entries = [(Slot(int(b), i, tuple(int(c) for c in st.columns)), st)
                for b, steps in chains.items() for i, st in enumerate(steps)]
     per = circuit.spec.steps
     proofs, witness_s, prove_s = [], 0.0, 0.0
     task = progress.add_task("prove", total=len(entries)) if progress is not None else None
     for start in range(0, len(entries), per):
-        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir)
+        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir, binding)
         proofs.append(pr)
         witness_s += ws
         prove_s += ps
@@ -86,7 +101,7 @@ def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, progr
 
 
 def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, blocks: np.ndarray,
-                     theta_p: np.ndarray, h_hat: np.ndarray, local_masks: np.ndarray,
+                     theta_p: np.ndarray, h_hat: np.ndarray, local_masks: np.ndarray, binding: Binding | None = None,
                      progress=None) -> tuple[ProofBundle, np.ndarray, ProveReport]:
     """Prove the update of every touched proof unit (G consecutive blocks; G = 1: one block).
 
@@ -94,8 +109,11 @@ def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, b
     ``h_hat`` (T, G, d, d) the quantised normalised inverse Fisher blocks that were registered;
     ``local_masks`` (T, G, d) bool. Returns the bundle, the quantised unlearned weights θu (same shape as
     ``theta_p``) that the proof commits to (the client writes exactly these into its model) and a
-    :class:`ProveReport`.
+    :class:`ProveReport`. ``binding`` (default: the request id alone) is what every proof answers.
     """
+    binding = binding or Binding(request_id)
+    if binding.request_id != request_id:
+        raise ValueError(f"the binding names request {binding.request_id!r}, the bundle answers {request_id!r}")
     spec = circuit.spec
     shape = theta_p.shape
     t_units = len(blocks)
@@ -108,7 +126,7 @@ def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, b
         chains[int(blocks[t])] = honest_unit_steps(theta_p[t], h_hat[t], local_masks[t], spec)
         theta_u[t] = chains[int(blocks[t])][-1].theta_out
     with tempfile.TemporaryDirectory(prefix="zkapex-prove-") as tmp:
-        proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), progress)
+        proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), binding, progress)
     bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, proofs,
                          meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)})
     theta_u = theta_u.reshape(shape)

@@ -16,7 +16,7 @@ from .bundle import ProofBundle
 from .circuit import Circuit, CircuitSpec, get_circuit
 from .commitments import BlockCommitments, register_blocks
 from .prover import ProveReport, prove_unlearning
-from .statement import normalized_inverse, quantize
+from .statement import Binding, normalized_inverse, quantize
 
 DEFAULT_SLOTS = 2
 DEFAULT_SCALE = 16
@@ -61,13 +61,15 @@ class ClientProver:
         units = np.flatnonzero(dense.any(axis=(1, 2)))
         return (units, self.theta.reshape(-1, g, d)[units], self.h_hat.reshape(-1, g, d, d)[units], dense[units])
 
-    def unlearn(self, model: nn.Module, mask: UnlearningMask, request_id: str,
+    def unlearn(self, model: nn.Module, mask: UnlearningMask, request_id: str, binding: Binding | None = None,
                 progress=None) -> tuple[ProofBundle, ProveReport]:
-        """Prove the Group-OBS update for ``mask`` and write θu into ``model`` (the proven values)."""
+        """Prove the Group-OBS update for ``mask`` and write θu into ``model`` (the proven values).
+
+        ``binding``: the request, round nonce and node the provider asked (default: the request id alone)."""
         units, theta, h_hat, masks = self.unit_arrays(mask)
         bundle, theta_u, report = prove_unlearning(
             self.circuit, request_id=request_id, layout_digest=self.layout.digest(), blocks=units,
-            theta_p=theta, h_hat=h_hat, local_masks=masks, progress=progress)
+            theta_p=theta, h_hat=h_hat, local_masks=masks, binding=binding, progress=progress)
         g, d = self.circuit.spec.group, self.layout.block_size
         blocks = (units[:, None] * g + np.arange(g)[None, :]).reshape(-1)
         self.theta = self.theta.copy()

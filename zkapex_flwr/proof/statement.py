@@ -18,9 +18,13 @@ position it does not mask have no effect.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
+
+BINDING_BITS = 24   # bits per binding value (circuit.BINDING_CHUNKS of them)
 
 
 def quantize(x, scale: int) -> np.ndarray:
@@ -35,6 +39,27 @@ def normalized_inverse(c: np.ndarray, scale: int) -> np.ndarray:
     h = 0.5 * (h + np.swapaxes(h, -1, -2))
     h /= np.abs(h).max(axis=(-2, -1), keepdims=True)
     return quantize(h, scale)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a proof answers: the request, the round's nonce and the node, hashed into the circuit's
+    binding input. The provider rebuilds it from its own records, so a proof made for another request,
+    round or node fails the SNARK check. A local run without a provider binds the request id alone."""
+
+    request_id: str
+    nonce: str = ""
+    node: str = ""
+
+    def values(self) -> list[int]:
+        """The binding input: the first 144 bits of SHA-256 over the canonical encoding, in 24-bit values."""
+        from .circuit import BINDING_CHUNKS
+
+        text = json.dumps({"request": str(self.request_id), "nonce": str(self.nonce), "node": str(self.node)},
+                          sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(b"zkapex-binding|" + text.encode()).digest()
+        step = BINDING_BITS // 8
+        return [int.from_bytes(digest[i * step:(i + 1) * step], "big") for i in range(BINDING_CHUNKS)]
 
 
 @dataclass

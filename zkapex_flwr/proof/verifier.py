@@ -13,7 +13,9 @@ client's registry entry, the request's mask and its own circuit keys, in this or
 3. per unit: the steps' columns are exactly the mask's canonical steps — the unit's masked positions
    in order, K per step, so the chain has ⌈k_u/K⌉ steps — → ``wrong-mask`` (a prefix of them whose
    last step carries no mask → ``incomplete``);
-4. every proof's SNARK (``ezkl.verify``) → ``invalid-proof``;
+4. every proof's SNARK (``ezkl.verify``), with the public binding values the verifier derives from the
+   round's request, nonce and node (:class:`Binding`) → ``invalid-proof``: a proof made for another
+   request, round or node does not verify;
 5. commitments inside the proofs: padding slots commit to zero in every input → ``malformed``; first
    θ_in = registered θp → ``stale-model``; links θ_out = next θ_in → ``malformed``; slot columns =
    registered Ĥ columns (zero commitment in unused column slots) → ``fisher-mismatch``; mask input =
@@ -38,11 +40,12 @@ import numpy as np
 from .bundle import MalformedBundle, ProofBundle, circuit_id_problem, felt_to_int, short_repr
 from .circuit import Circuit
 from .commitments import COMMITMENT_BYTES, BlockCommitments, commit_vectors, zero_commitment
-from .statement import residual_tolerance, selector_values, step_selector, unit_columns
+from .prover import binding_instances
+from .statement import Binding, residual_tolerance, selector_values, step_selector, unit_columns
 
 REASONS = ("compliant", "malformed", "incomplete", "invalid-proof", "stale-model", "fisher-mismatch", "wrong-mask",
            "kkt-violation", "wrong-circuit", "no-response", "late-commit",
-           "duplicate-commitment")
+           "duplicate-commitment", "duplicate-identity")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Verdict:
 
 
 def _snark_ok(circuit: Circuit, proof: bytes, instances: list[bytes], tmp: Path) -> bool:
+    """Whether ``proof`` verifies for exactly these public values (residuals, then the binding)."""
     import ezkl
 
     path = tmp / "proof.json"
@@ -93,9 +97,8 @@ def proof_length(circuit: Circuit) -> int:
     except (OSError, ValueError, AttributeError):
         pass
     from .prover import prove_slots
-
     with tempfile.TemporaryDirectory(prefix="zkapex-proof-length-") as tmp:
-        n = len(prove_slots(circuit, [], Path(tmp))[0].proof)
+        n = len(prove_slots(circuit, [], Path(tmp), Binding("proof-length"))[0].proof)
     _PROOF_BYTES[circuit.circuit_id] = n
     try:
         tmp_path = path.with_suffix(f".{os.getpid()}.tmp")
@@ -136,20 +139,25 @@ class Verifier:
         return self._selector_commitments[key]
 
     def verify(self, data: bytes, registry: BlockCommitments, mask, *, menu=None,
-               request_id: str | None = None) -> Verdict:
+               request_id: str | None = None, binding: Binding | None = None) -> Verdict:
         """Verdict on bundle bytes ``data`` for a client with ``registry`` entry and request ``mask``.
 
         ``menu``: the circuit ids the provider offers. A bundle for an id outside it (or for no id at all)
         is ``malformed``; one for another circuit of the menu is ``wrong-circuit``. Without a menu every
         well-formed id other than this verifier's is ``wrong-circuit``. ``request_id``: the request the
-        bundle must answer (a bundle for another request is ``malformed``). Never raises on the bytes.
+        bundle must answer (a bundle for another request is ``malformed``). ``binding``: the request,
+        round nonce and node the proofs must be bound to (the provider always gives it; without it, the
+        bundle's request id alone, as a local prover binds). Never raises on the bytes.
         """
+        if binding is not None and request_id is not None and binding.request_id != request_id:
+            raise ValueError(f"the binding names request {binding.request_id!r}, the verdict is for {request_id!r}")
         t0 = time.perf_counter()
-        verdict = self._verify(data, registry, mask, menu, request_id)
+        verdict = self._verify(data, registry, mask, menu, request_id if binding is None else binding.request_id,
+                               binding)
         verdict.verify_ms = 1000.0 * (time.perf_counter() - t0)
         return verdict
 
-    def _verify(self, data: bytes, registry: BlockCommitments, mask, menu, request_id) -> Verdict:
+    def _verify(self, data: bytes, registry: BlockCommitments, mask, menu, request_id, binding) -> Verdict:
         circ, spec = self.circuit, self.circuit.spec
         layout = mask.layout
         g = spec.group
@@ -194,9 +202,9 @@ class Verifier:
         for pi, pr in enumerate(bundle.proofs):
             if len(pr.slots) != spec.steps:
                 return Verdict("malformed", f"proof {pi} has {len(pr.slots)} slots, the circuit has {spec.steps}")
-            if len(pr.instances) != 2 * spec.unit_size * spec.steps:
+            if len(pr.instances) != spec.num_residuals:
                 return Verdict("malformed", f"proof {pi} has {len(pr.instances)} public values, expected "
-                                            f"{2 * spec.unit_size * spec.steps}")
+                                            f"{spec.num_residuals}")
             if len(pr.proof) != self.proof_bytes:
                 return Verdict("malformed", f"proof {pi} has {len(pr.proof)} bytes, circuit {circ.circuit_id[:12]}… "
                                             f"proves in {self.proof_bytes}")
@@ -245,10 +253,12 @@ class Verifier:
         for pi, pr in enumerate(bundle.proofs):
             if all(sl is None for sl in pr.slots):
                 return Verdict("malformed", f"proof {pi} proves no step: every slot is padding")
+        bound = binding_instances(circ, binding or Binding(bundle.request_id))
         with tempfile.TemporaryDirectory(prefix="zkapex-verify-") as tmp:
             for pi, pr in enumerate(bundle.proofs):
-                if not _snark_ok(circ, pr.proof, pr.instances, Path(tmp)):
-                    return Verdict("invalid-proof", f"proof {pi}: the SNARK does not verify", steps_verified=pi)
+                if not _snark_ok(circ, pr.proof, pr.instances + bound, Path(tmp)):
+                    return Verdict("invalid-proof", f"proof {pi}: the SNARK does not verify for this request, round "
+                                                    "and node", steps_verified=pi)
         one = 2 ** spec.residual_scale
 
         def commitment(pi: int, si: int, i: int) -> bytes:

@@ -20,6 +20,9 @@ from torch import nn
 DEFAULT_SCOPE = r"(^|\.)fc1\.weight$"   # the paper's scope: every transformer block's MLP up-projection
 CLASSIFIER_HEAD = r"^head\.weight$"     # a timm ViT's classifier: one row of weights per class
 VERIFIED_SCOPE = DEFAULT_SCOPE + "|" + CLASSIFIER_HEAD  # the verified default for image classifiers
+# the verified default for language models: both MLP projections of every block (a causal LM's output head
+# is tied to its embeddings, so it cannot be the class-specific lever the ViT head is)
+VERIFIED_LM_SCOPE = r"(^|\.)fc[12]\.weight$"
 
 
 @dataclass(frozen=True)
