@@ -20,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import secrets
 import time
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
 
     layout = BlockLayout.from_model(Scope(), d)
     t0 = time.perf_counter()
-    registry = register_blocks(circuit, layout.digest(), theta, h_hat)
+    salt_key = secrets.token_bytes(32)   # salted (hiding) commitments, as every client makes them
+    registry = register_blocks(circuit, layout.digest(), theta, h_hat, salt_key=salt_key)
     register_ms = 1000 * (time.perf_counter() - t0) / n
     unit_pos = [rng.choice(d, size=slots, replace=False) for _ in range(steps)]  # shared by a unit's blocks
     idx = torch.cat([b * d + torch.as_tensor(unit_pos[b // group]) for b in range(n)])
@@ -80,7 +82,7 @@ def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
         bundle, _, report = prove_unlearning(circuit, request_id="bench", layout_digest=layout.digest(),
                                              blocks=np.arange(steps), theta_p=theta.reshape(steps, group, d),
                                              h_hat=h_hat.reshape(steps, group, d, d),
-                                             local_masks=local.reshape(steps, group, d))
+                                             local_masks=local.reshape(steps, group, d), salt_key=salt_key)
         prove.append(report.prove_s)
         witness.append(report.witness_s)
         data = bundle.to_bytes()

@@ -178,7 +178,7 @@ def build_fleet(n_clients: int, cheats, malformed, seed: int, quick: bool = Fals
     t0 = time.perf_counter()
     honest = []
     for c, prover in enumerate(clients):   # the real client path, on a copy (unlearn moves θ to θu)
-        copy = ClientProver(prover.circuit, prover.layout, prover.theta, prover.h_hat, prover.registry)
+        copy = prover.copy()
         bundle, _ = copy.unlearn(models[c], mask, REQUEST)
         honest.append(bundle.to_bytes())
         fleet.pool.append(Item(f"honest/{c}", "honest", "honest", c, honest[-1], "compliant"))

@@ -55,7 +55,7 @@ def test_honest_bundle_is_compliant_and_moves_registry(world):
     assert set(verdict.new_theta) == {b // g for b in (0, 2, 5)}
     # the registry after the round holds θu's commitments; re-registering θu gives the same bytes
     honest_model = Tiny(0)
-    bundle, report = a.__class__(a.circuit, a.layout, a.theta, a.h_hat, a.registry).unlearn(honest_model, mask, "r1")
+    bundle, report = a.copy().unlearn(honest_model, mask, "r1")
     units, _, _, masks = a.unit_arrays(mask)
     expected_steps = sum(-(-int(m.any(0).sum()) // a.circuit.spec.slots) for m in masks)
     assert report.masked_weights == 7 and report.steps == expected_steps

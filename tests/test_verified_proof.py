@@ -43,7 +43,7 @@ def test_class_mask_takes_the_head_row_and_is_proven_compliant(world):
     head = layout.tensor_mask(CLASSIFIER_HEAD)
     assert head[mask.indices].any()  # the saliency put part of the mask on the classifier head
     proven = clone_model(theta_p)
-    bundle, _ = ClientProver(prover.circuit, layout, prover.theta, prover.h_hat, prover.registry).unlearn(
+    bundle, _ = prover.copy().unlearn(
         proven, mask, "verified")
     verdict = Verifier(prover.circuit).verify(bundle.to_bytes(), prover.registry, mask)
     assert verdict.reason == "compliant", verdict.detail

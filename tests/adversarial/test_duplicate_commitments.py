@@ -6,7 +6,7 @@ refuses commitments (θ or Fisher) that another node registered, and the copier 
 ``duplicate-commitment``. Real ClientApp, prover and verifier, in process.
 """
 import pytest
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flower_world import MLP, client_app
@@ -14,7 +14,7 @@ from simulations.sync_grid import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
-from zkapex_flwr.protocol import COMMIT, UNLEARN
+from zkapex_flwr.protocol import COMMIT, CONFIG, UNLEARN
 from zkapex_flwr.registry import DuplicateCommitments
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import train
@@ -25,19 +25,28 @@ VICTIM, COPIER = 100, 101
 
 
 class CollusionGrid(SyncGrid):
-    """Node 101 answers every commit and unlearning message with node 100's reply to the same message."""
+    """Node 101 answers every commit and unlearning message with node 100's reply to the same message
+    (node 100 is asked first: the grid delivers in node order)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.victim_replies: dict[str, Message] = {}   # message type -> node 100's latest reply
 
     def push_messages(self, messages):
         ids = []
         for m in messages:
-            if m.metadata.dst_node_id == COPIER and m.metadata.message_type in (COMMIT, UNLEARN):
-                forwarded = Message(m.content, dst_node_id=VICTIM, message_type=m.metadata.message_type)
-                victim_reply = self.app(forwarded, self.contexts[VICTIM])
-                mid = super().push_messages([m])[0]          # 101's own answer is dropped ...
-                self.replies[mid] = Message(victim_reply.content, reply_to=m)   # ... for the victim's
-                ids.append(mid)
-            else:
-                ids += super().push_messages([m])
+            kind = m.metadata.message_type
+            mid = super().push_messages([m])[0]
+            if m.metadata.dst_node_id == VICTIM and mid in self.replies:
+                self.victim_replies[kind] = self.replies[mid]
+            if m.metadata.dst_node_id == COPIER and kind in (COMMIT, UNLEARN) and kind in self.victim_replies:
+                content = self.victim_replies[kind].content   # 101's own answer is dropped for the victim's ...
+                if kind == COMMIT:   # ... under its own identity (the victim's would be refused as a duplicate)
+                    config = ConfigRecord(dict(content.config_records[CONFIG]))
+                    config["identity"] = "partition-1"
+                    content = RecordDict({**{k: v for k, v in content.items() if k != CONFIG}, CONFIG: config})
+                self.replies[mid] = Message(content, reply_to=m)
+            ids.append(mid)
         return ids
 
 

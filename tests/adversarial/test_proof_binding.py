@@ -23,7 +23,7 @@ def victim(two_layers):
     prover = ClientProver.register(model, layout, fisher, damping=0.1)
     mask = UnlearningMask(torch.tensor([3, 40, 41]), layout)
     bound = Binding("r1", "nonce-a", "100")
-    data = ClientProver(prover.circuit, layout, prover.theta, prover.h_hat, prover.registry).unlearn(
+    data = prover.copy().unlearn(
         model.__class__(0), mask, "r1", binding=bound)[0].to_bytes()
     return prover, mask, bound, data
 

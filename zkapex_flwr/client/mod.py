@@ -151,6 +151,7 @@ class VerifiedUnlearningMod:
         info = {"personalization_acc": accuracy(model, node.task, node.test)} if node.test is not None else {}
         state = NodeState(model={k: v.detach().clone() for k, v in model.state_dict().items()}, theta=prover.theta,
                           h_hat=prover.h_hat, spec=spec, layout=layout, registry=prover.registry.to_bytes(),
+                          salt_key=prover.salt_key,
                           circuit_id=prover.circuit.circuit_id, info=info)
         state.save(context)
         reply = CommitReply(state.registry, state.circuit_id, spec, layout.digest(), node_identity(context))

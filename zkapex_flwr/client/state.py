@@ -53,6 +53,7 @@ class NodeState:
     layout: BlockLayout
     registry: bytes
     circuit_id: str
+    salt_key: bytes              # the secret the node's commitments are salted with (never leaves the node)
     sent: dict[str, bytes] = field(default_factory=dict)   # 'request id|nonce' -> bundle already sent
     info: dict[str, float] = field(default_factory=dict)   # e.g. personalization accuracy at commit
     # the model and registered θ from before the last request this node answered: if that request comes
@@ -75,7 +76,8 @@ class NodeState:
             raise MissingState(f"the circuit {self.spec.name()} on this node now has id {circuit.circuit_id[:12]}…, "
                                f"but the node registered with {self.circuit_id[:12]}… (keys or SRS changed): "
                                "re-run the commit phase")
-        return ClientProver(circuit, self.layout, self.theta, self.h_hat, BlockCommitments.from_bytes(self.registry))
+        return ClientProver(circuit, self.layout, self.theta, self.h_hat, BlockCommitments.from_bytes(self.registry),
+                            self.salt_key)
 
     def save(self, context: Context) -> None:
         context.state[MODEL] = ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in self.model.items()})
@@ -84,7 +86,7 @@ class NodeState:
         ids = list(self.sent)[-KEEP_BUNDLES:]
         context.state[META] = ConfigRecord({
             "spec": spec_to_json(self.spec), "layout": json.dumps(self.layout.to_dict()), "registry": self.registry,
-            "circuit-id": self.circuit_id, "sent-ids": ids, "sent-bundles": [self.sent[i] for i in ids],
+            "salt-key": self.salt_key, "circuit-id": self.circuit_id, "sent-ids": ids, "sent-bundles": [self.sent[i] for i in ids],
             "info": json.dumps(self.info), "before-id": self.before_id})
         if self.before_model is not None:
             context.state[BEFORE] = ArrayRecord(torch_state_dict={
@@ -104,6 +106,7 @@ class NodeState:
                 "sent-ids": ids, "info": self.info, "before-id": self.before_id}
         buf = io.BytesIO()
         np.savez(buf, theta=self.theta, h_hat=self.h_hat, registry=np.frombuffer(self.registry, dtype=np.uint8),
+                 salt_key=np.frombuffer(self.salt_key, dtype=np.uint8),
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, buf.getvalue())
@@ -118,6 +121,7 @@ class NodeState:
                 before = {k[len("before/"):]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("before/")}
                 return NodeState(model=model, theta=z["theta"], h_hat=z["h_hat"], spec=spec_from_json(meta["spec"]),
                                  layout=BlockLayout.from_dict(meta["layout"]), registry=z["registry"].tobytes(),
+                                 salt_key=z["salt_key"].tobytes(),
                                  circuit_id=meta["circuit-id"], sent=sent, info=meta["info"],
                                  before_id=meta["before-id"], before_model=before or None,
                                  before_theta=z["before_theta"] if before else None)
@@ -144,5 +148,5 @@ class NodeState:
         return NodeState(model=context.state[MODEL].to_torch_state_dict(), theta=theta, h_hat=h_hat,
                          before_id=meta.get("before-id", ""), before_model=before, before_theta=before_theta,
                          spec=spec_from_json(meta["spec"]), layout=BlockLayout.from_dict(json.loads(meta["layout"])),
-                         registry=meta["registry"], circuit_id=meta["circuit-id"],
+                         registry=meta["registry"], salt_key=meta["salt-key"], circuit_id=meta["circuit-id"],
                          sent=dict(zip(meta["sent-ids"], meta["sent-bundles"])), info=json.loads(meta["info"]))

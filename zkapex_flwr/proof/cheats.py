@@ -26,7 +26,8 @@ def prove_steps(prover, chains: dict[int, list[Step]], request_id: str, binding:
     :func:`~zkapex_flwr.proof.statement.honest_unit_steps`, then change them) and let the real prover
     prove them; the verifier decides."""
     with tempfile.TemporaryDirectory(prefix="zkapex-cheat-") as tmp:
-        proofs = prove_chains(prover.circuit, chains, Path(tmp), binding or Binding(request_id))[0]
+        proofs = prove_chains(prover.circuit, chains, Path(tmp), binding or Binding(request_id),
+                              salt_key=prover.salt_key)[0]
     return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, proofs)
 
 

@@ -16,6 +16,11 @@ again as public values after the residuals: b encodes the request, the round's n
 proof answers (:class:`~zkapex_flwr.proof.statement.Binding`). The verifier supplies b itself, so a proof
 made for another request, round or node does not verify (docs/proof-design.md §2).
 
+Every step input also ends in ``SALT_CELLS`` salt cells that no constraint reads. The client fills them,
+for its private inputs (θ, y, Ĥ stripes), from a keyed PRF of the values (:func:`statement.salt_cells`),
+so the KZG commitments in its registry and proofs are hiding; public inputs (m, s, padding) carry zero
+salt, which is what the verifier commits to itself (docs/proof-design.md §3).
+
 An unused step slot carries all-zero inputs (a true, empty statement); the verifier demands the zero
 commitment for each of its inputs, so a real block cannot sit in a padding slot.
 
@@ -42,8 +47,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORM = "col-v3"   # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound
+FORM = "col-v4"   # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound;
+#                   v4: every step input carries salt cells (hiding commitments)
 BINDING_CHUNKS = 6   # the binding input: 6 values of 24 bits (exact through fixed-point scales up to 2^24)
+SALT_CELLS = 8       # cells appended to every step input, ignored by the arithmetic (statement.salt_cells)
 
 
 def cache_root() -> Path:
@@ -180,8 +187,9 @@ class CircuitSpec:
         return self.steps * self.group * (2 * self.d * self.slots + 4 * self.d)
 
     def input_shapes(self) -> list[tuple[int, int]]:
-        n = self.unit_size
-        small = [(1, self.group * self.slots)] * (2 if self.selector else 1)   # y (and s)
+        """Every step input is its values followed by ``SALT_CELLS`` salt cells; the binding comes last."""
+        n = self.unit_size + SALT_CELLS
+        small = [(1, self.group * self.slots + SALT_CELLS)] * (2 if self.selector else 1)   # y (and s)
         return ([(1, n)] * 3 + small + [(1, n)] * self.slots) * self.steps + [(1, BINDING_CHUNKS)]
 
     def name(self) -> str:
@@ -199,7 +207,7 @@ def _torch_module(spec: CircuitSpec):
         def forward(self, *xs):
             outs = []
             for b in range(spec.steps):
-                step = xs[b * per:(b + 1) * per]
+                step = [x[:, :-SALT_CELLS] for x in xs[b * per:(b + 1) * per]]   # the salt enters no arithmetic
                 theta_in, theta_out, m, y = step[:4]
                 cols = step[spec.column_input:]
                 if g == 1:
@@ -262,7 +270,8 @@ def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     mask = np.zeros((n, d), dtype=bool)
     mask[:, rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
     steps = honest_unit_steps(theta, h, mask, spec)
-    return steps[-1].inputs(spec) * spec.steps + [[float(v) for v in Binding("calibration", "", "").values()]]
+    salted = steps[-1].inputs(spec, salt_key=b"calibration")   # salts of full size in the calibration data
+    return salted * spec.steps + [[float(v) for v in Binding("calibration", "", "").values()]]
 
 
 def get_circuit(spec: CircuitSpec) -> Circuit:
@@ -316,7 +325,8 @@ def get_circuit(spec: CircuitSpec) -> Circuit:
 def _circuit_id(spec: CircuitSpec, logrows: int, vk_path: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"form": FORM, **asdict(spec), "logrows": logrows, "ezkl": ezkl_version(),
-                         "srs": srs_identity(logrows)}, sort_keys=True).encode())
+                         "srs": srs_identity(logrows), "salt_cells": SALT_CELLS, "binding": BINDING_CHUNKS},
+                        sort_keys=True).encode())
     with open(vk_path, "rb") as fh:
         h.update(fh.read())
     return h.hexdigest()[:32]

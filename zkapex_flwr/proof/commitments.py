@@ -9,7 +9,9 @@ own chunk of 2^logrows − 6 usable rows (one commitment per chunk).
 What a client registers after personalization (phase 2, before any mask is known), per proof unit u
 (G consecutive Fisher blocks; G = 1: one block): the commitment of its quantised θp (G·d values) and of
 each of its d stripes — stripe i is column i of every block's Ĥ_b = C_b⁻¹/max|C_b⁻¹|, concatenated.
-Commitments are deterministic and not hiding (see docs/proof-design.md).
+Every committed vector ends in salt cells that the circuit ignores: the client fills them from a keyed
+PRF of the values (:func:`~zkapex_flwr.proof.statement.salt_cells`), which makes the commitments hiding
+against a provider who can guess low-entropy values (docs/proof-design.md §3).
 """
 from __future__ import annotations
 
@@ -36,9 +38,13 @@ def _g1_bytes(point) -> bytes:
     return bytes.fromhex(point.x)[::-1] + bytes.fromhex(point.y)[::-1]
 
 
-def commit_vectors(circuit: Circuit, vectors: list[np.ndarray], chunk: int = 4096) -> list[bytes]:
-    """64-byte KZG commitments of each vector (length ≤ d), as the circuit's proofs will carry them."""
+def commit_vectors(circuit: Circuit, vectors: list[np.ndarray], chunk: int = 4096,
+                   salt_key: bytes | None = None) -> list[bytes]:
+    """64-byte KZG commitments of each vector (length ≤ d) followed by its salt cells, as the circuit's
+    proofs will carry them (``salt_key=None``: zero salt, the commitment of a public vector)."""
     import ezkl
+
+    from .statement import salt_cells
 
     usable = 2**circuit.logrows - BLINDING_ROWS
     zero = ezkl.float_to_felt(0.0, circuit.spec.scale)
@@ -47,10 +53,11 @@ def commit_vectors(circuit: Circuit, vectors: list[np.ndarray], chunk: int = 409
         felts: list[str] = []
         batch = vectors[start:start + chunk]
         for v in batch:
-            if len(v) > usable:
+            cells = list(np.asarray(v, dtype=np.float64).reshape(-1)) + salt_cells(salt_key, v, circuit.spec.scale)
+            if len(cells) > usable:
                 raise ValueError(f"vector of {len(v)} values does not fit a 2^{circuit.logrows} column")
-            felts += [ezkl.float_to_felt(float(x), circuit.spec.scale) for x in v]
-            felts += [zero] * (usable - len(v))
+            felts += [ezkl.float_to_felt(float(x), circuit.spec.scale) for x in cells]
+            felts += [zero] * (usable - len(cells))
         points = ezkl.kzg_commit(felts, circuit.vk, circuit.settings, circuit.srs)
         if len(points) < len(batch):  # ezkl appends one commitment of the (empty) tail chunk
             raise RuntimeError(f"kzg_commit returned {len(points)} commitments for {len(batch)} vectors")
@@ -177,8 +184,9 @@ def _read_npz(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
 
 
 def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarray, h_blocks: np.ndarray,
-                    progress=None) -> BlockCommitments:
-    """Commit quantised θp blocks ``(n, d)`` and the stripes of Ĥ blocks ``(n, d, d)``, per unit of G blocks."""
+                    progress=None, salt_key: bytes | None = None) -> BlockCommitments:
+    """Commit quantised θp blocks ``(n, d)`` and the stripes of Ĥ blocks ``(n, d, d)``, per unit of G blocks,
+    salted with ``salt_key`` (the client's secret; None: unsalted, not hiding)."""
     n, d = theta_blocks.shape
     g = circuit.spec.group
     if h_blocks.shape != (n, d, d) or d != circuit.spec.d:
@@ -186,7 +194,8 @@ def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarr
     if n % g:
         raise ValueError(f"{n} Fisher blocks do not split into proof units of {g} blocks")
     units = n // g
-    theta = np.frombuffer(b"".join(commit_vectors(circuit, list(theta_blocks.reshape(units, g * d)))),
+    theta = np.frombuffer(b"".join(commit_vectors(circuit, list(theta_blocks.reshape(units, g * d)),
+                                                  salt_key=salt_key)),
                           dtype=np.uint8).reshape(units, 64)
     stripes = h_blocks.reshape(units, g, d, d).transpose(0, 3, 1, 2).reshape(units, d, g * d)  # [u, i] = Ĥ[:, :, i]
     cols = []
@@ -194,7 +203,7 @@ def register_blocks(circuit: Circuit, layout_digest: str, theta_blocks: np.ndarr
     task = progress.add_task("register commitments", total=units) if progress is not None else None
     for start in range(0, units, step):
         vecs = list(stripes[start:start + step].reshape(-1, g * d))
-        cols.append(np.frombuffer(b"".join(commit_vectors(circuit, vecs)), dtype=np.uint8))
+        cols.append(np.frombuffer(b"".join(commit_vectors(circuit, vecs, salt_key=salt_key)), dtype=np.uint8))
         if task is not None:
             progress.update(task, completed=min(units, start + step))
     if task is not None:

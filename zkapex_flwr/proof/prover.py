@@ -37,17 +37,15 @@ class ProveReport:
 
 
 def _zero_inputs(spec) -> list[list[float]]:
-    n = spec.unit_size
-    small = [[0.0] * (spec.group * spec.slots)] * (2 if spec.selector else 1)   # y (and the selector)
-    return [[0.0] * n] * 3 + small + [[0.0] * n] * spec.slots
+    return [[0.0] * shape[1] for shape in spec.input_shapes()[:spec.inputs_per_step]]   # zero values, zero salt
 
 
 def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path,
-                binding: Binding) -> tuple[Proof, float, float]:
+                binding: Binding, salt_key: bytes | None = None) -> tuple[Proof, float, float]:
     """Witness + proof of one proof: ``slots`` holds up to B (slot, Step) pairs; missing ones are padding.
 
     The proof is bound to ``binding``; its public binding values are not kept in the :class:`Proof` (the
-    verifier supplies its own)."""
+    verifier supplies its own). ``salt_key``: the client's commitment salt key (None: unsalted)."""
     import ezkl
 
     spec = circuit.spec
@@ -56,7 +54,7 @@ def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workd
     slots = list(slots) + [None] * (spec.steps - len(slots))
     inputs: list[list[float]] = []
     for entry in slots:
-        inputs += _zero_inputs(spec) if entry is None else entry[1].inputs(spec)
+        inputs += _zero_inputs(spec) if entry is None else entry[1].inputs(spec, salt_key)
     inputs.append([float(v) for v in binding.values()])
     data, witness, proof = workdir / "input.json", workdir / "witness.json", workdir / "proof.json"
     data.write_text(json.dumps({"input_data": inputs}))
@@ -80,7 +78,7 @@ def binding_instances(circuit: Circuit, binding: Binding) -> list[bytes]:
 
 
 def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, binding: Binding,
-                 progress=None) -> tuple[list[Proof], float, float]:
+                 progress=None, salt_key: bytes | None = None) -> tuple[list[Proof], float, float]:
     """Prove every block's step chain (honest or not: the circuit decides), B steps per proof, bound to
     ``binding``."""
     entries = [(Slot(int(b), i, tuple(int(c) for c in st.columns)), st)
@@ -89,7 +87,7 @@ def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, bindi
     proofs, witness_s, prove_s = [], 0.0, 0.0
     task = progress.add_task("prove", total=len(entries)) if progress is not None else None
     for start in range(0, len(entries), per):
-        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir, binding)
+        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir, binding, salt_key)
         proofs.append(pr)
         witness_s += ws
         prove_s += ps
@@ -102,14 +100,15 @@ def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, bindi
 
 def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, blocks: np.ndarray,
                      theta_p: np.ndarray, h_hat: np.ndarray, local_masks: np.ndarray, binding: Binding | None = None,
-                     progress=None) -> tuple[ProofBundle, np.ndarray, ProveReport]:
+                     salt_key: bytes | None = None, progress=None) -> tuple[ProofBundle, np.ndarray, ProveReport]:
     """Prove the update of every touched proof unit (G consecutive blocks; G = 1: one block).
 
     ``blocks`` (T,) touched unit ids; ``theta_p`` (T, G, d) personalized weights (or (T, d) when G = 1);
     ``h_hat`` (T, G, d, d) the quantised normalised inverse Fisher blocks that were registered;
     ``local_masks`` (T, G, d) bool. Returns the bundle, the quantised unlearned weights θu (same shape as
     ``theta_p``) that the proof commits to (the client writes exactly these into its model) and a
-    :class:`ProveReport`. ``binding`` (default: the request id alone) is what every proof answers.
+    :class:`ProveReport`. ``binding`` (default: the request id alone) is what every proof answers;
+    ``salt_key`` is the key the registry's commitments were salted with.
     """
     binding = binding or Binding(request_id)
     if binding.request_id != request_id:
@@ -126,7 +125,7 @@ def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, b
         chains[int(blocks[t])] = honest_unit_steps(theta_p[t], h_hat[t], local_masks[t], spec)
         theta_u[t] = chains[int(blocks[t])][-1].theta_out
     with tempfile.TemporaryDirectory(prefix="zkapex-prove-") as tmp:
-        proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), binding, progress)
+        proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), binding, progress, salt_key)
     bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, proofs,
                          meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)})
     theta_u = theta_u.reshape(shape)

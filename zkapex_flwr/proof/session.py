@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,12 +28,17 @@ class ClientProver:
     """A client's proving state: the registered θp and Ĥ blocks, the circuit and the registry entry."""
 
     def __init__(self, circuit: Circuit, layout: BlockLayout, theta: np.ndarray, h_hat: np.ndarray,
-                 registry: BlockCommitments):
+                 registry: BlockCommitments, salt_key: bytes | None):
         self.circuit = circuit
         self.layout = layout
         self.theta = theta    # (n_blocks, d) quantised, the currently registered weights
         self.h_hat = h_hat    # (n_blocks, d, d) quantised normalised inverse Fisher
         self.registry = registry
+        self.salt_key = salt_key   # the client's secret commitment salt key (never sent)
+
+    def copy(self) -> "ClientProver":
+        """An independent prover at the same registered state (unlearning moves only the copy)."""
+        return ClientProver(self.circuit, self.layout, self.theta.copy(), self.h_hat, self.registry, self.salt_key)
 
     @staticmethod
     def register(model: nn.Module, layout: BlockLayout, fisher: BlockFisher, damping: float, *,
@@ -49,8 +56,9 @@ class ClientProver:
         theta = quantize(layout.flatten(model).reshape(-1, layout.block_size).numpy(), scale)
         c = fisher.damped(torch.arange(layout.n_blocks), damping).numpy()
         h_hat = normalized_inverse(c, scale)
-        registry = register_blocks(circuit, layout.digest(), theta, h_hat, progress=progress)
-        return ClientProver(circuit, layout, theta, h_hat, registry)
+        salt_key = secrets.token_bytes(32)
+        registry = register_blocks(circuit, layout.digest(), theta, h_hat, progress=progress, salt_key=salt_key)
+        return ClientProver(circuit, layout, theta, h_hat, registry, salt_key)
 
     def unit_arrays(self, mask: UnlearningMask) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Touched proof units and their registered θ (T, G, d), Ĥ (T, G, d, d) and masks (T, G, d)."""
@@ -69,7 +77,8 @@ class ClientProver:
         units, theta, h_hat, masks = self.unit_arrays(mask)
         bundle, theta_u, report = prove_unlearning(
             self.circuit, request_id=request_id, layout_digest=self.layout.digest(), blocks=units,
-            theta_p=theta, h_hat=h_hat, local_masks=masks, binding=binding, progress=progress)
+            theta_p=theta, h_hat=h_hat, local_masks=masks, binding=binding, salt_key=self.salt_key,
+            progress=progress)
         g, d = self.circuit.spec.group, self.layout.block_size
         blocks = (units[:, None] * g + np.arange(g)[None, :]).reshape(-1)
         self.theta = self.theta.copy()

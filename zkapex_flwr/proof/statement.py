@@ -19,12 +19,28 @@ position it does not mask have no effect.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 
 import numpy as np
 
 BINDING_BITS = 24   # bits per binding value (circuit.BINDING_CHUNKS of them)
+SALT_BITS = 24      # bits per salt cell: k·2^-S is exact in float32 (ezkl reads inputs as f32) and quantises to k
+
+
+def salt_cells(salt_key: bytes | None, values, scale: int) -> list[float]:
+    """The salt cells of one committed vector: HMAC-SHA256(key, values) cut into ``SALT_CELLS`` integers
+    of 24 bits (192 bits in all), as the float inputs ``k·2^-S`` (which quantise to exactly k). Deterministic in the key
+    and the values, so the client recomputes the salt of any vector it committed, and a provider
+    without the key cannot confirm a guess of the values. ``salt_key=None``: zero salt (public vectors)."""
+    from .circuit import SALT_CELLS
+
+    if salt_key is None:
+        return [0.0] * SALT_CELLS
+    digest = hmac.new(salt_key, np.ascontiguousarray(values, dtype=np.float64).tobytes(), hashlib.sha256).digest()
+    step = SALT_BITS // 8
+    return [int.from_bytes(digest[i * step:(i + 1) * step], "big") * 2.0 ** -scale for i in range(SALT_CELLS)]
 
 
 def quantize(x, scale: int) -> np.ndarray:
@@ -74,8 +90,10 @@ class Step:
     h: np.ndarray          # (G, d, len(columns)) those columns of each block's Ĥ
     selector: np.ndarray | None = None  # (G, len(columns)) 0/1: block g masks column j (G > 1 circuits)
 
-    def inputs(self, spec) -> list[list[float]]:
-        """Flat input lists in the circuit's ONNX input order, padded to ``spec.slots`` columns."""
+    def inputs(self, spec, salt_key: bytes | None = None) -> list[list[float]]:
+        """Flat input lists in the circuit's ONNX input order, padded to ``spec.slots`` columns, each
+        followed by its salt cells: keyed for θ_in, θ_out, y and the used stripes; zero for the public
+        mask and selector and for unused column slots."""
         g, d = self.theta_in.shape
         k = len(self.columns)
         if k > spec.slots:
@@ -85,13 +103,17 @@ class Step:
         y = np.zeros((g, spec.slots))
         y[:, :k] = self.y
         stripes = [self.h[:, :, j].reshape(-1) for j in range(k)] + [np.zeros(g * d)] * (spec.slots - k)
-        head = [self.theta_in.reshape(-1).tolist(), self.theta_out.reshape(-1).tolist(),
-                self.mask.astype(float).reshape(-1).tolist(), y.reshape(-1).tolist()]
+        def salted(values, private: bool) -> list[float]:
+            values = np.asarray(values, dtype=np.float64).reshape(-1)
+            return values.tolist() + salt_cells(salt_key if private else None, values, spec.scale)
+
+        head = [salted(self.theta_in, True), salted(self.theta_out, True), salted(self.mask.astype(float), False),
+                salted(y, True)]
         if spec.selector:
             if self.selector is None:
                 raise ValueError("a wide-unit circuit needs each step's column selector")
-            head.append(selector_values(self.selector, spec).tolist())
-        return head + [v.tolist() for v in stripes]
+            head.append(salted(selector_values(self.selector, spec), False))
+        return head + [salted(v, j < k) for j, v in enumerate(stripes)]
 
 
 def unit_columns(unit_mask: np.ndarray, slots: int) -> list[list[int]]:
