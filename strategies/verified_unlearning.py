@@ -26,6 +26,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,6 +86,16 @@ class _Refusal:
 
     reason: str
     detail: str
+
+
+class _Accepted(NamedTuple):
+    """A well-formed commit reply: what the registry records for the node."""
+
+    entry: BlockCommitments
+    spec: CircuitSpec
+    partition: int | None
+    metrics: dict
+    identity: str
 
 
 @dataclass
@@ -249,7 +260,7 @@ class VerifiedUnlearning:
         self.registry.record_failure(node, reason, detail, identity)
 
     def _commit_reply(self, out: Outcome):
-        """(entry, spec, partition, metrics) of a well-formed commit reply, else a :class:`_Refusal`."""
+        """The :class:`_Accepted` parts of a well-formed commit reply, else a :class:`_Refusal`."""
         if out.reply is None:
             return _Refusal("no-response", f"commit round: {out.detail}")
         try:
@@ -275,8 +286,8 @@ class VerifiedUnlearning:
                                      f"names {rep.circuit_id[:12]}…")
         if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
             return _Refusal("wrong-mask", "committed to another block layout")
-        return (entry, self.circuits[rep.circuit_id].spec, (int(part) if part is not None else None), metrics,
-                rep.identity)
+        return _Accepted(entry, self.circuits[rep.circuit_id].spec, int(part) if part is not None else None, metrics,
+                         rep.identity)
 
     def repersonalize(self, grid: Grid, arrays: ArrayRecord, node: int, *, reason: str, rnd: int = -1) -> bool:
         """Let a registered node personalize again from ``arrays`` and replace its entry (logged).

@@ -4,8 +4,9 @@ The app goes through the same path as in production: ``flwr run . deploy`` build
 the SuperLink's Control API, the SuperLink's SuperExec starts ``flwr-serverapp`` (the provider) as its
 own process, and each SuperNode fetches its messages over the Fleet API (HTTP in flwr 1.41+, not gRPC) and starts a ``flwr-clientapp``
 process per message. Training, ``train.commit``, ``train.unlearn`` (2 honest nodes with real EZKL
-proofs, 1 sending a garbage proof) and verification all cross the network between processes
-(``simulations/deploy.toml``; about 3 minutes on 2 cores, a minimal TLS run 35 s more). Helpers: ``tests/deployment.py``.
+proofs, 1 sending a garbage proof) and verification all cross the network between processes, over TLS
+with SuperNode authentication (each SuperNode's key registered with ``flwr supernode register``)
+(``simulations/deploy.toml``; about 3 minutes on 2 cores, a minimal TLS run 50 s more). Helpers: ``tests/deployment.py``.
 """
 import json
 import re
@@ -26,7 +27,7 @@ EXPECTED = {"honest": "compliant", "garbage-proof": "invalid-proof"}
 def deployed(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     out = root / "out"
-    with Deployment(root, supernodes=3) as dep:
+    with Deployment(root, supernodes=3, tls=True, auth=True) as dep:   # TLS, and only registered SuperNode keys
         t0 = time.monotonic()
         popen, log = dep.start_run({"scenario": str(SCENARIO), "out": str(out)})
         seen = {"serverapp": set(), "clientapp": set(), "all_alive": True}
@@ -79,8 +80,10 @@ def test_every_node_committed_and_was_verified(deployed):
     rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
     msg = f"\n{rows.to_string()}\n{json.dumps(s, indent=1)[:3000]}\n{dep.logs()}"
 
-    # the ledger's node ids are the real SuperNodes' ids, each with its own partition
+    # the ledger's node ids are the real SuperNodes' ids, each with its own partition, and each the node id
+    # the SuperLink gave that SuperNode's registered public key (SuperNode authentication is on)
     assert {int(pid): int(node) for pid, node in zip(clients["partition_id"], clients["node_id"])} == d["node_ids"], msg
+    assert d["node_ids"] == dep.registered, msg
 
     # every node committed (a registry entry), and an honest node's commitments moved to θu after verification
     from zkapex_flwr.registry import Registry

@@ -299,7 +299,9 @@ def test_quarantined_node_is_released_when_it_makes_up_the_request(digits, tmp_p
 
     def cheat_once(prover, mask, req, context):
         calls.append(req.request_id)
-        return cheat_bundle(prover, mask, req.request_id, "mask-only", binding=req.binding(context.node_id)) if len(calls) == 1 else None
+        if len(calls) > 1:
+            return None
+        return cheat_bundle(prover, mask, req.request_id, "mask-only", binding=req.binding(context.node_id))
 
     grid = SyncGrid(make_app(digits, {1: cheat_once}), 3)
     strat = provider(digits, tmp_path)
