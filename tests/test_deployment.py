@@ -15,7 +15,7 @@ import time
 import pandas as pd
 import pytest
 
-from deployment import PROJECT_ROOT, Deployment, alive, write_ping_app
+from deployment import PROJECT_ROOT, Deployment, alive
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -46,9 +46,31 @@ def deployed(tmp_path_factory):
         for s in dep.supernodes:
             m = re.search(r"SuperNode ID: (\d+)", s.log.read_text(errors="replace"))
             node_ids[int(s.name.rsplit("-", 1)[1])] = int(m.group(1)) if m else None
+        auth = _restart_and_intrude(dep)
         yield {"dep": dep, "out": out, "rc": popen.returncode, "run_id": run_id, "status": status, "info": info,
-               "seen": seen, "node_ids": node_ids, "wall_s": time.monotonic() - t0,
+               "seen": seen, "node_ids": node_ids, "wall_s": time.monotonic() - t0, "auth": auth,
                "pids": {p.name: p.pid for p in dep.processes()}}
+
+
+def _restart_and_intrude(dep) -> dict:
+    """After the run: SuperNode 0 restarted with its key, and a SuperNode whose key was never registered."""
+    before = dep.node_id_of(0)
+    next(s for s in dep.supernodes if s.name == "supernode-0").stop()
+    restarted = dep.start_supernode(0)
+    end = time.monotonic() + 60
+    while restarted.log.read_text(errors="replace").count("SuperNode ID") < 2 and time.monotonic() < end:
+        time.sleep(0.3)
+    stranger = dep.start_supernode(dep.n, register=False)
+    end = time.monotonic() + 60
+    while stranger.alive() and time.monotonic() < end:
+        time.sleep(0.3)
+    dep.supernodes.remove(stranger)
+    if stranger.alive():
+        stranger.stop()
+        return {"before": before, "after": dep.node_id_of(0), "stranger_exited": False, "stranger_id": None,
+                "stranger_log": stranger.log.read_text(errors="replace")}
+    return {"before": before, "after": dep.node_id_of(0), "stranger_exited": True,
+            "stranger_id": dep.node_id_of(dep.n), "stranger_log": stranger.log.read_text(errors="replace")}
 
 
 def test_run_completed(deployed):
@@ -121,38 +143,22 @@ def test_unlearning_replies_crossed_the_network(deployed):
     assert traffic.get("inbound-bytes", 0) > sum(r["content_bytes"] for r in replies), d["info"]
 
 
-def test_tls_and_supernode_authentication(tmp_path):
+def test_supernode_authentication_pins_each_key_to_one_node_id(deployed):
     """The TLS and SuperNode authentication set-up of the README: SuperLink with --ssl-* and
     --enable-supernode-auth, each SuperNode's P-384 public key registered with ``flwr supernode register``
     and the SuperNode started with --auth-supernode-private-key; ``flwr`` with ``root-certificates``.
 
     The provider's registry and ledger are keyed by node id; authentication is what makes a node id an
-    identity: the SuperLink gives each registered key one node id, a SuperNode restarted with its key
-    comes back under that id (its entry, its obligations and any quarantine still apply), and a key that
-    was never registered cannot join at all."""
-    app = write_ping_app(tmp_path / "ping-app")
-    with Deployment(tmp_path / "tls", supernodes=2, tls=True, auth=True) as dep:
-        assert [dep.node_id_of(i) for i in range(2)] == [dep.registered[0], dep.registered[1]], dep.logs()
-        run = dep.run({"out": str(tmp_path / "pong.json"), "nodes": 2}, app=app, timeout_s=300)
-        assert run.status == "finished:completed", f"run {run.run_id}: {run.status!r}\n{dep.logs()}"
-        assert "https://127.0.0.1" in dep.superlink.log.read_text(), dep.logs()
-        pong = json.loads((tmp_path / "pong.json").read_text())
-        assert pong == {str(dep.registered[0]): 0, str(dep.registered[1]): 1}, f"{pong}\n{dep.logs()}"
-        # a restart with the same key: the same node id
-        next(s for s in dep.supernodes if s.name == "supernode-0").stop()
-        logged = dep.node_id_of(0)
-        restarted = dep.start_supernode(0)
-        end = time.monotonic() + 60
-        while restarted.log.read_text(errors="replace").count("SuperNode ID") < 2 and time.monotonic() < end:
-            time.sleep(0.3)
-        assert dep.node_id_of(0) == logged == dep.registered[0], dep.logs()
-        # an unregistered key is refused by the SuperLink: the SuperNode never gets a node id and exits
-        stranger = dep.start_supernode(2, register=False)
-        end = time.monotonic() + 60
-        while stranger.alive() and time.monotonic() < end:
-            time.sleep(0.3)
-        assert not stranger.alive() and dep.node_id_of(2) is None, dep.logs()
-        assert "Failed to activate SuperNode" in stranger.log.read_text(errors="replace"), dep.logs()
+    identity: the SuperLink gives each registered key one node id (the ledger's ids, checked above), a
+    SuperNode restarted with its key comes back under that id (its entry, its obligations and any
+    quarantine still apply), and a key that was never registered cannot join at all."""
+    d, dep = deployed, deployed["dep"]
+    assert "https://127.0.0.1" in dep.superlink.log.read_text(), dep.logs()
+    assert d["node_ids"] == dep.registered, dep.logs()
+    auth = d["auth"]
+    assert auth["before"] == auth["after"] == dep.registered[0], f"{auth}\n{dep.logs()}"
+    assert auth["stranger_exited"] and auth["stranger_id"] is None, f"{auth}\n{dep.logs()}"
+    assert "Failed to activate SuperNode" in auth["stranger_log"], auth["stranger_log"][-2000:]
 
 
 def _ledger_rows(db) -> int:
