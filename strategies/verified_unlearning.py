@@ -413,8 +413,8 @@ class VerifiedUnlearning:
         spec, cid = self.registry.circuit_of(node)
         try:
             verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask, menu=self.circuits,
-                                                 request_id=rid, binding=Binding(rid, self.nonces[(rid, node)],
-                                                                                 str(int(node))))
+                                                 request_id=rid,
+                                                 binding=Binding.for_node(rid, self.nonces[(rid, node)], node))
         except Exception as err:   # a bundle that crashes the verifier is refused; the round goes on
             log.exception("request %s: verifying node %d's bundle raised", rid, node)
             verdict = Verdict("malformed", f"the bundle could not be verified ({type(err).__name__}: {err})")

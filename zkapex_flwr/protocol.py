@@ -212,7 +212,7 @@ class UnlearnRequest:
 
     def binding(self, node_id: int) -> Binding:
         """What the proofs answering this request on node ``node_id`` are bound to (request, nonce, node)."""
-        return Binding(self.request_id, self.nonce, str(int(node_id)))
+        return Binding.for_node(self.request_id, self.nonce, node_id)
 
     def to_content(self) -> RecordDict:
         return RecordDict({CONFIG: ConfigRecord({

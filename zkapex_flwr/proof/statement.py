@@ -67,6 +67,11 @@ class Binding:
     nonce: str = ""
     node: str = ""
 
+    @staticmethod
+    def for_node(request_id: str, nonce: str, node_id: int) -> "Binding":
+        """The binding of a provider's round: what the client proves to and the verifier checks against."""
+        return Binding(request_id, nonce, str(int(node_id)))
+
     def values(self) -> list[int]:
         """The binding input: the first 144 bits of SHA-256 over the canonical encoding, in 24-bit values."""
         from .circuit import BINDING_CHUNKS
