@@ -310,9 +310,9 @@ def _fs_type(path: Path) -> str:
 def store_bench(fleet: Fleet, verdicts: list, folder: Path, n_nodes: int, reps: int, seed: int,
                 progress=None) -> tuple[list[dict], list[dict], dict]:
     """Per-verdict transactions into a fresh store, then the per-round reads at ``READ_SIZES`` ledger rows."""
-    from zkapex_flwr.ledger import Ledger
-    from zkapex_flwr.registry import Registry
-    from zkapex_flwr.store import ProviderStore
+    from strategies.ledger import Ledger
+    from strategies.registry import Registry
+    from strategies.store import ProviderStore
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -569,8 +569,8 @@ def run(out: Path, quick: bool = False, bundles: int | None = None, seed: int = 
     from rich.console import Console
     from rich.progress import Progress
 
-    import zkapex_flwr.ledger  # noqa: F401  (imported here so that a broken import fails before the set-up)
-    import zkapex_flwr.registry  # noqa: F401
+    import strategies.ledger  # noqa: F401  (imported here so that a broken import fails before the set-up)
+    import strategies.registry  # noqa: F401
     from benchmarks.proof_cost import machine
     from zkapex_flwr.proof import ProofBundle
 

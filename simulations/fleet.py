@@ -6,7 +6,7 @@ profile (data weight) and then label-skewed with flwr-datasets' Dirichlet partit
 profile's α. Each client sees its data through its own domain shift. Everything is seeded by the
 scenario, so every Ray worker rebuilds the same world on its own.
 
-:func:`node_setup` is what the ready ClientApp (``zkapex_flwr.client.client_app``) calls per node: the
+:func:`node_setup` is what the ready ClientApp (``simulations.client_app``) calls per node: the
 node's model, private data, research metrics data, memory budget, speed, uplink and — for dishonest
 nodes — the behaviour hook, a real code path producing what such a client would send
 (``zkapex_flwr.proof.cheats``). Two Flower mods model the network: :func:`dropout_mod` (availability)

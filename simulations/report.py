@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # a bare Figure renders through Agg: no pyplot, no global backend
 
-from zkapex_flwr.store import atomic_write
+from zkapex_flwr.files import atomic_write
 
 from .scenario import HONEST_BEHAVIOURS  # late = honest but slow, not a cheat
 

@@ -1,9 +1,9 @@
 """Run a fleet scenario through Flower's simulation engine on Ray, and write its outputs.
 
 ``simulate(scenario, out)`` is ``zkapex simulate SCENARIO --out DIR``; ``flwr run .`` reaches the same
-:func:`provider_main` through ``strategies.server_app``. The provider (ServerApp) pretrains θg on its
+:func:`provider_main` through ``simulations.server_app``. The provider (ServerApp) pretrains θg on its
 own pool, then :class:`strategies.VerifiedUnlearning` around FedAvg runs the schedule of the scenario;
-the ready ClientApp (``zkapex_flwr.client.client_app``) runs on every virtual SuperNode. Outputs in
+the ready ClientApp (``simulations.client_app``) runs on every virtual SuperNode. Outputs in
 ``out``: ``provider/`` (the persistent registry and ledger), ``ledger.csv``/``.parquet``,
 ``clients.csv``, ``summary.json``, ``report.md``, the plots, ``rounds.json`` (who trained in which
 round), ``replies.json`` (what every unlearning reply carried) and ``wiretap/`` (the honest bundles a replaying client could capture).
@@ -166,7 +166,7 @@ def simulate(scenario: str | Path, out: str | Path, *, cpus_per_client: float = 
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from zkapex_flwr.client.client_app import build_client_app
+    from simulations.client_app import build_client_app
 
     path = resolve_scenario(scenario)
     sc = load_scenario(path)

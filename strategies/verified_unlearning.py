@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.result import Result
 
-from zkapex_flwr.ledger import Ledger
+from .ledger import Ledger
 from zkapex_flwr.proof import Verifier, get_circuit
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
@@ -44,8 +44,8 @@ from zkapex_flwr.proof.statement import Binding
 from zkapex_flwr.proof.verifier import Verdict
 from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
                                   UnlearnRequest, reply_metrics)
-from zkapex_flwr.registry import Registry
-from zkapex_flwr.store import ProviderStore
+from .registry import Registry
+from .store import ProviderStore
 from zkapex_flwr.unlearning import UnlearningMask
 
 from .dispatch import Outcome, dispatch

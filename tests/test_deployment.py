@@ -108,7 +108,7 @@ def test_every_node_committed_and_was_verified(deployed):
     assert d["node_ids"] == dep.registered, msg
 
     # every node committed (a registry entry), and an honest node's commitments moved to θu after verification
-    from zkapex_flwr.registry import Registry
+    from strategies.registry import Registry
     registry = Registry(out / "provider" / "provider.db")
     assert set(registry.nodes()) == set(d["node_ids"].values()), msg
 
@@ -191,8 +191,8 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
     flight; ``flwr run ... resume=true`` against the same SuperLink/SuperNodes finishes the request: no ledger
     row lost or duplicated, no node asked to commit again, decided nodes not asked again, and the node whose
     answer died with the provider is compliant when asked again (it proves from its registered θp)."""
-    from zkapex_flwr.ledger import Ledger
-    from zkapex_flwr.registry import Registry
+    from strategies.ledger import Ledger
+    from strategies.registry import Registry
 
     scenario = tmp_path / "deploy-serial.toml"   # one unlearning message in flight at a time
     text = SCENARIO.read_text()

@@ -15,15 +15,15 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from simulations.sync_grid import SyncGrid
+from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning, dispatch
 from zkapex_flwr.client import MissingState, UnlearningSetup, VerifiedUnlearningMod
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
-from zkapex_flwr.ledger import Ledger
+from strategies.ledger import Ledger
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
-from zkapex_flwr.registry import Registry
+from strategies.registry import Registry
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import train
 

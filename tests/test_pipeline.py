@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from zkapex_flwr.cli import main
+from simulations.cli import main
 from zkapex_flwr.pipeline import METRIC_KEYS, preset, run_local
 from zkapex_flwr.unlearning.scope import VERIFIED_SCOPE
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zkapex_flwr.ledger import Ledger, LedgerError
+from strategies.ledger import Ledger, LedgerError
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
-from zkapex_flwr.registry import Registry, RegistryError
-from zkapex_flwr.store import ProviderStore, StoreError
+from strategies.registry import Registry, RegistryError
+from strategies.store import ProviderStore, StoreError
 
 SPEC = CircuitSpec(d=4, slots=1, scale=8, steps=1, group=1)
 BIG = 2**64 - 1   # Flower node ids are unsigned 64-bit
@@ -137,9 +137,9 @@ def test_damaged_store_is_a_clear_error_never_a_reset(tmp_path, how, match):
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from zkapex_flwr.store import ProviderStore
-    from zkapex_flwr.registry import Registry
-    from zkapex_flwr.ledger import Ledger
+    from strategies.store import ProviderStore
+    from strategies.registry import Registry
+    from strategies.ledger import Ledger
     from zkapex_flwr.proof.circuit import CircuitSpec
     from zkapex_flwr.proof.commitments import BlockCommitments
 
@@ -210,7 +210,7 @@ def test_provider_killed_mid_write_resumes_without_loss_or_duplicates(tmp_path):
 
 
 def test_identity_registers_once_and_a_v2_store_is_migrated_in_place(tmp_path):
-    from zkapex_flwr.registry import DuplicateIdentity
+    from strategies.registry import DuplicateIdentity
 
     reg = Registry(tmp_path / "p.db")
     reg.register(1, entry(1), SPEC, identity="partition-7")

@@ -78,7 +78,7 @@ def test_store_writes_and_reads(quick):
 
 
 def test_cli_wiring(tmp_path):
-    from zkapex_flwr.cli import build_parser
+    from simulations.cli import build_parser
 
     args = build_parser().parse_args(["bench", "load", "--out", str(tmp_path), "--quick", "--bundles", "60"])
     assert (args.what, args.quick, args.bundles) == ("load", True, 60)

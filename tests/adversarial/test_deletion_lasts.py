@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from flower_world import MLP, client_app
-from simulations.sync_grid import SyncGrid
+from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.client.state import NodeState
 from zkapex_flwr.data.images import load_images

@@ -10,12 +10,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flower_world import MLP, client_app
-from simulations.sync_grid import SyncGrid
+from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT, CONFIG, UNLEARN
-from zkapex_flwr.registry import DuplicateCommitments
+from strategies.registry import DuplicateCommitments
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import train
 

@@ -7,20 +7,20 @@ commitments chosen after it had seen what to forget. Now every entry carries its
 (the provider's event clock), commit failures and each request's first broadcast are persisted, a
 second registration is refused, and a request is judged only against entries older than its
 broadcast — except after an explicit, logged re-personalization, which must prove every active
-deletion again. Runs the real ClientApp, prover and verifier in process (``simulations.sync_grid``).
+deletion again. Runs the real ClientApp, prover and verifier in process (``zkapex_flwr.testing``).
 """
 import pytest
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg
 
 from flower_world import MLP, client_app
-from simulations.sync_grid import SyncGrid
+from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from strategies.dispatch import Outcome
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT
-from zkapex_flwr.registry import RegistryError
+from strategies.registry import RegistryError
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import train
 

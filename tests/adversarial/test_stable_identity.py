@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flower_world import MLP, client_app
-from simulations.sync_grid import SyncGrid
+from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from ..proof import BlockCommitments, ClientProver, get_circuit
 from ..proof.circuit import CircuitSpec
 from ..protocol import spec_from_json, spec_to_json
-from ..store import atomic_write
+from ..files import atomic_write
 from ..unlearning import BlockLayout
 
 MODEL, PROVER, META, BEFORE = "zkapex.model", "zkapex.prover", "zkapex.meta", "zkapex.before"

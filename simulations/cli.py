@@ -10,7 +10,7 @@ def _local(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .pipeline import preset, run_local
+    from zkapex_flwr.pipeline import preset, run_local
 
     forget_classes = tuple(int(c) for c in args.forget_classes.split(",")) if args.forget_classes else None
     cfg = preset(args.model, args.dataset, method=args.method, seed=args.seed, mask_fraction=args.mask_fraction,
@@ -56,15 +56,9 @@ def _request(cfg) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks").is_dir():
-        raise ValueError("the benchmarks/ folder is not next to the installed package; run from a source checkout")
     out = Path(args.out).resolve()
-    sys.path.insert(0, str(root))
-    os.chdir(root)
     if args.what == "proof":
         from benchmarks.proof_cost import run
 

@@ -22,6 +22,8 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
+
+
 SCHEMA_VERSION = 3   # v2: registration epochs, commit failures, broadcasts; v3: node identities
 APPLICATION_ID = 0x5A4B4150   # "ZKAP": marks the file as a zkapex-flwr provider store
 
@@ -57,16 +59,6 @@ TABLES = ("meta", "registry", "ledger", "commit_failures", "broadcasts")
 
 class StoreError(RuntimeError):
     """The provider store is damaged, of another schema, or a write would break its invariants."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one (report outputs)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class ProviderStore:

@@ -1,7 +1,7 @@
 """The provider's ledger (docs/protocol.md §1, §4): one row per deletion request × client attempt.
 
 Rows are only ever added, to the ``ledger`` table of the provider's SQLite
-:class:`~zkapex_flwr.store.ProviderStore`; a later attempt at the same request (a quarantined node
+:class:`~strategies.store.ProviderStore`; a later attempt at the same request (a quarantined node
 making up a request) adds a row too, and the *latest* row per (request, node) is that pair's outcome.
 A verdict is recorded at most once per (request, node, round nonce): the table refuses a second row,
 so a restarted provider can never count a client twice. The provider writes a verdict's row and the
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .proof.verifier import REASONS
-from .store import ProviderStore, StoreError, atomic_write, open_store
+from zkapex_flwr.proof.verifier import REASONS
+from zkapex_flwr.files import atomic_write
+
+from .store import ProviderStore, StoreError, open_store
 
 COLUMNS = ("request_id", "node_id", "partition_id", "server_round", "nonce", "reason", "detail", "compliant",
            "attempts", "verify_ms", "proofs", "bundle_bytes", "circuit", "quarantined", "recorded_at")

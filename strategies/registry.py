@@ -3,7 +3,7 @@
 An entry is what the node committed in phase 2 (:class:`~zkapex_flwr.proof.BlockCommitments`: KZG
 commitments of θp per proof unit and of its inverse-Fisher stripes) plus the circuit it registered
 with. After a compliant unlearning the θ commitments move to θu. Nothing is overwritten: every change
-adds version k+1 of the node's row in the ``registry`` table of the :class:`~zkapex_flwr.store.ProviderStore`,
+adds version k+1 of the node's row in the ``registry`` table of the :class:`~strategies.store.ProviderStore`,
 inside a transaction (the provider writes a verdict's ledger row in the same one), so a crash at any
 instant leaves the previous registry intact and a restarted provider reloads exactly what was recorded.
 
@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .proof import BlockCommitments
-from .proof.circuit import CircuitSpec
-from .protocol import spec_from_json, spec_to_json
+from zkapex_flwr.proof import BlockCommitments
+from zkapex_flwr.proof.circuit import CircuitSpec
+from zkapex_flwr.protocol import spec_from_json, spec_to_json
 from .store import ProviderStore, StoreError, open_store
 
 
-log = logging.getLogger("zkapex_flwr.registry")
+log = logging.getLogger("strategies.registry")
 KINDS = ("commit", "unlearn", "repersonalize")
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..training import accuracy, train
-from .mod import VerifiedUnlearningMod
+from zkapex_flwr.training import accuracy, train
+from zkapex_flwr.client.mod import VerifiedUnlearningMod
 
 
 def build_client_app(scenario: str | None = None, out: str | None = None) -> ClientApp:
