@@ -123,44 +123,70 @@ def machine() -> dict:
     return info
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Cost per masked weight against blocks per proof: separate inputs per block vs wide units."""
+# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
+PLOT_DPI = 200
+PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
+              "legend.frameon": False}
+
+
+def plot(rows: list[dict], path: Path | None = None):
+    """Cost per masked weight against blocks per proof (a numeric, log2 axis): separate inputs per block vs
+    wide units, one colour per (d, K). Writes ``path`` when given; returns the Figure."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(10, 4.6))
+        axes = fig.subplots(1, 2)
+        series: dict[tuple, list[dict]] = {}
+        for r in rows:
+            base = r["blocks_per_proof"] == 1
+            if r["unit_blocks"] == 1:
+                series.setdefault(("separate inputs", r["d"], r["slots"]), []).append(r)
+            if r["unit_blocks"] > 1 or base:
+                series.setdefault(("wide units", r["d"], r["slots"]), []).append(r)
+        shapes = sorted({(d, k) for _, d, k in series})
+        colour = {s: matplotlib.colormaps["tab10"](i % 10) for i, s in enumerate(shapes)}
+        for ax, key, label, title in (
+                (axes[0], "prove_ms_per_masked_weight", "prove time per masked weight (ms)", "Prove time"),
+                (axes[1], "proof_bytes_per_masked_weight", "proof size per masked weight (bytes)", "Proof size")):
+            for (kind, d, k), sel in sorted(series.items()):
+                if len(sel) < 2 and kind == "wide units":
+                    continue
+                sel = sorted(sel, key=lambda r: r["blocks_per_proof"])
+                ax.plot([r["blocks_per_proof"] for r in sel], [r[key] for r in sel],
+                        "o-" if kind == "wide units" else "s--", color=colour[(d, k)], markersize=4,
+                        label=f"{kind}, d={d}, K={k}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("blocks per proof (count)")
+            ax.set_ylabel(label)
+            ax.set_title(title)
+            ax.grid(alpha=0.3, which="major")
+        axes[0].axhline(6.5, color="black", ls="--", lw=0.8, label="paper (6.5 ms)")
+        axes[0].axhline(1.0, color="black", ls=":", lw=0.8, label="target (1 ms)")
+        axes[1].axhline(360, color="grey", ls="--", lw=0.8, label="paper (0.36 KB)")
+        axes[1].axhline(50, color="grey", ls=":", lw=0.8, label="target (0.05 KB)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        more = [(h, lab) for h, lab in zip(*axes[1].get_legend_handles_labels()) if lab not in labels]
+        fig.legend(handles + [h for h, _ in more], labels + [lab for _, lab in more], loc="lower center",
+                   ncol=4, bbox_to_anchor=(0.5, 0.0))
+        fig.suptitle("ZK-APEX column-form proof cost (EZKL, full proofs, this machine)")
+        fig.tight_layout(rect=(0, 0.2, 1, 1))
+        if path is not None:
+            fig.savefig(path, dpi=PLOT_DPI)
+    return fig
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    series: dict[tuple, list[dict]] = {}
-    for r in rows:
-        base = r["blocks_per_proof"] == 1
-        if r["unit_blocks"] == 1:
-            series.setdefault(("separate inputs", r["d"], r["slots"]), []).append(r)
-        if r["unit_blocks"] > 1 or base:
-            series.setdefault(("wide units", r["d"], r["slots"]), []).append(r)
-    for ax, key, label in ((axes[0], "prove_ms_per_masked_weight", "prove ms / masked weight"),
-                           (axes[1], "proof_bytes_per_masked_weight", "proof bytes / masked weight")):
-        for (kind, d, k), sel in sorted(series.items()):
-            if len(sel) < 2 and kind == "wide units":
-                continue
-            sel = sorted(sel, key=lambda r: r["blocks_per_proof"])
-            ax.plot([r["blocks_per_proof"] for r in sel], [r[key] for r in sel], "o-" if kind == "wide units" else "s--",
-                    label=f"{kind}, d={d}, K={k}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("blocks per proof")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].axhline(6.5, color="r", ls="--", lw=0.8, label="paper (6.5 ms)")
-    axes[0].axhline(1.0, color="g", ls=":", lw=0.8, label="target (1 ms)")
-    axes[1].axhline(360, color="r", ls="--", lw=0.8, label="paper (0.36 KB)")
-    axes[1].axhline(50, color="g", ls=":", lw=0.8, label="target (0.05 KB)")
-    axes[0].legend(fontsize=6)
-    axes[1].legend(fontsize=6)
-    fig.suptitle("ZK-APEX column-form proof cost (EZKL, this machine): full proofs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def replot(folder: Path) -> Path:
+    """Re-render ``proof_cost.png`` from the ``proof_cost.csv`` in ``folder`` (no proving)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    plot(pd.read_csv(folder / "proof_cost.csv").to_dict(orient="records"), folder / "proof_cost.png")
+    return folder / "proof_cost.png"
 
 
 def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dict]:

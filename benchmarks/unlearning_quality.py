@@ -398,58 +398,110 @@ def _pm(row, col: str) -> str:
     return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"  # std is NaN for a single run
 
 
-def plot_quality(agg, path: Path) -> None:
-    import matplotlib
+# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
+PLOT_DPI = 200
+PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
+              "legend.frameon": False}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_quality(agg, path: Path | None = None):
+    """Mean ± std of recovery, forget accuracy and RMIA per method (categorical x: bars, no lines), one
+    panel per setting in a two-column grid. Writes ``path`` when given; returns the Figure."""
+    import matplotlib
+    import numpy as np
+    import pandas as pd
+    from matplotlib.figure import Figure
 
     settings = list(dict.fromkeys(agg["setting"]))
-    keys = [("recovery", "recovery"), ("forget_acc_after", "forget acc"), ("mia_auc_after", "RMIA AUC"),
-            ("mia_tpr_at_1pct_fpr_after", "RMIA TPR @ 1 % FPR")]
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.6), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        part = agg[agg["setting"] == setting]
-        width = 0.8 / len(keys)
-        for j, (key, label) in enumerate(keys):
-            ax.bar([i + j * width for i in range(len(part))], part[f"{key}_mean"], width,
-                   yerr=part[f"{key}_std"].fillna(0), capsize=2, label=label)
-        ax.set_xticks([i + 1.5 * width for i in range(len(part))], part["method"], rotation=25, fontsize=7)
-        ax.set_ylim(0, 1.1)
-        ax.set_ylabel("fraction (accuracy ratio, accuracy, AUC, TPR)")
-        ax.set_title(f"{setting} ({int(part['runs'].max())} runs, mean ± std)", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    keys = [("recovery", "recovery (pers. acc after ÷ before, ratio)"), ("forget_acc_after", "forget accuracy on D_f"),
+            ("mia_auc_after", "RMIA AUC on D_f"), ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR")]
+    ncols = min(2, max(1, len(settings)))
+    nrows = -(-max(1, len(settings)) // ncols)
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(5.2 * ncols, 3.4 * nrows + 0.8))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        colours = matplotlib.colormaps["tab10"]
+        for ax, setting in zip(axes, settings):
+            part = agg[agg["setting"] == setting]
+            width = 0.8 / len(keys)
+            x = np.arange(len(part))
+            for j, (key, label) in enumerate(keys):
+                mean = part[f"{key}_mean"] if f"{key}_mean" in part else pd.Series(np.nan, index=part.index)
+                std = part[f"{key}_std"] if f"{key}_std" in part else pd.Series(np.nan, index=part.index)
+                ax.bar(x + (j - 1.5) * width, mean.astype(float), width, yerr=std.astype(float).fillna(0),
+                       capsize=1.5, error_kw={"elinewidth": 0.7}, color=colours(j), label=label)
+            ax.set_xticks(x, part["method"], rotation=30, ha="right")
+            ax.set_ylim(0, 1.15)
+            ax.grid(axis="y")
+            ax.set_xlabel("method")
+            ax.set_ylabel("value (fraction; recovery: ratio)")
+            ax.set_title(f"{setting} ({int(part['runs'].max())} runs, mean ± std)")
+        for ax in axes[len(settings):]:
+            ax.set_axis_off()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(keys), bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.6 / (3.4 * nrows + 0.8), 1, 1))
+        if path is not None:
+            fig.savefig(path, dpi=PLOT_DPI)
+    return fig
 
 
-def plot_frontier(frontier, path: Path) -> None:
-    """Forget metric against recovery, one panel per setting: the verified update's grid and every baseline."""
+def plot_frontier(frontier, path: Path | None = None):
+    """Forget metric against recovery, one panel per setting: the verified update's grid and every baseline
+    as markers (no lines: the points are separate runs). Writes ``path`` when given; returns the Figure."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     settings = list(dict.fromkeys(frontier["setting"]))
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.2), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        part = frontier[frontier["setting"] == setting]
-        samples = "samples" in setting
-        col, label = (("mia_auc_after", "RMIA AUC on D_f") if samples else ("forget_acc_after", "forget accuracy on D_f"))
-        grid = part[(part["method"] == VERIFIED) & (part["point"] != "default")]
-        ax.scatter(grid[col], grid["recovery"], s=18, c="tab:blue", alpha=0.6, label="verified: fraction × damping grid")
-        for _, r in part[part["point"] == "default"].iterrows():
-            ax.scatter(r[col], r["recovery"], s=60, marker="*" if r["method"] == VERIFIED else "o",
-                       label=r["method"] + (" (default)" if r["method"] == VERIFIED else ""))
-        ax.set_xlabel(f"{label} (retrain's value is the target)")
-        ax.set_ylabel("recovery (personalization acc after ÷ before)")
-        ax.set_title(setting, fontsize=9)
-        ax.legend(fontsize=6)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    methods = list(dict.fromkeys(frontier.loc[frontier["method"] != VERIFIED, "method"]))
+    colour = {m: matplotlib.colormaps["tab10"](i + 1) for i, m in enumerate(methods)}
+    colour[VERIFIED] = matplotlib.colormaps["tab10"](0)
+    ncols = min(2, max(1, len(settings)))
+    nrows = -(-max(1, len(settings)) // ncols)
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows + 0.8))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, setting in zip(axes, settings):
+            part = frontier[frontier["setting"] == setting]
+            samples = "samples" in setting
+            col, label = (("mia_auc_after", "RMIA AUC on D_f (fraction)") if samples
+                          else ("forget_acc_after", "forget accuracy on D_f (fraction)"))
+            grid = part[(part["method"] == VERIFIED) & (part["point"] != "default")]
+            ax.scatter(grid[col], grid["recovery"], s=16, color=colour[VERIFIED], alpha=0.5, linewidths=0)
+            for _, r in part[part["point"] == "default"].iterrows():
+                ax.scatter(r[col], r["recovery"], s=70 if r["method"] == VERIFIED else 40,
+                           marker="*" if r["method"] == VERIFIED else "o", color=colour[r["method"]],
+                           edgecolors="black", linewidths=0.4, zorder=3)
+            ax.set_xlabel(f"{label}; retrain's value is the target")
+            ax.set_ylabel("recovery (pers. acc after ÷ before, ratio)")
+            ax.set_title(setting)
+            ax.grid(True)
+        for ax in axes[len(settings):]:
+            ax.set_axis_off()
+        handles = [Line2D([], [], ls="", marker="o", markersize=4, color=colour[VERIFIED], alpha=0.5,
+                          label="verified: mask fraction × damping grid"),
+                   Line2D([], [], ls="", marker="*", markersize=9, color=colour[VERIFIED], markeredgecolor="black",
+                          markeredgewidth=0.4, label="verified (default)")]
+        handles += [Line2D([], [], ls="", marker="o", markersize=6, color=colour[m], markeredgecolor="black",
+                           markeredgewidth=0.4, label=m) for m in methods]
+        fig.legend(handles=handles, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.75 / (3.6 * nrows + 0.8), 1, 1))
+        if path is not None:
+            fig.savefig(path, dpi=PLOT_DPI)
+    return fig
+
+
+def replot(folder: Path) -> list[Path]:
+    """Re-render ``quality.png`` and ``frontier.png`` from the ``quality.csv`` and ``frontier.csv`` in ``folder``."""
+    import pandas as pd
+
+    folder = Path(folder)
+    plot_quality(pd.read_csv(folder / "quality.csv"), folder / "quality.png")
+    plot_frontier(pd.read_csv(folder / "frontier.csv"), folder / "frontier.png")
+    return [folder / "quality.png", folder / "frontier.png"]
 
 
 def main(argv: list[str] | None = None) -> int:

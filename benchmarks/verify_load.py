@@ -437,37 +437,62 @@ def summarize(rows: list[dict], info: dict, writes: list[dict], store_info: dict
     }
 
 
-def plot(rows: list[dict], writes: list[dict], path: Path) -> None:
+# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
+PLOT_DPI = 200
+PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
+              "legend.frameon": False}
+
+
+def plot(rows: list[dict], writes: list[dict], path: Path | None = None):
+    """Empirical CDFs (numeric x) of verification latency per verdict and of the per-verdict store
+    transaction. Writes ``path`` when given; returns the Figure."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(11.5, 4))
+        axes = fig.subplots(1, 2)
+        ax = axes[0]
+        for reason in sorted({r["reason"] for r in rows}):
+            ms = np.sort([r["latency_ms"] for r in rows if r["reason"] == reason])
+            ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=f"{reason} (n = {len(ms)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("verification latency (ms, log scale)")
+        ax.set_ylabel("fraction of bundles ≤ latency")
+        ax.set_title(f"Verifier.verify, {len(rows)} bundles, by verdict")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True)
+        ax.legend(title="verdict", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax = axes[1]
+        for label, sel in (("registry move + ledger row", [w for w in writes if w["registry_write"]]),
+                           ("ledger row only", [w for w in writes if not w["registry_write"]])):
+            if sel:
+                ms = np.sort([w["latency_ms"] for w in sel])
+                ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=f"{label} (n = {len(ms)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("transaction latency (ms, log scale)")
+        ax.set_ylabel("fraction of transactions ≤ latency")
+        ax.set_title("Store transaction per verdict (SQLite WAL, sync. FULL)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True)
+        ax.legend(loc="center right")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=PLOT_DPI)
+    return fig
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    for reason in sorted({r["reason"] for r in rows}):
-        ms = np.sort([r["latency_ms"] for r in rows if r["reason"] == reason])
-        ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=f"{reason} ({len(ms)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("verification latency (ms)")
-    ax.set_ylabel("fraction of bundles ≤ x")
-    ax.set_title(f"Verifier.verify, {len(rows)} bundles, by verdict")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for label, sel in (("registry move + ledger row", [w for w in writes if w["registry_write"]]),
-                       ("ledger row only", [w for w in writes if not w["registry_write"]])):
-        if sel:
-            ms = np.sort([w["latency_ms"] for w in sel])
-            ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=f"{label} ({len(ms)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("transaction latency (ms)")
-    ax.set_title("per-verdict store transaction (SQLite WAL, synchronous=FULL)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def replot(folder: Path) -> Path:
+    """Re-render ``latency.png`` from the ``verify.csv`` and ``writes.csv`` in ``folder`` (no verification)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    rows = pd.read_csv(folder / "verify.csv").to_dict(orient="records")
+    writes = pd.read_csv(folder / "writes.csv").to_dict(orient="records")
+    plot(rows, writes, folder / "latency.png")
+    return folder / "latency.png"
 
 
 def _f(v, nd=1) -> str:

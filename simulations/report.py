@@ -165,74 +165,228 @@ def _reference_summary(rows: pd.DataFrame, reference: pd.DataFrame) -> dict:
             "rows": j.to_dict(orient="records")}
 
 
-def _plot_forgetting(rows: pd.DataFrame, reference: pd.DataFrame | None, ax) -> None:
-    """Forget accuracy per reference client: before, after the verified update, retrain-from-scratch."""
-    title = "Forget accuracy against retrain (sampled honest clients)"
-    if reference is None or reference.empty:
-        return _no_data(ax, title)
-    j = _reference_rows(rows, reference).sort_values("partition_id")
-    x = np.arange(len(j))
-    for off, col, label, colour in ((-0.27, "client_forget_acc_before", "before (θp)", "lightgrey"),
-                                    (0.0, "client_forget_acc_after", "after verified update (θu)", "tab:blue"),
-                                    (0.27, "retrain_forget_acc", "retrain from scratch", "tab:orange")):
-        bars = ax.bar(x + off, j[col].astype(float), width=0.27, color=colour, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    ax.set_xticks(x, [f"{int(p)}\n{prof}" for p, prof in zip(j["partition_id"], j["profile"])], fontsize="small")
-    ax.set_xlabel("client (partition id, profile)")
-    ax.set_ylabel("forget accuracy (fraction of D_f)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, fontsize="small")
+# Figures. Every plot of the project uses PAPER_STYLE (the benchmarks and the local pipeline keep a copy
+# of the same values, since the library must not import simulations): labelled axes with units, a title,
+# a legend where there is more than one series, no line across categorical x values, DPI dots per inch.
+DPI = 200
+PAPER_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+               "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+               "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
+               "legend.frameon": False, "image.cmap": "Blues"}
+HONEST_COLOUR, CHEAT_COLOUR = "#1a9850", "#d73027"
 
 
-def _no_data(ax, title: str) -> None:
+def paper_style():
+    """Context manager applying :data:`PAPER_STYLE`: build and save figures inside it."""
+    import matplotlib
+
+    return matplotlib.rc_context(PAPER_STYLE)
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Tight layout, then write ``figure`` to ``path`` at :data:`DPI`."""
+    with paper_style():
+        figure.tight_layout()
+        figure.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+def _behaviour_label(behaviour: str) -> str:
+    return f"{behaviour} (honest)" if behaviour in HONEST_BEHAVIOURS and behaviour != "honest" else behaviour
+
+
+def _no_data(ax, title: str, note: str = "no data") -> None:
     """Blank panel that says there is nothing to draw."""
-    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_title(title)
     ax.set_axis_off()
 
 
-def _plot_detection(per: pd.DataFrame, ax) -> None:
-    """Horizontal bars per behaviour: clients vs clients caught; honest behaviours in green, labelled."""
+def detection_rates(per: pd.DataFrame) -> pd.DataFrame:
+    """Per behaviour (honest behaviours first): ``n`` clients and ``k`` of them with the right outcome.
+
+    For an honest behaviour ``k`` counts clients accepted (every ledger row compliant), for a cheating one
+    clients caught (a non-compliant row, no-response included); ``rate`` = k / n lies in [0, 1].
+    """
     if per.empty:
-        return _no_data(ax, "Detection per behaviour")
-    counts = per.groupby("behaviour").agg(n=("rows", "size"), caught=("caught", "sum"))
-    y = np.arange(len(counts))
-    honest = counts.index.isin(HONEST_BEHAVIOURS)
-    ax.barh(y + 0.2, counts["n"], height=0.4, color="lightgrey", label="clients")
-    ax.barh(y - 0.2, counts["caught"], height=0.4, color=np.where(honest, "tab:green", "tab:red"),
-            label="caught (red: cheaters, green: honest flagged)")
-    ax.set_yticks(y, [f"{b} (honest)" if h and b != "honest" else b for b, h in zip(counts.index, honest)])
-    for label, h in zip(ax.get_yticklabels(), honest):
-        label.set_color("tab:green" if h else "black")
-    ax.invert_yaxis()  # alphabetical from the top
-    ax.set_xlabel("clients")
-    ax.set_title("Detection per behaviour")
-    ax.legend(loc="lower right", fontsize="small")
+        return pd.DataFrame(columns=["n", "caught", "accepted", "honest", "k", "rate"])
+    g = per.groupby("behaviour", sort=True)
+    frame = pd.DataFrame({"n": g.size(), "caught": g["caught"].sum().astype(int),
+                          "accepted": g["all_ok"].sum().astype(int)})
+    frame["honest"] = frame.index.isin(HONEST_BEHAVIOURS)
+    frame["k"] = np.where(frame["honest"], frame["accepted"], frame["caught"]).astype(int)
+    frame["rate"] = frame["k"] / frame["n"]
+    return pd.concat([frame[frame["honest"]], frame[~frame["honest"]]])  # each part alphabetical
 
 
-def _plot_recovery(rows: pd.DataFrame, ax) -> None:
-    """Histogram of client_recovery over honest compliant rows, median as a dashed line."""
-    values = pd.to_numeric(rows.loc[rows["honest"] & rows["compliant"], "client_recovery"], errors="coerce").dropna()
+def reason_counts(rows: pd.DataFrame, behaviours) -> pd.DataFrame:
+    """Ledger rows per behaviour (index, in ``behaviours`` order) × reason code (compliant first, no-response last)."""
+    table = pd.crosstab(rows["behaviour"], rows["reason"]) if len(rows) else pd.DataFrame()
+    reasons = sorted(table.columns, key=lambda r: (r != "compliant", r == NO_RESPONSE, r))
+    return table.reindex(index=list(behaviours), columns=reasons, fill_value=0).fillna(0).astype(int)
+
+
+def detection_figure(rows: pd.DataFrame, clients: pd.DataFrame) -> Figure:
+    """Left: k/n per behaviour as a bar in [0, 1]; right: behaviour × verdict reason heatmap of ledger rows."""
+    per = _per_client(rows, clients)
+    rates = detection_rates(per)
+    with paper_style():
+        fig = Figure(figsize=(9.5, 0.32 * max(6, len(rates)) + 1.8))
+        left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.35]})
+        if rates.empty:
+            _no_data(left, "Detection rate per behaviour")
+            _no_data(right, "Ledger verdicts per behaviour")
+            return fig
+        y = np.arange(len(rates))
+        colours = np.where(rates["honest"], HONEST_COLOUR, CHEAT_COLOUR)
+        left.barh(y, rates["rate"], height=0.7, color=colours)
+        for yi, (rate, k, n) in enumerate(zip(rates["rate"], rates["k"], rates["n"])):
+            inside = rate > 0.55
+            left.text(rate - 0.02 if inside else rate + 0.02, yi, f"{k}/{n}", va="center",
+                      ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+        left.set_yticks(y, [_behaviour_label(b) for b in rates.index])
+        left.invert_yaxis()
+        left.set_xlim(0, 1)
+        left.grid(axis="x")
+        left.set_xlabel("fraction of clients (k / n)")
+        left.set_ylabel("client behaviour")
+        left.set_title("Detection rate per behaviour")
+        from matplotlib.patches import Patch
+
+        left.legend(handles=[Patch(color=HONEST_COLOUR, label="honest behaviour: accepted / n"),
+                             Patch(color=CHEAT_COLOUR, label="cheating behaviour: caught / n")],
+                    loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1)
+        counts = reason_counts(rows, rates.index)
+        totals = counts.sum(axis=1).replace(0, np.nan)
+        share = counts.div(totals, axis=0).fillna(0.0)
+        image = right.imshow(share.to_numpy(dtype=float), aspect="auto", vmin=0, vmax=1, cmap="Blues")
+        for (i, j), c in np.ndenumerate(counts.to_numpy()):
+            if c:
+                right.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                           color="white" if share.iat[i, j] > 0.6 else "black")
+        right.set_xticks(np.arange(counts.shape[1]), counts.columns, rotation=40, ha="right")
+        right.set_yticks(np.arange(counts.shape[0]), [_behaviour_label(b) for b in counts.index])
+        right.set_xlabel("verdict reason code")
+        right.set_ylabel("client behaviour")
+        right.set_title("Ledger verdicts per behaviour (count of rows)")
+        bar = fig.colorbar(image, ax=right, fraction=0.05, pad=0.02)
+        bar.set_label("fraction of the behaviour's rows")
+    return fig
+
+
+def recovery_values(rows: pd.DataFrame) -> pd.DataFrame:
+    """Honest compliant rows: ``recovery`` (personalization accuracy after ÷ before) and ``forget_retained``
+    (forget accuracy after ÷ before), NaN where the ratio is undefined (accuracy 0 before: a client reports
+    after / 1e-12, which is 0 when both are 0, not a measured recovery)."""
+    sel = rows[rows["honest"] & rows["compliant"]]
+
+    def num(column):
+        return pd.to_numeric(sel[column], errors="coerce").astype(float)
+
+    p_before, p_after = num("client_personalization_acc_before"), num("client_personalization_acc_after")
+    recovery = num("client_recovery").fillna(p_after / p_before.where(p_before > 0))
+    recovery = recovery.where(~(p_before <= 0))  # NaN before (not reported) keeps the client's value
+    f_before, f_after = num("client_forget_acc_before"), num("client_forget_acc_after")
+    return pd.DataFrame({"partition_id": sel["partition_id"], "profile": sel["profile"], "recovery": recovery,
+                         "recovery_undefined": (p_before <= 0), "forget_retained": f_after / f_before.where(f_before > 0),
+                         "forget_undefined": (f_before <= 0)}, index=sel.index)
+
+
+def _histogram(ax, values: pd.Series, undefined: int, colour: str, xlabel: str, title: str) -> None:
+    """Histogram of the defined values with the median; the title says how many rows are n/a."""
+    note = f"\n({undefined} row(s) n/a: accuracy 0 before, not drawn)" if undefined else ""
+    values = values.dropna()
     if values.empty:
-        return _no_data(ax, "Recovery (honest, compliant)")
-    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="tab:blue", alpha=0.8)
-    ax.axvline(values.median(), color="black", linestyle="--", label=f"median {values.median():.3g}")
-    ax.set_xlabel("client_recovery")
-    ax.set_ylabel("rows")
-    ax.set_title("Recovery (honest, compliant)")
+        return _no_data(ax, title + note, "n/a for every row" if undefined else "no data")
+    edges = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 3)))
+    ax.hist(values, bins=edges, color=colour, alpha=0.85, label=f"ledger rows (n = {len(values)})")
+    ax.axvline(values.median(), color="black", linestyle="--", label=f"median {values.median():.3f}")
+    ax.grid(axis="y")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ledger rows (count)")
+    ax.set_title(title + note)
     ax.legend()
 
 
-def _plot_box(rows: pd.DataFrame, column: str, ax, title: str) -> None:
-    """Box plot of ``column`` per device profile (NaN dropped); a 'no data' panel when empty."""
-    groups = {p: pd.to_numeric(g[column], errors="coerce").dropna() for p, g in rows.groupby("profile", sort=True)}
+def recovery_figure(rows: pd.DataFrame) -> Figure:
+    """Histograms over honest compliant rows of recovery and of the forget accuracy retained (NaN: n/a)."""
+    values = recovery_values(rows)
+    with paper_style():
+        fig = Figure(figsize=(9.5, 3.8))
+        left, right = fig.subplots(1, 2)
+        _histogram(left, values["recovery"], int(values["recovery_undefined"].sum()), "tab:blue",
+                   "recovery = personalization accuracy after ÷ before (ratio)",
+                   "Personalization recovery (honest, compliant)")
+        _histogram(right, values["forget_retained"], int(values["forget_undefined"].sum()), "tab:orange",
+                   "forget accuracy after ÷ before (fraction retained)",
+                   "Forget accuracy retained (honest, compliant)")
+    return fig
+
+
+def _plot_box(rows: pd.DataFrame, column: str, ax, title: str, ylabel: str, scale: float = 1.0) -> None:
+    """Box plot of ``column`` × ``scale`` per device profile with every row as a dot (NaN dropped)."""
+    groups = {p: pd.to_numeric(g[column], errors="coerce").dropna() * scale for p, g in rows.groupby("profile", sort=True)}
     groups = {p: v.to_numpy() for p, v in groups.items() if len(v)}
     if not groups:
         return _no_data(ax, title)
-    ax.boxplot(list(groups.values()), tick_labels=list(groups.keys()))
+    ax.boxplot(list(groups.values()), tick_labels=list(groups.keys()), widths=0.5, showfliers=False,
+               medianprops={"color": "black"})
+    rng = np.random.default_rng(0)  # jitter only, deterministic
+    for i, v in enumerate(groups.values(), start=1):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=6, alpha=0.4, color="tab:blue", linewidths=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y")
+    ax.set_xlabel("device profile")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.tick_params(axis="x", labelrotation=30)
+
+
+def proof_cost_figure(rows: pd.DataFrame) -> Figure:
+    """Prove time and proof bundle size per device profile over honest rows (bundle: compliant rows only)."""
+    honest = rows[rows["honest"]]
+    with paper_style():
+        fig = Figure(figsize=(9.5, 3.8))
+        left, right = fig.subplots(1, 2)
+        _plot_box(honest, "client_prove_s", left, "Client prove time per profile (honest)", "prove time (s)")
+        _plot_box(honest[honest["compliant"]], "bundle_bytes", right,
+                  "Proof bundle per profile (honest, compliant)", "proof bundle size (kB)", scale=1e-3)
+    return fig
+
+
+def forgetting_figure(rows: pd.DataFrame, reference: pd.DataFrame | None) -> Figure:
+    """Forget accuracy per reference client: before, after the verified update, retrain-from-scratch."""
+    title = "Forget accuracy against retrain (sampled honest clients)"
+    with paper_style():
+        fig = Figure(figsize=(max(6.5, 0.8 * len(reference if reference is not None else ()) + 2.5), 4.2))
+        ax = fig.subplots()
+        if reference is None or reference.empty:
+            _no_data(ax, title)
+            return fig
+        j = _reference_rows(rows, reference).sort_values("partition_id")
+        x = np.arange(len(j))
+        for off, col, label, colour in ((-0.27, "client_forget_acc_before", "before (θp)", "lightgrey"),
+                                        (0.0, "client_forget_acc_after", "after verified update (θu)", "tab:blue"),
+                                        (0.27, "retrain_forget_acc", "retrain from scratch", "tab:orange")):
+            bars = ax.bar(x + off, j[col].astype(float), width=0.27, color=colour, label=label,
+                          edgecolor="black", linewidth=0.3)
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+        ax.set_xticks(x, [f"{int(p)}\n{prof}" for p, prof in zip(j["partition_id"], j["profile"])])
+        ax.grid(axis="y")
+        ax.set_xlabel("client (partition id, device profile)")
+        ax.set_ylabel("forget accuracy on D_f (fraction)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+    return fig
+
+
+def report_figures(ledger: pd.DataFrame, clients: pd.DataFrame,
+                   reference: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """The report's figures by file name (:data:`PLOTS`), not yet saved."""
+    rows = _joined(ledger, clients)
+    figures = (detection_figure(rows, clients), recovery_figure(rows), proof_cost_figure(rows),
+               forgetting_figure(rows, reference))
+    return dict(zip(PLOTS, figures))
 
 
 def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path,
@@ -243,21 +397,15 @@ def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = _joined(ledger, clients)
-    honest = rows[rows["honest"]]
-    figures = [Figure(figsize=(7, 0.5 * max(4, clients["behaviour"].nunique()) + 1)), Figure(figsize=(6, 4)),
-               Figure(figsize=(11, 4)), Figure(figsize=(max(6, 0.8 * len(reference if reference is not None else ()) + 2), 4.5))]
-    _plot_detection(_per_client(rows, clients), figures[0].subplots())
-    _plot_recovery(rows, figures[1].subplots())
-    left, right = figures[2].subplots(1, 2)
-    _plot_box(honest, "client_prove_s", left, "Prove time per profile (s, honest)")
-    _plot_box(honest[honest["compliant"]], "bundle_bytes", right, "Proof bundle per profile (bytes, honest, compliant)")
-    _plot_forgetting(rows, reference, figures[3].subplots())
-    paths = [out_dir / name for name in PLOTS]
-    for figure, path in zip(figures, paths):
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-    return paths
+    return [save_figure(fig, out_dir / name) for name, fig in report_figures(ledger, clients, reference).items()]
+
+
+def replot(folder: Path) -> list[Path]:
+    """Re-render a written report's figures from its ``ledger.csv``, ``clients.csv`` (and ``reference.csv``)."""
+    folder = Path(folder)
+    ledger, clients = pd.read_csv(folder / "ledger.csv"), pd.read_csv(folder / "clients.csv")
+    reference = pd.read_csv(folder / "reference.csv") if (folder / "reference.csv").exists() else None
+    return plot_report(ledger, clients, folder, reference)
 
 
 def _fmt(value) -> str:

@@ -1,6 +1,17 @@
-"""The provider: Flower strategies that add verified unlearning to any strategy (docs/protocol.md §2, §4)."""
+"""The provider: Flower strategies that add verified unlearning to any strategy, and their store.
+
+* :class:`VerifiedUnlearning` — the Strategy (docs/protocol.md §2, §4), :mod:`.verified_unlearning`;
+* :class:`SaliencyMasker`, :class:`DeletionRequest` — what to delete, :mod:`.masking`;
+* :func:`dispatch` — deadlines and retries of one message round, :mod:`.dispatch`;
+* the durable state — :mod:`.store` (one SQLite file), :mod:`.registry` (commitments), :mod:`.ledger` (verdicts);
+* :class:`UnlearningResult` — what :meth:`VerifiedUnlearning.start` returns, :mod:`.result`.
+"""
 from .dispatch import Outcome, dispatch
+from .ledger import Ledger
 from .masking import DeletionRequest, SaliencyMasker
+from .registry import Registry
+from .result import DeletionRecord, UnlearningResult
 from .verified_unlearning import UnlearningConfig, VerifiedUnlearning
 
-__all__ = ["VerifiedUnlearning", "UnlearningConfig", "DeletionRequest", "SaliencyMasker", "dispatch", "Outcome"]
+__all__ = ["VerifiedUnlearning", "UnlearningConfig", "DeletionRequest", "SaliencyMasker", "dispatch", "Outcome",
+           "UnlearningResult", "DeletionRecord", "Ledger", "Registry"]

@@ -17,7 +17,6 @@ and what is wrong, and the file is left untouched for the operator to restore fr
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path

@@ -1,29 +1,33 @@
 """The provider: verified unlearning around any Flower strategy (docs/protocol.md §2, §4, §5).
 
-``VerifiedUnlearning`` wraps a ``flwr.serverapp.strategy.Strategy`` (FedAvg by default) the way
-Flower's SecAgg+ workflow wraps one: the wrapped strategy still samples, configures and aggregates
-every ordinary training round; the wrapper adds the unlearning phases around them.
+``VerifiedUnlearning`` is a ``flwr.serverapp.strategy.Strategy`` that wraps another one (FedAvg by
+default) the way Flower's differential-privacy wrappers do: the wrapped strategy still samples,
+configures and aggregates every ordinary training round; the wrapper adds the unlearning phases.
 
     strategy = VerifiedUnlearning(FedAvg(), masker=SaliencyMasker(...), requests=[...], state_dir="provider")
-    result = strategy.start(grid, initial_arrays, num_rounds=3)
+    result = strategy.start(grid, initial_arrays, num_rounds=3, evaluate_fn=central_eval)
+    result.save("out")   # result.json: per-round metrics and, per deletion, θg evaluated before and after
 
-Schedule. Training rounds 1…N run through the wrapped strategy, **without quarantined nodes** (the
-strategy samples from a view of the Grid that hides them). After round r (r = 0: before training),
-every request with ``after_round == r`` is served: first, once, the personalize-and-commit round
-(``train.commit``: commitments fixed before any mask exists; persisted in the registry), then per
-request the mask on the current θg and a ``train.unlearn`` round with deadline and retry. Each reply is
-verified on arrival (§4), written to the ledger, and a compliant node's registry entry moves to θu.
-Nodes with a non-compliant latest outcome are quarantined; before serving a new request, quarantined
-nodes are sent their failed requests again (``makeup``) and are released when all of them comply.
-Registry and ledger live in one SQLite store, ``state_dir/provider.db``; a verdict's ledger row and
-registry update are one transaction, and a restarted provider skips nodes already registered and
-(request, node) pairs already decided.
+Schedule. Training rounds 1…N run through the wrapped strategy, **without quarantined nodes** (it
+samples from a view of the Grid that hides them, and a round it could not fill is skipped rather
+than left waiting). After round r (r = 0: before training), every request with ``after_round == r``
+is served: first, once, the personalize-and-commit round (``train.commit``: commitments fixed before
+any mask exists; persisted in the registry), then per request the mask on the current θg and a
+``train.unlearn`` round with deadline and retry. Each reply is verified on arrival (§4), written to
+the ledger, and a compliant node's registry entry moves to θu. Nodes with a non-compliant latest
+outcome are quarantined; before serving a new request, quarantined nodes are sent their failed
+requests again (``makeup``) and are released when all of them comply. Registry and ledger live in one
+SQLite store, ``state_dir/provider.db``; a verdict's ledger row and registry update are one
+transaction, and a restarted provider skips nodes already registered and (request, node) pairs
+already decided.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -31,10 +35,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
-from flwr.serverapp.strategy.result import Result
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
 from .ledger import Ledger
 from zkapex_flwr.proof import Verifier, get_circuit
@@ -50,6 +57,7 @@ from zkapex_flwr.unlearning import UnlearningMask
 
 from .dispatch import Outcome, dispatch
 from .masking import DeletionRequest, SaliencyMasker
+from .result import DeletionRecord, UnlearningResult
 
 log = logging.getLogger("zkapex_flwr.provider")
 
@@ -94,7 +102,6 @@ class _Accepted(NamedTuple):
     entry: BlockCommitments
     spec: CircuitSpec
     partition: int | None
-    metrics: dict
     identity: str
 
 
@@ -112,7 +119,16 @@ class _GridView:
         return getattr(self.grid, name)
 
 
-class VerifiedUnlearning:
+class VerifiedUnlearning(Strategy):
+    """A Flower :class:`~flwr.serverapp.strategy.Strategy` that adds verified unlearning to the one it wraps.
+
+    The five strategy methods delegate to the wrapped strategy, the way Flower's differential-privacy
+    wrappers do, with two changes: quarantined nodes are hidden from its sampling (and dropped from
+    whatever it returns), and deleted weights stay at zero in every θg it sends or aggregates.
+    :meth:`start` is Flower's round loop with the unlearning phases added after the rounds the
+    requests name; :meth:`serve_requests` serves them for users who run their own loop.
+    """
+
     def __init__(self, strategy: Strategy | None = None, *, masker: SaliencyMasker,
                  requests: list[DeletionRequest], state_dir: str | Path, config: UnlearningConfig | None = None,
                  store_name: str = "provider.db", on_progress: Callable[[str, int, int], None] | None = None):
@@ -139,56 +155,179 @@ class VerifiedUnlearning:
         self.nonces: dict[tuple[str, int], str] = {}
         self.participants: dict[int, list[int]] = {}           # training round -> nodes sent a train message
         self.partitions = self.registry.partitions()           # node -> partition id (client-reported, bookkeeping)
-        self.commit_metrics: dict[int, dict] = {}
         self.reply_audit: list[dict] = []                      # what each unlearning reply carried (no weights)
+
+    # ------------------------------------------------------------- the wrapped strategy
+    def nodes_needed(self, phase: str) -> int:
+        """How many sampleable nodes the wrapped strategy waits for in ``phase`` ("train" or "evaluate").
+
+        Flower's strategies block until ``max(min_available_nodes, min_<phase>_nodes)`` nodes are
+        connected; with quarantined nodes hidden that may never happen, so the round is skipped instead.
+        A phase whose fraction is 0 needs none."""
+        if getattr(self.strategy, f"fraction_{phase}", None) == 0.0:
+            return 0
+        return max(int(getattr(self.strategy, "min_available_nodes", 0) or 0),
+                   int(getattr(self.strategy, f"min_{phase}_nodes", 0) or 0))
+
+    def _sampleable(self, grid: Grid, phase: str, server_round: int) -> _GridView | None:
+        view = grid if isinstance(grid, _GridView) else _GridView(grid)
+        view.hidden = self.ledger.quarantined()
+        visible = len(list(view.get_node_ids()))
+        need = self.nodes_needed(phase)
+        if visible < need:
+            log.warning("round %d: %s skipped: %d nodes outside quarantine, %s needs %d", server_round, phase,
+                        visible, type(self.strategy).__name__, need)
+            return None
+        return view
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """The wrapped strategy's training messages, to nodes outside quarantine, with θg's deletions applied."""
+        view = self._sampleable(grid, "train", server_round)
+        msgs = [] if view is None else [
+            m for m in self.strategy.configure_train(server_round, self.forget_in_global(arrays), config, view)
+            if m.metadata.dst_node_id not in view.hidden]   # never trust a strategy's sampling
+        self.participants[server_round] = sorted(m.metadata.dst_node_id for m in msgs)
+        return msgs
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The wrapped strategy's aggregate; deleted weights stay deleted, whatever the clients sent."""
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        return (self.forget_in_global(arrays) if arrays is not None else None), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        view = self._sampleable(grid, "evaluate", server_round)
+        if view is None:
+            return []
+        return [m for m in self.strategy.configure_evaluate(server_round, self.forget_in_global(arrays), config, view)
+                if m.metadata.dst_node_id not in view.hidden]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        flwr_log(INFO, "\t├──> Verified unlearning (ZK-APEX):")
+        flwr_log(INFO, "\t│\t├── Requests: %s", ", ".join(f"{r.request_id} after round {r.after_round}"
+                                                         for r in self.requests) or "none")
+        flwr_log(INFO, "\t│\t├── Scope: %s (%d weights in %d blocks of %d)", self.masker.scope, self.layout.size,
+                 self.layout.n_blocks, self.masker.block_size)
+        flwr_log(INFO, "\t│\t├── Circuits: %s", ", ".join(c.spec.name() for c in self.circuits.values()))
+        flwr_log(INFO, "\t│\t└── Store: %s", self.store.path)
+        flwr_log(INFO, "\t└──> Wrapped strategy: %s", type(self.strategy).__name__)
+        self.strategy.summary()
 
     # ------------------------------------------------------------------------------- schedule
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None) -> Result:
-        result = Result()
-        arrays = self.forget_in_global(initial_arrays)   # a restarted provider keeps earlier deletions
-        view = _GridView(grid)
-        arrays = self._serve_requests(grid, arrays, 0)
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> UnlearningResult:
+        """Flower's round loop (same logs, same :class:`Result`) with the unlearning phases added.
+
+        After round r (r = 0: before the first), every request with ``after_round == r`` is served by
+        :meth:`serve_requests`; θg is evaluated (``evaluate_fn`` and the wrapped strategy's federated
+        evaluation) right before and right after, and both land in the result's ``deletions``."""
+        flwr_log(INFO, "Starting %s strategy:", type(self).__name__)
+        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+        self.summary()
+        flwr_log(INFO, "")
+        late = [r.request_id for r in self.requests if r.after_round > num_rounds]
+        if late:
+            log.warning("requests %s come after the last round (%d) and are not served by this run", late, num_rounds)
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = UnlearningResult()
+        t_start = time.time()
+        arrays = result.arrays = self.forget_in_global(initial_arrays)   # a restarted provider keeps earlier deletions
+        if evaluate_fn:
+            res = evaluate_fn(0, arrays)
+            flwr_log(INFO, "Initial global evaluation results: %s", res)
+            if res is not None:
+                result.evaluate_metrics_serverapp[0] = res
+        arrays = self._deletion_phase(grid, arrays, 0, result, timeout, evaluate_config, evaluate_fn)
         for rnd in range(1, num_rounds + 1):
-            view.hidden = self.ledger.quarantined()
-            visible = len(list(view.get_node_ids()))
-            if visible < getattr(self.strategy, "min_available_nodes", 0):
-                # the wrapped strategy would wait forever for nodes that quarantine hides: skip the round
-                log.warning("round %d skipped: %d nodes outside quarantine, the strategy needs %d", rnd, visible,
-                            self.strategy.min_available_nodes)
-                self.participants[rnd] = []
-                arrays = self._serve_requests(grid, arrays, rnd)
-                continue
-            msgs = list(self.strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config or {})), view))
-            msgs = [m for m in msgs if m.metadata.dst_node_id not in view.hidden]  # never trust a strategy's sampling
-            self.participants[rnd] = sorted(m.metadata.dst_node_id for m in msgs)
-            log.info("round %d: training on %d nodes (%d quarantined)", rnd, len(msgs), len(view.hidden))
+            flwr_log(INFO, "")
+            flwr_log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
+            msgs = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
+            quarantined = self.ledger.quarantined()
+            log.info("round %d: training on %d nodes (%d quarantined)", rnd, len(msgs), len(quarantined))
             replies = grid.send_and_receive(msgs, timeout=timeout) if msgs else []
-            new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
-            if new_arrays is not None:   # deleted weights stay deleted in θg, whatever the clients sent
-                arrays = result.arrays = self.forget_in_global(new_arrays)
+            new_arrays, metrics = self.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
             if metrics is not None:
+                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
                 result.train_metrics_clientapp[rnd] = metrics
-            emsgs = [m for m in self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(evaluate_config or {})), view)
-                     if m.metadata.dst_node_id not in view.hidden]
-            if emsgs:
-                agg = self.strategy.aggregate_evaluate(rnd, grid.send_and_receive(emsgs, timeout=timeout))
-                if agg is not None:
-                    result.evaluate_metrics_clientapp[rnd] = agg
-            arrays = self._serve_requests(grid, arrays, rnd)
+            agg = self._federated_evaluate(grid, rnd, arrays, evaluate_config, timeout)
+            if agg is not None:
+                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg)
+                result.evaluate_metrics_clientapp[rnd] = agg
+            if evaluate_fn:
+                flwr_log(INFO, "Global evaluation")
+                res = evaluate_fn(rnd, arrays)
+                flwr_log(INFO, "\t└──> MetricRecord: %s", res)
+                if res is not None:
+                    result.evaluate_metrics_serverapp[rnd] = res
+            arrays = self._deletion_phase(grid, arrays, rnd, result, timeout, evaluate_config, evaluate_fn)
         result.arrays = arrays
+        flwr_log(INFO, "")
+        flwr_log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+        flwr_log(INFO, "")
+        flwr_log(INFO, "Final results:")
+        flwr_log(INFO, "")
+        for line in io.StringIO(str(result)):
+            flwr_log(INFO, "\t%s", line.strip("\n"))
+        flwr_log(INFO, "")
         return result
 
-    def _serve_requests(self, grid: Grid, arrays: ArrayRecord, rnd: int) -> ArrayRecord:
-        """Serve the requests due after round ``rnd``; returns θg with their deletions applied."""
+    def _federated_evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
+                            timeout: float) -> MetricRecord | None:
+        msgs = list(self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid))
+        return self.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout)) if msgs else None
+
+    def _deletion_phase(self, grid: Grid, arrays: ArrayRecord, rnd: int, result: UnlearningResult, timeout: float,
+                        evaluate_config: ConfigRecord, evaluate_fn) -> ArrayRecord:
         due = [r for r in self.requests if r.after_round == rnd]
+        if not due:
+            return arrays
+        flwr_log(INFO, "")
+        flwr_log(INFO, "[UNLEARNING after round %s: %s]", rnd, ", ".join(r.request_id for r in due))
+        before = {"serverapp": result.evaluate_metrics_serverapp.get(rnd),
+                  "clientapp": result.evaluate_metrics_clientapp.get(rnd)}
+        after_arrays = self.serve_requests(grid, arrays, rnd)
+        after = {"serverapp": evaluate_fn(rnd, after_arrays) if evaluate_fn else None,
+                 "clientapp": self._federated_evaluate(grid, rnd, after_arrays, evaluate_config, timeout)}
+        outcomes = self.ledger.outcomes()
+        for req in due:
+            rows = outcomes[outcomes["request_id"] == req.request_id] if len(outcomes) else outcomes
+            verdicts = {str(k): int(v) for k, v in rows["reason"].value_counts().items()} if len(rows) else {}
+            mask = self.masks.get(req.request_id)
+            result.deletions.append(DeletionRecord(
+                request_id=req.request_id, after_round=rnd, description=req.description,
+                masked_weights=len(mask) if mask is not None else 0, verdicts=verdicts,
+                quarantined=sorted(self.ledger.quarantined()),
+                evaluate_before={k: v for k, v in before.items() if v is not None},
+                evaluate_after={k: v for k, v in after.items() if v is not None}))
+            flwr_log(INFO, "\t└──> %s: %s", req.request_id, ", ".join(f"{n} {r}" for r, n in verdicts.items()))
+        if after["serverapp"] is not None:
+            flwr_log(INFO, "\t└──> Global evaluation after the deletion: %s", after["serverapp"])
+        result.arrays = after_arrays
+        return after_arrays
+
+    def serve_requests(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+        """Serve the requests due after ``server_round``; returns θg with their deletions applied.
+
+        For users with their own round loop: call it after each round with the current θg (it is a
+        no-op when no request is due). Nodes are committed first (once), then each request is masked,
+        broadcast, proven by the clients and verified; the outcome is in :attr:`ledger`."""
+        due = [r for r in self.requests if r.after_round == server_round]
         if not due:
             return arrays
         self.commit_round(grid, arrays)
         for req in due:
             if self.cfg.makeup:
                 self._makeup(grid)
-            self.unlearn_round(grid, arrays, req, rnd)
+            self.unlearn_round(grid, arrays, req, server_round)
         return self.forget_in_global(arrays)
 
     # ------------------------------------------------------------------- phase 2: commit
@@ -207,7 +346,7 @@ class VerifiedUnlearning:
             if isinstance(accepted, _Refusal):
                 self._commit_failed(out.node_id, accepted.reason, accepted.detail)
                 return
-            entry, spec, part, metrics, identity = accepted
+            entry, spec, part, identity = accepted
             holder = self.registry.identity_holder(identity)
             if holder is not None and holder != out.node_id:
                 self._commit_failed(out.node_id, "duplicate-identity", f"commit reply: identity {identity[:80]!r} is "
@@ -220,7 +359,6 @@ class VerifiedUnlearning:
                 return
             if part is not None:
                 self.partitions[out.node_id] = part
-            self.commit_metrics[out.node_id] = metrics
             self.registry.register(out.node_id, entry, spec, partition_id=part, identity=identity)
 
         dispatch(grid, nodes, lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
@@ -286,7 +424,7 @@ class VerifiedUnlearning:
                                      f"names {rep.circuit_id[:12]}…")
         if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
             return _Refusal("wrong-mask", "committed to another block layout")
-        return _Accepted(entry, self.circuits[rep.circuit_id].spec, int(part) if part is not None else None, metrics,
+        return _Accepted(entry, self.circuits[rep.circuit_id].spec, int(part) if part is not None else None,
                          rep.identity)
 
     def repersonalize(self, grid: Grid, arrays: ArrayRecord, node: int, *, reason: str, rnd: int = -1) -> bool:
@@ -307,7 +445,7 @@ class VerifiedUnlearning:
             log.warning("node %d: re-personalization refused (%s: %s); its entry is unchanged", node, accepted.reason,
                         accepted.detail)
             return False
-        entry, spec, _, metrics, identity = accepted
+        entry, spec, _, identity = accepted
         if identity != (self.registry.record(node)["identity"] or ""):
             log.warning("node %d: re-personalization refused (it reports another identity); its entry is unchanged",
                         node)
@@ -315,7 +453,6 @@ class VerifiedUnlearning:
         if self.registry.duplicate_of(node, entry) is not None:
             log.warning("node %d: re-personalization refused (another node's commitments); its entry is unchanged", node)
             return False
-        self.commit_metrics[node] = metrics
         self.registry.repersonalize(node, entry, spec, reason=reason)
         for req in self.requests:
             if req.request_id in self.masks or self.ledger.broadcast(req.request_id) is not None:

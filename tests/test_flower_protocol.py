@@ -3,6 +3,7 @@
 Fast counterparts of the Ray fleet test (tests/test_fleet.py): the same protocol messages, the real
 EZKL prover and verifier, the persistent registry and ledger, deadline and retry, quarantine.
 """
+import json
 import time
 import uuid
 
@@ -10,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
-from zkapex_flwr.testing import SyncGrid
+from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning, dispatch
-from zkapex_flwr.client import MissingState, UnlearningSetup, VerifiedUnlearningMod
+from zkapex_flwr.client import MissingState
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from strategies.ledger import Ledger
@@ -25,25 +25,11 @@ from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
 from strategies.registry import Registry
 from zkapex_flwr.tasks import ImageTask
-from zkapex_flwr.training import train
+from zkapex_flwr.training import accuracy, train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
               pytest.mark.usefixtures("task_identity")]   # Messages built outside a Flower runtime (conftest.py)
 SCOPE = r"(^|\.)fc1\.weight$"
-
-
-class MLP(nn.Module):
-    """fc1 of 32×64 = 2 048 scope weights: 128 Fisher blocks of 16, 8 proof units of 16 blocks."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.mlp = nn.Sequential()
-        self.mlp.fc1 = nn.Linear(64, 32)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
 
 
 @pytest.fixture(scope="module")
@@ -52,35 +38,18 @@ def digits():
     return x, y
 
 
-def make_app(digits, hooks: dict, calls: dict | None = None) -> ClientApp:
+def make_app(digits, hooks: dict) -> ClientApp:
+    """The digits ClientApp: node pid holds 80 digits from 300 + 100·pid (mod 1 400), one local epoch."""
     x, y = digits
-
-    def setup(context: Context) -> UnlearningSetup:
-        pid = int(context.node_config["partition-id"])
-        start = 300 + (100 * pid) % 1400   # digits has 1 797 images; the fuzz fleet has more nodes
-        idx = torch.arange(start, start + 80)
-        return UnlearningSetup(model=MLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])),
-                               test=TensorData((x[1500:1600], y[1500:1600])), bundle_hook=hooks.get(pid), seed=pid)
-
-    mod = VerifiedUnlearningMod(setup)
-    app = ClientApp()
-
-    @app.train()
-    def local_train(msg: Message, context: Context) -> Message:
-        node = mod.setup_for(context)
-        node.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        train(node.model, node.task, node.data, epochs=1, lr=1e-3)
-        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
-
-    return mod.install(app)
+    return digits_client_app(x, y, wrap=1400, train_kwargs=dict(epochs=1, lr=1e-3), hooks=hooks,
+                             test=TensorData((x[1500:1600], y[1500:1600])))
 
 
 def provider(digits, state_dir, **cfg) -> VerifiedUnlearning:
     x, y = digits
     forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
     retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16,
+    masker = SaliencyMasker(DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16,
                             group=16, slots=2)
     config = UnlearningConfig(personal_epochs=2, deadline_s=cfg.pop("deadline_s", 5.0), **cfg)
     return VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
@@ -90,7 +59,7 @@ def provider(digits, state_dir, **cfg) -> VerifiedUnlearning:
 
 def initial_arrays(digits) -> ArrayRecord:
     x, y = digits
-    model = MLP()
+    model = DigitsMLP()
     train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=5, lr=3e-3)
     return ArrayRecord(model.state_dict())
 
@@ -106,8 +75,23 @@ def fleet(digits, tmp_path_factory):
     grid = SyncGrid(make_app(digits, {2: mask_only}), 4, drop_first={(103, UNLEARN)})
     strat = provider(digits, state, deadline_s=0.5)
     arrays = initial_arrays(digits)
-    strat.start(grid, arrays, num_rounds=2)
+    strat.result = strat.start(grid, arrays, num_rounds=2, evaluate_fn=central_evaluation(digits))
     return grid, strat, state, arrays
+
+
+def central_evaluation(digits):
+    """The ServerApp's own evaluation of θg: accuracy on held-out digits, and on the class to forget."""
+    x, y = digits
+    held = TensorData((x[1600:], y[1600:]))
+    threes = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model = DigitsMLP()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord({"accuracy": accuracy(model, ImageTask(), held),
+                             "forget-accuracy": accuracy(model, ImageTask(), threes)})
+
+    return evaluate
 
 
 def test_honest_nodes_compliant_cheater_quarantined(fleet):
@@ -117,6 +101,53 @@ def test_honest_nodes_compliant_cheater_quarantined(fleet):
     assert out.loc[102, "reason"] == "kkt-violation"
     assert strat.quarantined() == {102}
     assert bool(out.loc[102, "quarantined"]) and not bool(out.loc[100, "quarantined"])
+
+
+def test_the_provider_is_a_flower_strategy_whose_result_records_each_deletion(fleet, tmp_path):
+    from flwr.serverapp.strategy import Strategy
+
+    from strategies import UnlearningResult
+
+    _, strat, _, _ = fleet
+    result = strat.result
+    assert isinstance(strat, Strategy) and isinstance(result, UnlearningResult)
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]   # evaluate_fn: before round 1 and after each round
+    assert sorted(result.train_metrics_clientapp) == [1, 2]
+    (deletion,) = result.deletions
+    assert (deletion.request_id, deletion.after_round) == ("r1", 1)
+    assert deletion.verdicts == {"compliant": 3, "kkt-violation": 1}
+    before, after = deletion.evaluate_before["serverapp"], deletion.evaluate_after["serverapp"]
+    assert before == result.evaluate_metrics_serverapp[1]
+    # θg itself had the masked weights zeroed: its evaluation after the deletion differs from before
+    assert after["forget-accuracy"] != before["forget-accuracy"] or after["accuracy"] != before["accuracy"]
+    saved = json.loads(strat.result.save(tmp_path).read_text())
+    assert saved["deletions"][0]["verdicts"] == {"compliant": 3, "kkt-violation": 1}
+    assert saved["deletions"][0]["evaluate_after"]["serverapp"]["accuracy"] == pytest.approx(after["accuracy"])
+    assert set(saved["evaluate_metrics_serverapp"]) == {"0", "1", "2"}
+    assert set(torch.load(tmp_path / "global_model.pt")) == set(result.arrays.to_torch_state_dict())
+
+
+def test_a_strategy_that_needs_more_nodes_than_quarantine_leaves_skips_the_round(fleet):
+    """FedAvg(min_train_nodes=4) with one of four nodes quarantined would wait for a fourth node forever."""
+    import threading
+
+    grid, strat, state, arrays = fleet
+    assert len(strat.quarantined()) == 1
+    out = {}
+
+    def run() -> None:   # the store's SQLite connection belongs to the thread that opens it
+        strict = out["strategy"] = VerifiedUnlearning(
+            FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=2),
+            masker=strat.masker, requests=[], state_dir=state)
+        out["result"] = strict.start(grid, arrays, num_rounds=1)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the wrapped strategy was left waiting for nodes that quarantine hides"
+    strict = out["strategy"]
+    assert strict.nodes_needed("train") == 4 and strict.nodes_needed("evaluate") == 0
+    assert strict.participants[1] == [] and 1 not in out["result"].train_metrics_clientapp
 
 
 def test_quarantined_node_excluded_from_next_training_round(fleet):
@@ -282,7 +313,7 @@ def test_scenario_errors_name_file_and_key(tmp_path):
 def test_group_mask_respects_block_budget():
     from zkapex_flwr.unlearning import BlockLayout, select_mask
 
-    layout = BlockLayout.from_model(MLP(), 16, SCOPE)
+    layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)
     scores = torch.rand(layout.size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mask = select_mask(scores, layout, 0.01, max_blocks=16, group=(16, 2))
     units = {int(b) // 16 for b in mask.touched_blocks()}

@@ -458,29 +458,46 @@ def _machine() -> dict:
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__}
 
 
-def plot_local(result: dict, path: Path) -> None:
-    """Bar chart: personalization accuracy after, forget accuracy after and MIA AUC per method."""
+def plot_local(result: dict, path: Path | None = None):
+    """Bars per method (categorical x, no lines): personalization accuracy after, forget accuracy after,
+    RMIA AUC and TPR at 1 % FPR; a metric a run did not record is left out. Writes ``path`` when given;
+    returns the Figure. Same style values as simulations.report.PAPER_STYLE."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    style = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+             "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+             "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
+             "legend.frameon": False}
     rows = {"verified": result, **result["baselines"]}
-    keys = [("personalization_acc_after", "personalization acc"), ("forget_acc_after", "forget acc"),
-            ("mia_auc_after", "RMIA AUC"), ("mia_tpr_at_1pct_fpr_after", "RMIA TPR @ 1 % FPR")]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    width = 0.8 / len(keys)
-    for j, (key, label) in enumerate(keys):
-        ax.bar([i + j * width for i in range(len(rows))], [r[key] for r in rows.values()], width, label=label)
-    ax.axhline(result["personalization_acc_before"], color="k", ls="--", lw=0.8, label="personalization acc before")
-    ax.set_xticks([i + 1.5 * width for i in range(len(rows))], list(rows), fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction (accuracy, AUC, TPR)")
-    ax.set_xlabel("method (lower forget acc and MIA than before = forgotten; compare with retrain)")
-    cfg = result["config"]
-    ax.set_title(f"{cfg['model']} on {cfg['dataset']}: {result['masked_weights']} masked weights, "
-                 f"{result['touched_blocks']} blocks")
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    keys = [(k, label) for k, label in (("personalization_acc_after", "personalization accuracy"),
+                                        ("forget_acc_after", "forget accuracy on D_f"),
+                                        ("mia_auc_after", "RMIA AUC on D_f"),
+                                        ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR"))
+            if any(r.get(k) is not None for r in rows.values())]
+    with matplotlib.rc_context(style):
+        fig = Figure(figsize=(8, 4))
+        ax = fig.subplots()
+        width = 0.8 / max(1, len(keys))
+        colours = matplotlib.colormaps["tab10"]
+        for j, (key, label) in enumerate(keys):
+            values = [float("nan") if r.get(key) is None else r[key] for r in rows.values()]
+            ax.bar([i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))], values, width,
+                   color=colours(j), label=label)
+        ax.axhline(result["personalization_acc_before"], color="black", ls="--", lw=0.8,
+                   label="personalization accuracy before (reference level)")
+        ax.set_xticks(range(len(rows)), list(rows))
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y")
+        ax.set_ylabel("value after unlearning (fraction)")
+        ax.set_xlabel("method (forget accuracy and RMIA: compare with retrain)")
+        cfg = result["config"]
+        ax.set_title(f"{cfg['model']} on {cfg['dataset']}: {result['masked_weights']} masked weights, "
+                     f"{result['touched_blocks']} blocks")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=200)
+    return fig
+
+

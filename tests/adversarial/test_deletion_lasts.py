@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from flower_world import MLP, client_app
+from zkapex_flwr.testing import DigitsMLP, digits_client_app
 from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.client.state import NodeState
@@ -45,15 +45,15 @@ def run(tmp_path_factory):
     forget3 = TensorData((pool_x[pool_y == 3], pool_y[pool_y == 3]))
     forget5 = TensorData((pool_x[pool_y == 5], pool_y[pool_y == 5]))
     retain = TensorData((pool_x[(pool_y != 3) & (pool_y != 5)], pool_y[(pool_y != 3) & (pool_y != 5)]))
-    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.02, slots=2)
+    masker = SaliencyMasker(DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.02, slots=2)
     strat = VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
                                requests=[DeletionRequest("forget-3", forget3, after_round=0),
                                          DeletionRequest("forget-5", forget5, after_round=3)],
                                state_dir=tmp_path_factory.mktemp("provider"),
                                config=UnlearningConfig(personal_epochs=2, damping=1.0, deadline_s=30.0))
-    theta_g = MLP()
+    theta_g = DigitsMLP()
     train(theta_g, ImageTask(), TensorData((pool_x, pool_y)), epochs=30, lr=3e-3)
-    grid = LateGrid(client_app(x, y, samples=150, stride=150, train_kwargs=dict(
+    grid = LateGrid(digits_client_app(x, y, samples=150, stride=150, train_kwargs=dict(
         epochs=2, lr=3e-3, seed=lambda ctx: int(ctx.node_config["partition-id"]))), 4)   # every node holds class 3
     rounds: dict[int, ArrayRecord] = {}
     aggregate = strat.strategy.aggregate_train
@@ -71,7 +71,7 @@ def run(tmp_path_factory):
 
 
 def _model(arrays: ArrayRecord) -> nn.Module:
-    m = MLP()
+    m = DigitsMLP()
     m.load_state_dict(arrays.to_torch_state_dict())
     return m.eval()
 
@@ -82,9 +82,9 @@ def test_every_proof_compliant_and_later_masks_hold_earlier_deletions(run):
     assert set(out["reason"]) == {"compliant"}, out[["request_id", "node_id", "reason", "detail"]]
     m3, m5 = strat.masks["forget-3"], strat.masks["forget-5"]
     assert set(m3.indices.tolist()) < set(m5.indices.tolist())          # the second mask is the union
-    layout = BlockLayout.from_model(MLP(), 16, SCOPE)
+    layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)
     for node in (100, 101, 102, LATE):
-        model = MLP()
+        model = DigitsMLP()
         model.load_state_dict(NodeState.load(grid.contexts[node]).model)
         flat = layout.flatten(model)
         assert (flat[m5.indices] == 0).all(), node                      # θu keeps both deletions
@@ -92,7 +92,7 @@ def test_every_proof_compliant_and_later_masks_hold_earlier_deletions(run):
 
 def test_global_model_keeps_the_deletion_for_three_rounds(run):
     strat, _, theta_g, rounds, result, forget3 = run
-    layout = BlockLayout.from_model(MLP(), 16, SCOPE)
+    layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)
     m3 = strat.masks["forget-3"]
     task = ImageTask()
     before = accuracy(theta_g, task, forget3)
@@ -110,8 +110,8 @@ def test_late_joiner_inherits_the_deletion(run):
     assert (LATE, "train.unlearn") in grid.seen                                           # asked forget-5 only
     rows = strat.ledger.frame()
     assert set(rows.loc[rows["node_id"] == LATE, "request_id"]) == {"forget-5"}
-    layout = BlockLayout.from_model(MLP(), 16, SCOPE)
-    model = MLP()
+    layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)
+    model = DigitsMLP()
     model.load_state_dict(NodeState.load(grid.contexts[LATE]).model)
     assert (layout.flatten(model)[strat.masks["forget-3"].indices] == 0).all()
     acc = accuracy(model.eval(), ImageTask(), forget3)

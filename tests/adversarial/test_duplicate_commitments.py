@@ -6,18 +6,13 @@ refuses commitments (θ or Fisher) that another node registered, and the copier 
 ``duplicate-commitment``. Real ClientApp, prover and verifier, in process.
 """
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ConfigRecord, Message, RecordDict
 
-from flower_world import MLP, client_app
+from zkapex_flwr.testing import digits_client_app, digits_global_model, digits_provider
 from zkapex_flwr.testing import SyncGrid
-from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.data.images import load_images
-from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT, CONFIG, UNLEARN
 from strategies.registry import DuplicateCommitments
-from zkapex_flwr.tasks import ImageTask
-from zkapex_flwr.training import train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
               pytest.mark.usefixtures("task_identity")]
@@ -52,17 +47,9 @@ class CollusionGrid(SyncGrid):
 
 def test_copied_commitments_are_refused_and_the_copier_quarantined(tmp_path):
     x, y = load_images("digits")
-    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
-    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=r"(^|\.)fc1\.weight$", block_size=16,
-                            mask_fraction=0.01, max_blocks=16, group=16, slots=2)
-    strat = VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
-                               requests=[DeletionRequest("r1", forget, after_round=0)], state_dir=tmp_path,
-                               config=UnlearningConfig(personal_epochs=1, deadline_s=5.0))
-    model = MLP()
-    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
-    grid = CollusionGrid(client_app(x, y), 3)
-    strat.start(grid, ArrayRecord(model.state_dict()), num_rounds=0)
+    strat = digits_provider(tmp_path, x=x, y=y)
+    grid = CollusionGrid(digits_client_app(x, y), 3)
+    strat.start(grid, digits_global_model(x, y), num_rounds=0)
     out = strat.ledger.outcomes().set_index("node_id")
     assert out.loc[VICTIM, "reason"] == out.loc[102, "reason"] == "compliant"
     assert out.loc[COPIER, "reason"] == "duplicate-commitment", out.loc[COPIER, "detail"]

@@ -10,19 +10,15 @@ broadcast — except after an explicit, logged re-personalization, which must pr
 deletion again. Runs the real ClientApp, prover and verifier in process (``zkapex_flwr.testing``).
 """
 import pytest
-from flwr.app import ArrayRecord, Message
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Message
 
-from flower_world import MLP, client_app
+from zkapex_flwr.testing import digits_client_app, digits_global_model, digits_provider
 from zkapex_flwr.testing import SyncGrid
-from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
+from strategies import VerifiedUnlearning
 from strategies.dispatch import Outcome
 from zkapex_flwr.data.images import load_images
-from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.protocol import COMMIT
 from strategies.registry import RegistryError
-from zkapex_flwr.tasks import ImageTask
-from zkapex_flwr.training import train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
               pytest.mark.usefixtures("task_identity")]
@@ -34,26 +30,16 @@ def digits():
 
 
 def _provider(digits, state_dir) -> VerifiedUnlearning:
-    x, y = digits
-    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
-    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=r"(^|\.)fc1\.weight$", block_size=16,
-                            mask_fraction=0.01, max_blocks=16, group=16, slots=2)
-    return VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
-                              requests=[DeletionRequest("r1", forget, after_round=0)], state_dir=state_dir,
-                              config=UnlearningConfig(personal_epochs=1, deadline_s=2.0, max_attempts=1))
+    return digits_provider(state_dir, x=digits[0], y=digits[1], deadline_s=2.0, max_attempts=1)
 
 
 @pytest.fixture(scope="module")
 def arrays(digits):
-    x, y = digits
-    model = MLP()
-    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
-    return ArrayRecord(model.state_dict())
+    return digits_global_model(*digits)
 
 
 def test_second_registration_is_refused_and_changes_nothing(digits, arrays, tmp_path):
-    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
+    grid = SyncGrid(digits_client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
     strat = _provider(digits, tmp_path)
     strat.commit_round(grid, arrays)
     before = strat.registry.versions(100), strat.registry.record(100)["digest"]
@@ -64,7 +50,7 @@ def test_second_registration_is_refused_and_changes_nothing(digits, arrays, tmp_
 
 
 def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits, arrays, tmp_path):
-    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 3, drop_first={(102, COMMIT)})    # node 102's commit is lost
+    grid = SyncGrid(digits_client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 3, drop_first={(102, COMMIT)})    # node 102's commit is lost
     strat = _provider(digits, tmp_path)
     strat.start(grid, arrays, num_rounds=0)                          # commit round, then r1
     out = strat.ledger.outcomes().set_index("node_id")
@@ -81,8 +67,8 @@ def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits,
     # 102 registers anyway, with commitments made after the mask went out (here: an honest personalization)
     reply = grid.app(Message(restarted._commit_request().to_content(arrays), dst_node_id=102, message_type=COMMIT),
                      grid.contexts[102])
-    entry, spec, _, _, _ = restarted._commit_reply(Outcome(102, 1, reply, "replied"))
-    restarted.registry.register(102, entry, spec)
+    accepted = restarted._commit_reply(Outcome(102, 1, reply, "replied"))
+    restarted.registry.register(102, accepted.entry, accepted.spec)
     restarted.unlearn_round(grid, arrays, restarted.requests[0], 1, nodes=[102])
     rows = restarted.ledger.frame()
     late = rows[(rows["node_id"] == 102)].iloc[-1]
@@ -93,7 +79,7 @@ def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits,
 
 
 def test_repersonalization_must_prove_every_active_deletion(digits, arrays, tmp_path):
-    grid = SyncGrid(client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
+    grid = SyncGrid(digits_client_app(*digits, train_kwargs=dict(epochs=1, lr=1e-3)), 2)
     strat = _provider(digits, tmp_path)
     strat.start(grid, arrays, num_rounds=0)
     assert set(strat.ledger.outcomes()["reason"]) == {"compliant"}

@@ -9,17 +9,15 @@ with SuperNode authentication the node id itself is stable per key: ``tests/test
 Real ClientApp, prover and verifier, in process.
 """
 import pytest
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from flower_world import MLP, client_app
+from zkapex_flwr.testing import digits_client_app, digits_global_model, digits_provider
 from zkapex_flwr.testing import SyncGrid
-from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
+from strategies import DeletionRequest
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.proof.cheats import cheat_bundle
-from zkapex_flwr.tasks import ImageTask
-from zkapex_flwr.training import train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
               pytest.mark.usefixtures("task_identity")]
@@ -50,17 +48,12 @@ class RejoinGrid(SyncGrid):
 def test_a_quarantined_node_returning_under_a_new_id_stays_quarantined(tmp_path):
     x, y = load_images("digits")
     forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
-    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(MLP, ImageTask(), retain, scope=r"(^|\.)fc1\.weight$", block_size=16,
-                            mask_fraction=0.01, max_blocks=16, group=16, slots=2)
     requests = [DeletionRequest("r1", forget, after_round=0), DeletionRequest("r2", forget, after_round=1)]
-    strat = VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1,
-                                      min_train_nodes=1), masker=masker, requests=requests, state_dir=tmp_path,
-                               config=UnlearningConfig(personal_epochs=1, deadline_s=5.0, makeup=False))
-    model = MLP()
-    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=3, lr=3e-3)
-    grid = RejoinGrid(client_app(x, y, hooks={2: cheat_on_r1}), 3)
-    strat.start(grid, ArrayRecord(model.state_dict()), num_rounds=1)
+    strat = digits_provider(tmp_path, x=x, y=y, requests=requests, makeup=False,
+                            strategy=FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1,
+                                            min_train_nodes=1))
+    grid = RejoinGrid(digits_client_app(x, y, hooks={2: cheat_on_r1}), 3)
+    strat.start(grid, digits_global_model(x, y), num_rounds=1)
 
     ledger = strat.ledger.frame()
     reason = {(r.request_id, int(r.node_id)): r.reason for r in ledger.itertuples()}
