@@ -118,7 +118,9 @@ def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra:
         "cheaters_caught": int(cheat["caught"].sum()), "cheaters_missed": int(cheat["all_ok"].sum()),
         "cheaters_unprobed": int((cheat["rows"] == 0).sum()),
         "by_behaviour": by_behaviour,
-        "recovery_median": _median(good["client_recovery"]),
+        # a client at accuracy 0 before has no recovery ratio: NaN, not the 0 it reports
+        "recovery_median": _median(good["client_recovery"].where(
+            ~(pd.to_numeric(good["client_personalization_acc_before"], errors="coerce") <= 0))),
         "forget_acc_before_median": _median(good["client_forget_acc_before"]),
         "forget_acc_after_median": _median(good["client_forget_acc_after"]),
         "prove_s_median": _median(rows.loc[rows["honest"], "client_prove_s"]),

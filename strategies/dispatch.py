@@ -22,9 +22,7 @@ class Outcome:
     node_id: int
     attempts: int
     reply: Message | None        # the accepted reply (None: no answer in time / errors only)
-    status: str                  # "replied" | "no-response" | "error"
-    detail: str = ""
-    latency_s: float = 0.0
+    detail: str = ""             # why there is no reply (every attempt's deadline or error)
 
 
 def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Message], *, deadline_s: float,
@@ -48,11 +46,11 @@ def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Me
         if on_outcome is not None:
             on_outcome(out)
 
-    def retry_or_give_up(node: int, attempt: int, status: str, detail: str) -> None:
+    def retry_or_give_up(node: int, attempt: int, detail: str) -> None:
         if attempt < max_attempts:
             pending.append((node, attempt + 1))
         else:
-            finish(Outcome(node, attempt, None, status, detail))
+            finish(Outcome(node, attempt, None, detail))
 
     while pending or inflight:
         batch = []
@@ -68,12 +66,12 @@ def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Me
             mid = reply.metadata.reply_to_message_id
             if mid not in inflight:
                 continue
-            node, attempt, pushed = inflight.pop(mid)
+            node, attempt, _ = inflight.pop(mid)
             if reply.has_error():
                 errors[node] = f"attempt {attempt}: client error: {reply.error.reason}"
-                retry_or_give_up(node, attempt, "error", errors[node])
+                retry_or_give_up(node, attempt, errors[node])
             else:
-                finish(Outcome(node, attempt, reply, "replied", "", time.monotonic() - pushed))
+                finish(Outcome(node, attempt, reply))
         now = time.monotonic()
         for mid, (node, attempt, pushed) in list(inflight.items()):
             if now - pushed > deadline_s:
@@ -81,7 +79,7 @@ def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Me
                 detail = f"no reply within {deadline_s:g} s on attempt {attempt}"
                 if node in errors:
                     detail += f" (earlier {errors[node]})"
-                retry_or_give_up(node, attempt, "no-response", detail)
+                retry_or_give_up(node, attempt, detail)
         if inflight:
             time.sleep(poll_s)
     return outcomes

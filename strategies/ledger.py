@@ -13,24 +13,57 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from zkapex_flwr.proof.verifier import REASONS
 from zkapex_flwr.files import atomic_write
+from zkapex_flwr.protocol import CLIENT_METRICS, REASONS, metric_column
 
 from .store import ProviderStore, StoreError, open_store
 
 COLUMNS = ("request_id", "node_id", "partition_id", "server_round", "nonce", "reason", "detail", "compliant",
            "attempts", "verify_ms", "proofs", "bundle_bytes", "circuit", "quarantined", "recorded_at")
-CLIENT_COLUMNS = ("client_prove_s", "client_recovery", "client_personalization_acc_before",
-                  "client_personalization_acc_after", "client_forget_acc_before", "client_forget_acc_after",
-                  "client_masked_weights", "client_device_s", "client_upload_s")
+CLIENT_COLUMNS = tuple(metric_column(k) for k in CLIENT_METRICS)
 ALL = COLUMNS + CLIENT_COLUMNS
 # the latest row of every (request, node) pair
 _LATEST = "SELECT * FROM ledger l WHERE seq = (SELECT MAX(seq) FROM ledger WHERE request_id = l.request_id " \
           "AND node_id = l.node_id)"
+
+
+@dataclass
+class LedgerRow:
+    """One verdict: a (request, node) attempt, its reason code and what the client said about itself."""
+
+    request_id: str
+    node_id: int
+    reason: str
+    detail: str = ""
+    partition_id: int = -1
+    server_round: int = -1
+    nonce: str = ""
+    attempts: int = 0
+    verify_ms: float | None = None
+    proofs: int = 0
+    bundle_bytes: int = 0
+    circuit: str = ""
+    quarantined: bool = False
+    recorded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    client: dict[str, float] = field(default_factory=dict)   # CLIENT_METRICS key -> value (reported, unverified)
+
+    @property
+    def compliant(self) -> bool:
+        return self.reason == "compliant"
+
+    def as_dict(self) -> dict:
+        """The row as the ledger's columns (client metrics as ``client_*``)."""
+        unknown = sorted(set(self.client) - set(CLIENT_METRICS))
+        if unknown:
+            raise LedgerError(f"ledger row: unknown client metric(s) {unknown}; known: {list(CLIENT_METRICS)}")
+        row = {c: getattr(self, c) for c in COLUMNS if c != "compliant"} | {"compliant": self.compliant}
+        return row | {metric_column(k): v for k, v in self.client.items()}
 
 
 class LedgerError(StoreError, ValueError):
@@ -71,12 +104,14 @@ class Ledger:
             atomic_write(path, df.to_csv(index=False).encode())
         return path
 
-    def append(self, rows: list[dict]) -> None:
+    def append(self, rows: list[LedgerRow | dict]) -> None:
         """Validate and add rows in one transaction (nothing is written if a row is bad or already recorded)."""
         if not rows:
             return
         clean = []
         for i, row in enumerate(rows):
+            if isinstance(row, LedgerRow):
+                row = row.as_dict()
             missing = [c for c in COLUMNS if c not in row]
             if missing:
                 raise LedgerError(f"ledger row {i} lacks {missing}")

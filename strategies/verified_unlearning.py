@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -43,13 +42,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
-from .ledger import Ledger
+from .ledger import Ledger, LedgerRow
 from zkapex_flwr.proof import Verifier, get_circuit
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
 from zkapex_flwr.proof.statement import Binding
 from zkapex_flwr.proof.verifier import Verdict
-from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
+from zkapex_flwr.protocol import (CLIENT_METRICS, COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
                                   UnlearnRequest, reply_metrics)
 from .registry import Registry
 from .store import ProviderStore
@@ -60,14 +59,6 @@ from .masking import DeletionRequest, SaliencyMasker
 from .result import DeletionRecord, UnlearningResult
 
 log = logging.getLogger("zkapex_flwr.provider")
-
-CLIENT_METRICS = {"prove-s": "client_prove_s", "recovery": "client_recovery",
-                  "personalization-acc-before": "client_personalization_acc_before",
-                  "personalization-acc-after": "client_personalization_acc_after",
-                  "forget-acc-before": "client_forget_acc_before", "forget-acc-after": "client_forget_acc_after",
-                  "masked-weights": "client_masked_weights", "device-s": "client_device_s",
-                  "upload-s": "client_upload_s"}
-
 
 @dataclass
 class UnlearningConfig:
@@ -577,16 +568,12 @@ class VerifiedUnlearning(Strategy):
     def _record(self, rid: str, node: int, rnd: int, reason: str, detail: str, *, attempts: int,
                 metrics: dict | None = None, verify_ms: float | None = None, proofs: int = 0, bundle_bytes: int = 0,
                 circuit: str = "") -> None:
-        row = {"request_id": rid, "node_id": int(node), "partition_id": self.partitions.get(node, -1),
-               "server_round": rnd, "nonce": self.nonces.get((rid, node), ""), "reason": reason, "detail": detail,
-               "compliant": reason == "compliant", "attempts": attempts, "verify_ms": verify_ms, "proofs": proofs,
-               "bundle_bytes": bundle_bytes, "circuit": circuit, "quarantined": False,
-               "recorded_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        for key, col in CLIENT_METRICS.items():
-            if metrics and key in metrics:
-                row[col] = metrics[key]
         failed_elsewhere = [r for r in self.ledger.failed_requests(node) if r != rid]
-        row["quarantined"] = reason != "compliant" or bool(failed_elsewhere)
+        row = LedgerRow(rid, int(node), reason, detail, partition_id=self.partitions.get(node, -1), server_round=rnd,
+                        nonce=self.nonces.get((rid, node), ""), attempts=attempts, verify_ms=verify_ms, proofs=proofs,
+                        bundle_bytes=bundle_bytes, circuit=circuit,
+                        quarantined=reason != "compliant" or bool(failed_elsewhere),
+                        client={k: v for k, v in (metrics or {}).items() if k in CLIENT_METRICS})
         self.ledger.append([row])
         if reason != "compliant":
             log.info("request %s: node %d %s (%s)", rid, node, reason, detail)

@@ -187,3 +187,12 @@ def test_reference_client_without_measurements_is_named(ledger, clients, tmp_pat
     assert not (tmp_path / "bad" / "ledger.csv").exists()
     with pytest.raises(ValueError, match="missing required column"):
         summarize(ledger, clients, 1.0, reference=REFERENCE.drop(columns="retrain_forget_acc"))
+
+
+def test_a_client_at_zero_accuracy_before_has_no_recovery_not_a_zero(ledger, clients):
+    honest_ok = ledger.index[ledger["compliant"] & ledger["partition_id"].isin(
+        [p for p, (b, _) in CLIENTS.items() if b in HONEST_BEHAVIOURS])]
+    changed = ledger.copy()
+    changed.loc[honest_ok, "client_personalization_acc_before"] = 0.0   # every honest client at 0 before ...
+    changed.loc[honest_ok, "client_recovery"] = 0.0                    # ... reports after / 1e-12 = 0
+    assert summarize(changed, clients, wall_s=1.0)["recovery_median"] is None

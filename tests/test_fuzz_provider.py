@@ -24,7 +24,7 @@ from zkapex_flwr.proof import ClientProver, ProofBundle, Verifier
 from zkapex_flwr.proof.bundle import MAGIC, MAX_BUNDLE_BYTES, MAX_PROOF_BYTES, Proof, Slot, int_to_felt
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.proof.commitments import BlockCommitments, MalformedCommitments
-from zkapex_flwr.proof.verifier import REASONS
+from zkapex_flwr.protocol import REASONS
 from zkapex_flwr.protocol import (COMMIT, UNLEARN, CommitReply, ProtocolError, UnlearnReply, UnlearnRequest,
                                   reply_metrics)
 from zkapex_flwr.unlearning import BlockLayout, UnlearningMask

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies.ledger import Ledger, LedgerError
+from strategies.ledger import Ledger, LedgerError, LedgerRow
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
 from strategies.registry import Registry, RegistryError
@@ -61,6 +61,16 @@ def test_ledger_outcomes_quarantine_and_export(tmp_path):
     assert len(pd.read_csv(csv)) == 4 and len(pd.read_parquet(pq)) == 4
     with pytest.raises(LedgerError, match=r"\.csv or \.parquet"):
         led.export(tmp_path / "l.json")
+
+
+def test_ledger_row_record_maps_client_metrics_to_columns_and_refuses_unknown_ones(tmp_path):
+    led = Ledger(tmp_path / "p.db")
+    led.append([LedgerRow("r1", 5, "compliant", nonce="n", client={"forget-acc-after": 0.25, "prove-s": 1.5})])
+    got = led.frame().iloc[0]
+    assert bool(got["compliant"]) and got["client_forget_acc_after"] == 0.25 and got["client_prove_s"] == 1.5
+    with pytest.raises(LedgerError, match=r"unknown client metric\(s\) \['accuracy'\]"):
+        led.append([LedgerRow("r1", 6, "compliant", nonce="m", client={"accuracy": 1.0})])
+    assert len(led) == 1
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -35,6 +35,20 @@ CONFIG = "zkapex"
 ARRAYS = "arrays"
 METRICS = "metrics"
 
+# Verdict reason codes: every ledger row carries one (docs/protocol.md §4, §5)
+REASONS = ("compliant", "malformed", "incomplete", "invalid-proof", "stale-model", "fisher-mismatch", "wrong-mask",
+           "kkt-violation", "wrong-circuit", "no-response", "late-commit",
+           "duplicate-commitment", "duplicate-identity")
+# What an unlearning reply's metrics may say about the client (research data, never used in a verdict);
+# the ledger keeps each as column ``client_<key with _>`` (:func:`metric_column`)
+CLIENT_METRICS = ("prove-s", "recovery", "personalization-acc-before", "personalization-acc-after",
+                  "forget-acc-before", "forget-acc-after", "masked-weights", "device-s", "upload-s")
+
+
+def metric_column(key: str) -> str:
+    """The ledger column of a client metric: ``forget-acc-after`` → ``client_forget_acc_after``."""
+    return "client_" + key.replace("-", "_")
+
 
 class ProtocolError(ValueError):
     """A message does not follow the unlearning protocol (missing key, wrong type, wrong phase)."""

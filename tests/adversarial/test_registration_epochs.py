@@ -67,7 +67,7 @@ def test_lost_commit_is_remembered_and_a_late_registration_is_not_judged(digits,
     # 102 registers anyway, with commitments made after the mask went out (here: an honest personalization)
     reply = grid.app(Message(restarted._commit_request().to_content(arrays), dst_node_id=102, message_type=COMMIT),
                      grid.contexts[102])
-    accepted = restarted._commit_reply(Outcome(102, 1, reply, "replied"))
+    accepted = restarted._commit_reply(Outcome(102, 1, reply))
     restarted.registry.register(102, accepted.entry, accepted.spec)
     restarted.unlearn_round(grid, arrays, restarted.requests[0], 1, nodes=[102])
     rows = restarted.ledger.frame()
