@@ -6,13 +6,60 @@ import json
 import sys
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+def check_local_args(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, tuple[int, int] | None]:
+    """Every ``zkapex local`` argument checked before anything is loaded or trained (a one-line ValueError).
+
+    Returns the parsed forget classes and mask group."""
+    image = args.dataset in ("digits", "mnist")
+    classes = _int_list(args.forget_classes, "--forget-classes") if args.forget_classes else None
+    group = _int_list(args.mask_group, "--mask-group") if args.mask_group else None
+    checks = [
+        (args.mask_fraction is None or 0 < args.mask_fraction < 1,
+         f"mask fraction must be in (0, 1), got {args.mask_fraction}"),
+        (args.block_size is None or args.block_size >= 1, f"--block-size must be >= 1, got {args.block_size}"),
+        (args.max_blocks is None or args.max_blocks >= 1, f"--max-blocks must be >= 1, got {args.max_blocks}"),
+        (group is None or (len(group) == 2 and min(group) >= 1),
+         f"--mask-group must be G,K with G >= 1 and K >= 1, got '{args.mask_group}'"),
+        (args.damping is None or args.damping >= 0, f"damping must be non-negative, got {args.damping}"),
+        (args.num_grads is None or args.num_grads >= 1, f"--num-grads must be >= 1, got {args.num_grads}"),
+        (args.forget_count is None or args.forget_count >= 1, f"--forget-count must be >= 1, got {args.forget_count}"),
+        (classes is None or (classes and image),
+         "--forget-classes applies to image datasets (digits, mnist)" if not image else "--forget-classes names no class"),
+        (classes is None or not image or all(0 <= c <= 9 for c in classes),
+         f"forget_classes: class {next((c for c in classes or () if not 0 <= c <= 9), '')} is outside 0..9"),
+        (args.forget_package is None or not image, "--forget-package applies to the code dataset (stdlib-code)"),
+        (args.forget_mode is None or (args.forget_mode in ("class", "samples")) == image,
+         f"--forget-mode {args.forget_mode} does not apply to {args.dataset}; "
+         + ("use class or samples" if image else "use package")),
+        (args.mia_references is None or args.mia_references >= 1,
+         f"the membership attack needs at least one reference model, got --mia-references {args.mia_references}"),
+        (args.proof_slots is None or args.proof_slots >= 1, f"--proof-slots must be >= 1, got {args.proof_slots}"),
+        (args.proof_group is None or args.proof_group >= 1, f"--proof-group must be >= 1, got {args.proof_group}"),
+        (args.global_epochs is None or args.global_epochs >= 0,
+         f"--global-epochs must be >= 0, got {args.global_epochs}"),
+        (args.personal_epochs is None or args.personal_epochs >= 0,
+         f"--personal-epochs must be >= 0, got {args.personal_epochs}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+    return classes, (group[0], group[1]) if group else None
+
+
 def _local(args: argparse.Namespace) -> int:
+    forget_classes, mask_group = check_local_args(args)   # before the heavy imports and any training
     from rich.console import Console
     from rich.table import Table
 
     from zkapex_flwr.pipeline import preset, run_local
 
-    forget_classes = tuple(int(c) for c in args.forget_classes.split(",")) if args.forget_classes else None
     cfg = preset(args.model, args.dataset, method=args.method, seed=args.seed, mask_fraction=args.mask_fraction,
                  block_size=args.block_size, max_blocks=args.max_blocks, damping=args.damping,
                  num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
@@ -20,7 +67,7 @@ def _local(args: argparse.Namespace) -> int:
                  client_keeps_forget=True if args.client_keeps_forget else None, mia_references=args.mia_references,
                  global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
                  proof_slots=args.proof_slots, proof_group=args.proof_group,
-                 mask_group=tuple(int(v) for v in args.mask_group.split(",")) if args.mask_group else None)
+                 mask_group=mask_group)
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
     from rich import box
@@ -76,12 +123,28 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulations.runner import simulate
+    from simulations.scenario import parse_overrides
 
-    summary = simulate(args.scenario, args.out, cpus_per_client=args.cpus_per_client, ray_address=args.ray_address)
+    summary = simulate(args.scenario, args.out, overrides=parse_overrides(args.set),
+                       cpus_per_client=args.cpus_per_client, num_gpus=args.num_gpus, device=args.device,
+                       ray_address=args.ray_address)
     keys = ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected", "cheaters_caught",
             "cheaters_missed", "recovery_median", "prove_s_median", "proof_bytes_median", "verify_ms_median", "wall_s")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     return 0 if summary["honest_rejected"] == 0 and summary["cheaters_missed"] == 0 else 1
+
+
+def _scenario_check(args: argparse.Namespace) -> int:
+    from simulations.runner import resolve_scenario
+    from simulations.scenario import load_scenario, parse_overrides, summary_line
+
+    sc = load_scenario(resolve_scenario(args.file), parse_overrides(args.set))
+    print(summary_line(sc))
+    return 0
+
+
+SET_HELP = ("override a scenario key on top of the file, e.g. --set training.rounds=3 "
+            "--set unlearning.mask_fraction=0.02 (repeatable; values are TOML: 3, 0.5, true, [1, 2], 'text')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,11 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("simulate", help="a fleet scenario through Flower's simulation engine on Ray")
     f.add_argument("scenario", help="scenario file, e.g. simulations/smoke.toml")
     f.add_argument("--out", required=True, help="output folder (ledger, summary.json, report.md, plots)")
-    f.add_argument("--cpus-per-client", type=float, default=1.0,
-                   help="Ray CPUs per ClientApp (1: one client per core at a time)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    f.add_argument("--cpus-per-client", type=float, default=None,
+                   help="Ray CPUs per ClientApp (resources.num_cpus; default 1: one client per core at a time)")
+    f.add_argument("--num-gpus", type=float, default=None,
+                   help="Ray GPUs per ClientApp (resources.num_gpus; default 0; 0.25: four ClientApps share a GPU)")
+    f.add_argument("--device", default=None, help="client-side torch device (resources.device): auto, cpu or cuda")
     f.add_argument("--ray-address", default=None,
                    help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one")
     f.set_defaults(func=_simulate)
+    sc = sub.add_parser("scenario", help="scenario files")
+    sc_sub = sc.add_subparsers(dest="scenario_command", required=True)
+    chk = sc_sub.add_parser("check", help="validate a scenario (with overrides) and print a short summary")
+    chk.add_argument("file", help="scenario file, e.g. simulations/smoke.toml")
+    chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    chk.set_defaults(func=_scenario_check)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
     b.add_argument("what", choices=["proof", "quality", "load"],
                    help="proof: proof cost per circuit shape; quality: the verified update against retrain and "

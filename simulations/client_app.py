@@ -31,7 +31,9 @@ def build_client_app(scenario: str | None = None, out: str | None = None) -> Cli
         model = node.model
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
         train(model, node.task, node.data, epochs=int(cfg.get("local-epochs", 1)), lr=float(cfg.get("lr", 1e-3)),
-              batch_size=int(cfg.get("batch-size", 32)), seed=node.seed + int(cfg.get("server-round", 0)))
+              batch_size=int(cfg.get("batch-size", 32)), seed=node.seed + int(cfg.get("server-round", 0)),
+              device=node.device)
+        model.cpu()
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
                                    "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
 

@@ -2,39 +2,50 @@
 
 :class:`FleetWorld` turns a scenario into data: the provider's pool (pretraining θg, the forget sets
 D_f it names, retain data for saliency), a shared test pool, and one partition per client, split by
-profile (data weight) and then label-skewed with flwr-datasets' Dirichlet partitioner at the
-profile's α. Each client sees its data through its own domain shift. Everything is seeded by the
+profile (data weight) and then split by the scenario's flwr-datasets partitioner (Dirichlet label
+skew at the profile's α by default). The data is an offline corpus (digits, MNIST) or any hub dataset
+through flwr-datasets' ``FederatedDataset`` (``zkapex_flwr.data.hub``); the model is the small ViT or
+any timm model (``zkapex_flwr.models.create_image_model``). Each client sees its data through its own domain shift. Everything is seeded by the
 scenario, so every Ray worker rebuilds the same world on its own.
 
 :func:`node_setup` is what the ready ClientApp (``simulations.client_app``) calls per node: the
 node's model, private data, research metrics data, memory budget, speed, uplink and — for dishonest
-nodes — the behaviour hook, a real code path producing what such a client would send
-(``zkapex_flwr.proof.cheats``). Two Flower mods model the network: :func:`dropout_mod` (availability)
-and :func:`wiretap_mod` (honest bundles on the wire can be captured, which is what a replaying client
-replays).
+nodes — the behaviour hook (``simulations.behaviours``: a registry of named hooks, the built-ins
+being real code paths producing what such a client would send, ``zkapex_flwr.proof.cheats``). Two
+Flower mods model the network: :func:`dropout_mod_for` (availability: an offline node's reply is a
+Flower error reply, ``ErrorCode.NODE_UNAVAILABLE``, which the provider's dispatch counts as a failed
+attempt) and :func:`wiretap_mod_for` (honest bundles on the wire can be captured, which is what a
+replaying client replays).
+
+The world of a ``flwr run`` comes from the run config (``scenario`` plus its overrides); the world of
+``zkapex simulate`` from the scenario file it binds.
 """
 from __future__ import annotations
 
 import functools
+import json
 import logging
-import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
+from flwr.common.constant import ErrorCode
 
 from zkapex_flwr.client.mod import UnlearningSetup
 from zkapex_flwr.data.images import DomainShift, dirichlet_partitions, load_images
 from zkapex_flwr.data.tensors import TensorData
-from zkapex_flwr.models import build_vit
-from zkapex_flwr.proof.bundle import MalformedBundle, ProofBundle
-from zkapex_flwr.proof.cheats import cheat_bundle
+from zkapex_flwr.models import create_image_model
 from zkapex_flwr.protocol import CONFIG, UNLEARN
 from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.training import resolve_device
 
-from .scenario import HONEST_BEHAVIOURS, ClientSpec, RequestSpec, Scenario, load_scenario
+from .behaviours import FleetClient, bind_hook, captured_bundle  # noqa: F401 - captured_bundle: public here too
+from .scenario import (HONEST_BEHAVIOURS, ClientSpec, RequestSpec, Scenario, load_scenario, resolve_scenario,
+                       run_config_overrides)
 
 log = logging.getLogger("zkapex_flwr.fleet")
 MAX_EVAL = 200
@@ -43,7 +54,7 @@ MAX_EVAL = 200
 class FleetWorld:
     def __init__(self, scenario: Scenario):
         self.scenario = sc = scenario
-        self.x, self.y = load_images(sc.data.dataset)
+        self.x, self.y = _load(sc)
         n = len(self.y)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(sc.seed))
         n_test, n_prov = round(n * sc.data.test_fraction), round(n * sc.data.provider_fraction)
@@ -62,7 +73,7 @@ class FleetWorld:
             if len(sub) < 2 * len(members):
                 raise ValueError(f"{sc.source}: profile '{p.name}' gets {len(sub)} samples for {len(members)} clients; "
                                  "use a larger dataset, fewer clients or a larger data_weight")
-            parts = _skewed_partitions(self.y[sub], len(members), p.alpha, sc.seed + lo)
+            parts = _partitions(sc, self.y[sub], len(members), p.alpha, sc.seed + lo)
             for pid, part in zip(members, parts):
                 self.parts[pid] = sub[part]
         self.forget_idx = {r.id: self._forget_index(r) for r in sc.requests}
@@ -78,8 +89,10 @@ class FleetWorld:
     # --------------------------------------------------------------------------- provider side
     def model(self) -> torch.nn.Module:
         m = self.scenario.model
-        return build_vit(self.image_shape, 10, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                         mlp_ratio=m.mlp_ratio, patch_size=m.patch_size, seed=self.scenario.seed)
+        vit = dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                   patch_size=m.patch_size) if m.kind == "vit" else {}
+        return create_image_model(m.kind, self.image_shape, self.scenario.data.num_classes, seed=self.scenario.seed,
+                                  pretrained=m.pretrained, options=dict(m.options), **vit)
 
     def provider_data(self) -> TensorData:
         return TensorData((self.x[self.provider_idx], self.y[self.provider_idx]))
@@ -116,6 +129,34 @@ class FleetWorld:
         return train, test, forget
 
 
+def _load(sc: Scenario) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scenario's images and labels: an offline corpus, or a hub dataset through flwr-datasets."""
+    d = sc.data
+    if not d.dataset.startswith("hf:"):
+        return load_images(d.dataset)
+    from zkapex_flwr.data.hub import load_hub_images
+
+    x, y = load_hub_images(d.dataset, split=d.split, subset=d.subset, image_key=d.image_key, label_key=d.label_key,
+                           image_size=d.image_size, max_samples=d.max_samples, seed=sc.seed)
+    if len(y) and int(y.max()) >= d.num_classes:
+        raise ValueError(f"{sc.source}: [data] {d.dataset} has labels up to {int(y.max())}; "
+                         f"set num_classes = {int(y.max()) + 1}")
+    return x, y
+
+
+def _partitions(sc: Scenario, labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
+    """One profile's client partitions by the scenario's flwr-datasets partitioner."""
+    d = sc.data
+    if d.partitioner == "dirichlet" and not d.partitioner_options:
+        return _skewed_partitions(labels, n, alpha, seed)
+    if n == 1:
+        return [torch.arange(len(labels))]
+    from zkapex_flwr.data.hub import make_partitioner, partition_indices
+
+    return partition_indices(labels, make_partitioner(d.partitioner, n, alpha=alpha, seed=seed,
+                                                      **dict(d.partitioner_options)))
+
+
 def _skewed_partitions(labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
     """Dirichlet(α) label skew; the minimum partition size is relaxed until flwr-datasets can sample it."""
     import warnings
@@ -133,80 +174,45 @@ def _skewed_partitions(labels: torch.Tensor, n: int, alpha: float, seed: int) ->
 
 
 @functools.lru_cache(maxsize=4)
-def _world(path: str, mtime_ns: int, size: int) -> FleetWorld:
-    return FleetWorld(load_scenario(path))
+def _world(path: str, mtime_ns: int, size: int, overrides: str) -> FleetWorld:
+    return FleetWorld(load_scenario(path, json.loads(overrides)))
 
 
-def fleet_world(path: str | Path) -> FleetWorld:
-    """The world of a scenario file, built once per process (the mods call this on every message)."""
+def fleet_world(path: str | Path, overrides: Mapping[str, Any] | None = None) -> FleetWorld:
+    """The world of a scenario file (with ``overrides``), built once per process (the mods call this on
+    every message)."""
     try:
         st = Path(path).stat()
     except OSError:
-        return FleetWorld(load_scenario(path))   # load_scenario names the missing file
-    return _world(str(path), st.st_mtime_ns, st.st_size)   # a changed file gives a new world
+        return FleetWorld(load_scenario(path, overrides))   # load_scenario names the missing file
+    key = json.dumps(dict(overrides or {}), sort_keys=True)
+    return _world(str(path), st.st_mtime_ns, st.st_size, key)   # a changed file gives a new world
+
+
+def context_world(scenario_path: str | None, context: Context) -> FleetWorld:
+    """The world of a node: the bound scenario file (``zkapex simulate``), else the run config's
+    ``scenario`` with the run config's overrides (``flwr run``)."""
+    if scenario_path:
+        return fleet_world(scenario_path)
+    rc = context.run_config
+    return fleet_world(resolve_scenario(str(rc["scenario"])), run_config_overrides(rc))
 
 
 # --------------------------------------------------------------------------------- behaviours
 def behaviour_hook(behaviour: str, pid: int, board: Path | None, replay_wait_s: float, seed: int):
-    """The bundle hook of a fleet behaviour (None for honest clients)."""
-    if behaviour == "honest":
-        return None
-    if behaviour == "late":
-        def late(prover, mask, req, context):
-            if req.attempt == 1:   # the device was busy: it answers after the deadline, then on time when retried
-                time.sleep(req.deadline_s + 2.0)
-            return None
-        return late
-    if behaviour == "replay":
-        def replay(prover, mask, req, context):
-            return captured_bundle(board, req.request_id, context.node_id, replay_wait_s, prover.circuit.circuit_id)
-        return replay
-
-    def cheat(prover, mask, req, context):
-        rng = np.random.default_rng([seed, pid, zlib.crc32(req.request_id.encode())])
-        return cheat_bundle(prover, mask, req.request_id, behaviour, rng=rng, binding=req.binding(context.node_id))
-    return cheat
-
-
-def captured_bundle(board: Path | None, request_id: str, own_node: int, wait_s: float, circuit_id: str) -> bytes:
-    """Another node's bundle captured on the wire: this request's if one shows up in time, else an older one.
-
-    The attacker prefers a bundle proven with its own circuit (a bundle of another circuit is refused
-    as ``wrong-circuit`` before anything else is looked at).
-    """
-    if board is None:
-        raise RuntimeError("a replaying client needs the run's wiretap board (run config 'out')")
-    deadline = time.monotonic() + wait_s
-    mine = f"{own_node}.bin"
-    circuits: dict[Path, str] = {}   # a captured file is parsed once, not at every poll
-    while True:
-        here = sorted(p for p in (board / request_id).glob("*.bin") if p.name != mine) if (board / request_id).is_dir() else []
-        for p in here:
-            if p not in circuits:
-                circuits[p] = _circuit_of(p.read_bytes())
-        same = [p for p in here if circuits[p] == circuit_id]
-        if same or (here and time.monotonic() > deadline):
-            return (same or here)[0].read_bytes()
-        if time.monotonic() > deadline:
-            older = sorted(p for p in board.glob("*/*.bin") if p.name != mine)
-            if older:
-                return older[0].read_bytes()
-            raise RuntimeError(f"replay: no bundle of another node captured within {wait_s:g} s")
-        time.sleep(0.5)
-
-
-def _circuit_of(data: bytes) -> str:
-    try:
-        return ProofBundle.from_bytes(data).circuit_id
-    except MalformedBundle:
-        return ""
+    """The bundle hook of a fleet behaviour (None for honest clients), from ``simulations.behaviours``."""
+    return bind_hook(behaviour, FleetClient(partition_id=pid, behaviour=behaviour, seed=seed, board=board,
+                                            replay_wait_s=replay_wait_s))
 
 
 # ------------------------------------------------------------------------------ node set-up
 def node_setup(context: Context, scenario_path: str | None = None, out: str | None = None) -> UnlearningSetup:
     """The :class:`UnlearningSetup` of this node (scenario and output folder default to the run config)."""
-    world = fleet_world(scenario_path or context.run_config["scenario"])
+    world = context_world(scenario_path, context)
     pid = int(context.node_config["partition-id"])
+    if not 0 <= pid < len(world.fleet):
+        raise ValueError(f"{world.scenario.source}: this SuperNode has partition-id {pid}, but the scenario has "
+                         f"clients = {world.scenario.clients} (start as many SuperNodes as the scenario has clients)")
     spec = world.fleet[pid]
     prof = world.scenario.profile(spec.profile)
     train, test, forget = world.client_data(pid)
@@ -215,12 +221,14 @@ def node_setup(context: Context, scenario_path: str | None = None, out: str | No
                           world.scenario.seed)
     return UnlearningSetup(model=world.model(), task=ImageTask(), data=train, test=test, forget=forget,
                            memory_mb=prof.memory_mb, bundle_hook=hook, speed=prof.speed, uplink_mbps=prof.uplink_mbps,
-                           seed=world.scenario.seed + pid)
+                           seed=world.scenario.seed + pid, device=str(resolve_device(world.scenario.resources.device)))
 
 
 # ------------------------------------------------------------------------------------- mods
-class NodeUnavailable(RuntimeError):
-    """The simulated device is offline for this message (its profile's availability)."""
+def offline_reply(msg: Message, reason: str) -> Message:
+    """The reply of a node that is offline for ``msg``: an ordinary Flower error reply (no exception, no
+    traceback); the provider's dispatch counts it as a failed attempt and retries or gives up."""
+    return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=msg)
 
 
 def dropout_mod_for(scenario_path: str | None):
@@ -228,7 +236,7 @@ def dropout_mod_for(scenario_path: str | None):
     def dropout_mod(msg: Message, ctx: Context, call_next) -> Message:
         kind = msg.metadata.message_type
         if kind in ("train", UNLEARN):
-            world = fleet_world(scenario_path or ctx.run_config["scenario"])
+            world = context_world(scenario_path, ctx)
             pid = int(ctx.node_config["partition-id"])
             avail = world.scenario.profile(world.fleet[pid].profile).availability
             if avail < 1.0:
@@ -236,7 +244,8 @@ def dropout_mod_for(scenario_path: str | None):
                 key = f"{kind}|{cfg.get('server-round', '')}|{cfg.get('request-id', '')}|{cfg.get('attempt', '')}"
                 rng = np.random.default_rng([world.scenario.seed, pid, zlib.crc32(key.encode())])
                 if rng.random() > avail:
-                    raise NodeUnavailable(f"partition {pid} is offline for this {kind} message")
+                    log.info("partition %d is offline for this %s message (availability %g)", pid, kind, avail)
+                    return offline_reply(msg, f"node unavailable: partition {pid} is offline for this {kind} message")
         return call_next(msg, ctx)
     return dropout_mod
 
@@ -258,7 +267,7 @@ def wiretap_mod_for(scenario_path: str | None, out: str | None):
         board = board_dir(out, ctx)
         if board is None or msg.metadata.message_type != UNLEARN or reply.has_error():
             return reply
-        world = fleet_world(scenario_path or ctx.run_config["scenario"])
+        world = context_world(scenario_path, ctx)
         if world.fleet[int(ctx.node_config["partition-id"])].behaviour in HONEST_BEHAVIOURS:
             cfg = reply.content.config_records.get(CONFIG)
             if cfg is not None and "bundle" in cfg:

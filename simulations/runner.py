@@ -21,38 +21,74 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from .scenario import HONEST_BEHAVIOURS, ScenarioError, load_scenario
+from .scenario import (HONEST_BEHAVIOURS, PROJECT_ROOT, ScenarioError, effective_tables,  # noqa: F401
+                       load_scenario, resolve_scenario)
 
 log = logging.getLogger("zkapex_flwr.fleet")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SUPERNODE_WAIT_S = 30.0   # grace for the scenario's SuperNodes to connect (run config 'supernode-wait-s')
 
 
-def resolve_scenario(path: str | Path) -> Path:
-    """A scenario path as given, else relative to the project (``flwr run`` may run from another folder)."""
-    p = Path(path)
-    if p.is_file():
-        return p.resolve()
-    if (PROJECT_ROOT / p).is_file():
-        return PROJECT_ROOT / p
-    raise ScenarioError(f"scenario file '{path}' does not exist (looked in {Path.cwd()} and {PROJECT_ROOT})")
+class FleetSizeError(RuntimeError):
+    """Fewer SuperNodes connected than the scenario has clients."""
 
 
-def _wait_for_nodes(grid: Grid, n: int, timeout_s: float = 300.0) -> list[int]:
+def wait_for_nodes(grid: Grid, n: int, timeout_s: float = SUPERNODE_WAIT_S, scenario: str = "",
+                   poll_s: float = 0.5) -> list[int]:
+    """The connected node ids once ``n`` are there; :class:`FleetSizeError` if fewer come within ``timeout_s``."""
     end = time.monotonic() + timeout_s
     while True:
         nodes = list(grid.get_node_ids())
-        if len(nodes) >= n or time.monotonic() > end:
+        if len(nodes) >= n:
+            if len(nodes) > n:
+                log.warning("%s: %d SuperNodes connected, the scenario has clients = %d; the extra nodes "
+                            "(partition-id >= %d) are not part of the fleet", scenario, len(nodes), n, n)
             return nodes
-        time.sleep(0.5)
+        if time.monotonic() > end:
+            raise FleetSizeError(
+                f"{scenario or 'the scenario'} needs {n} SuperNodes (clients = {n}) but {len(nodes)} connected "
+                f"within {timeout_s:g} s: start the federation with --federation-config \"num-supernodes={n}\" "
+                f"(or run fewer clients: --run-config \"clients={len(nodes)}\"; more time: supernode-wait-s)")
+        time.sleep(poll_s)
 
 
-def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *, resume: bool = False) -> dict:
+def central_evaluation(world):
+    """The provider's own evaluation of θg after each round: accuracy on the shared test pool (no domain
+    shift) and on its samples of each class a request deletes (``forget-accuracy-<request>``)."""
+    import torch
+    from flwr.app import MetricRecord
+
+    from zkapex_flwr.data.tensors import TensorData
+    from zkapex_flwr.tasks import ImageTask
+    from zkapex_flwr.training import accuracy
+
+    x, y = world.x[world.test_idx], world.y[world.test_idx]
+    test = TensorData((x, y))
+    forget = {}
+    for r in world.scenario.requests:
+        keep = torch.isin(y, torch.tensor(r.classes)) if r.forget == "class" else torch.zeros_like(y, dtype=bool)
+        if keep.any():
+            forget[r.id] = TensorData((x[keep], y[keep]))
+
+    def evaluate(server_round: int, arrays: ArrayRecord):
+        model = world.model()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        metrics = {"accuracy": accuracy(model, ImageTask(), test)}
+        metrics |= {f"forget-accuracy-{rid}": accuracy(model, ImageTask(), data) for rid, data in forget.items()}
+        return MetricRecord(metrics)
+
+    return evaluate
+
+
+def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *, resume: bool = False,
+                  overrides: dict | None = None, supernode_wait_s: float = SUPERNODE_WAIT_S) -> dict:
     """The fleet provider: pretrain θg, run the verified-unlearning schedule, write the report.
 
     ``resume``: keep ``out/provider`` (registry and ledger) from an earlier run of this provider against
     the same SuperNodes, e.g. after the provider process was killed; registered nodes are not asked to
     commit again and decided (request, node) pairs are not asked again. Without it, a simulated fleet
-    (fresh node ids every run) starts from an empty provider state.
+    (fresh node ids every run) starts from an empty provider state. ``overrides``: scenario keys set on
+    top of the file (the run config's). Fewer SuperNodes than the scenario's ``clients`` within
+    ``supernode_wait_s`` is a :class:`FleetSizeError`, before any training.
     """
     from flwr.serverapp.strategy import FedAvg
     from rich.console import Console
@@ -60,21 +96,22 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
 
     from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
     from zkapex_flwr.tasks import ImageTask
-    from zkapex_flwr.training import seed_everything, train
+    from zkapex_flwr.training import resolve_device, seed_everything, train
 
     from .fleet import fleet_world
     from .report import write_report
 
     t0 = time.perf_counter()
     path = resolve_scenario(scenario_path)
-    sc = load_scenario(path)
+    sc = load_scenario(path, overrides)
+    wait_for_nodes(grid, sc.clients, supernode_wait_s, f"{path} ({sc.name})")   # fail fast, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         for stale in ("provider", "wiretap"):   # a simulated fleet has fresh node ids: start a fresh provider
             shutil.rmtree(out / stale, ignore_errors=True)
     seed_everything(sc.seed)
-    world = fleet_world(path)
+    world = fleet_world(path, overrides)
     t, u = sc.training, sc.unlearning
     console = Console(stderr=True)
     timings: dict[str, float] = {}
@@ -87,12 +124,14 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
                 tasks[phase] = progress.add_task(phase, total=total)
             progress.update(tasks[phase], completed=done, total=total)
 
-        nodes = _wait_for_nodes(grid, sc.clients)
+        nodes = list(grid.get_node_ids())
         console.log(f"[{sc.name}] {len(nodes)} of {sc.clients} SuperNodes connected")
         s = time.perf_counter()
         model = world.model()
         train(model, ImageTask(), world.provider_data(), epochs=t.pretrain_epochs, lr=t.pretrain_lr,
-              batch_size=t.batch_size, seed=sc.seed, progress=progress, desc="provider pretraining θg")
+              batch_size=t.batch_size, seed=sc.seed, progress=progress, desc="provider pretraining θg",
+              device=resolve_device(sc.resources.device))
+        model.cpu()
         timings["pretrain_s"] = time.perf_counter() - s
         masker = SaliencyMasker(world.model, ImageTask(), world.provider_retain(), scope=u.scope,
                                 block_size=u.block_size, mask_fraction=u.mask_fraction, max_blocks=u.max_blocks,
@@ -110,10 +149,12 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
                                       config=cfg, on_progress=on_progress)
         timings["circuit_setup_s"] = time.perf_counter() - s
         s = time.perf_counter()
-        provider.start(grid, ArrayRecord(model.state_dict()), num_rounds=t.rounds + t.rounds_after,
-                       train_config=ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs,
-                                                  "batch-size": t.batch_size}))
+        result = provider.start(grid, ArrayRecord(model.state_dict()), num_rounds=t.rounds + t.rounds_after,
+                                evaluate_fn=central_evaluation(world),
+                                train_config=ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs,
+                                                           "batch-size": t.batch_size}))
         timings["schedule_s"] = time.perf_counter() - s
+    result.save(out)   # result.json: Flower's per-round metrics, and θg evaluated before and after each deletion
     node_of = {pid: node for node, pid in provider.partitions.items()}
     import pandas as pd
 
@@ -127,7 +168,8 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
     (out / "replies.json").write_text(json.dumps(provider.reply_audit, indent=1))
     masks = {rid: {"masked_weights": len(m), "touched_blocks": int(len(m.touched_blocks())),
                    "scope_weights": m.layout.size} for rid, m in provider.masks.items()}
-    extra = {"scenario": sc.name, "scenario_file": str(path), "scenario_digest": sc.digest, "masks": masks,
+    extra = {"scenario": sc.name, "scenario_file": str(path), "scenario_digest": sc.digest,
+             "scenario_overrides": dict(sc.overrides), "masks": masks,
              "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
              "unattributed_rows": unattributed, "timings_s": timings,
              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
@@ -160,18 +202,38 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
     return summary
 
 
-def simulate(scenario: str | Path, out: str | Path, *, cpus_per_client: float = 1.0,
+def simulate(scenario: str | Path, out: str | Path, *, overrides: dict | None = None,
+             cpus_per_client: float | None = None, num_gpus: float | None = None, device: str | None = None,
              ray_address: str | None = None) -> dict:
-    """Run ``scenario`` on Flower's simulation engine (Ray) and return its ``summary.json``."""
+    """Run ``scenario`` on Flower's simulation engine (Ray) and return its ``summary.json``.
+
+    ``overrides`` (dotted scenario keys) are applied on top of the file and validated before anything
+    starts; ``cpus_per_client``, ``num_gpus`` and ``device`` are the ``resources.*`` keys. With
+    overrides, the scenario that runs is written to ``out/scenario.toml`` (the file the provider and
+    every ClientApp load). Exactly ``clients`` SuperNodes are started."""
+    import tomli_w
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from simulations.client_app import build_client_app
 
+    overrides = dict(overrides or {})
+    for key, value in (("resources.num_cpus", cpus_per_client), ("resources.num_gpus", num_gpus),
+                       ("resources.device", device)):
+        if value is not None:
+            overrides[key] = value
     path = resolve_scenario(scenario)
-    sc = load_scenario(path)
+    sc = load_scenario(path, overrides)   # every error before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if overrides:
+        tables = effective_tables(path, overrides)
+        tables.setdefault("name", sc.name)
+        effective = out / "scenario.toml"
+        given = " ".join(f"{k}={v!r}" for k, v in overrides.items())
+        effective.write_text(f"# {path} with overrides: {given}\n" + tomli_w.dumps(tables), encoding="utf-8")
+        path = effective
+        load_scenario(path)   # the written file is the same scenario
     summary_file = out / "summary.json"
     summary_file.unlink(missing_ok=True)
     server = ServerApp()
@@ -180,7 +242,8 @@ def simulate(scenario: str | Path, out: str | Path, *, cpus_per_client: float = 
     def _main(grid: Grid, context) -> None:
         provider_main(grid, path, out)
 
-    backend: dict = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}}
+    res = sc.resources
+    backend: dict = {"client_resources": {"num_cpus": float(res.num_cpus), "num_gpus": float(res.num_gpus)}}
     if ray_address:
         backend["init_args"] = {"address": ray_address}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")

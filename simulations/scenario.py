@@ -6,124 +6,179 @@ budget, uplink, availability) with their shares of the fleet, and the **behaviou
 get a profile and a behaviour by a seeded draw, so a scenario file always yields the same fleet.
 See ``simulations/smoke.toml`` for every key, with comments. Unknown keys are errors: a typo in a
 scenario must not silently fall back to a default.
+
+The file is the base; **overrides** (dotted keys such as ``training.rounds`` or
+``unlearning.mask-fraction``) are applied on top of it and the result is validated (pydantic models,
+one-line :class:`ScenarioError` naming the file and the key). ``zkapex simulate --set KEY=VALUE`` and
+``flwr run . --run-config "KEY=VALUE"`` (keys declared in pyproject's ``[tool.flwr.app.config]``) both
+go through :func:`load_scenario`'s ``overrides``.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
+import json
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from zkapex_flwr.data.images import DomainShift
-from zkapex_flwr.proof.cheats import BEHAVIOURS
 from zkapex_flwr.unlearning.scope import VERIFIED_SCOPE
 
-FLEET_BEHAVIOURS = BEHAVIOURS + ("late",)   # late = honest but slow: answers after the deadline once
-HONEST_BEHAVIOURS = ("honest", "late")
+from .behaviours import BUILTIN_BEHAVIOURS, HONEST_BEHAVIOURS, BehaviourError, resolve_behaviour
+
+FLEET_BEHAVIOURS = BUILTIN_BEHAVIOURS   # the pre-registered names (simulations.behaviours adds more)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_DATASETS = ("digits", "mnist")
+PARTITIONERS = ("dirichlet", "iid", "pathological", "shard", "linear", "square", "exponential")
+DEVICES = ("auto", "cpu", "cuda")
+# run-config keys that are not scenario overrides (the ServerApp's own settings)
+RUN_KEYS = ("scenario", "out", "resume", "supernode-wait-s")
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Scalar = Int | Float | Bool | Str
 
 
 class ScenarioError(ValueError):
     """A scenario file is missing, unreadable or inconsistent; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    kind: str = "vit"
-    embed_dim: int = 32
-    depth: int = 2
-    num_heads: int = 2
-    mlp_ratio: float = 2.0
-    patch_size: int | None = None    # default: 2 on 8×8 digits, 4 on 28×28 MNIST
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    dataset: str = "digits"          # digits | mnist (both ship inside a package)
-    provider_fraction: float = 0.3   # the provider's own pool: pretrains θg, holds D_f and retain data
-    test_fraction: float = 0.15      # shared test pool: client test sets (in each client's domain), MIA non-members
-    client_holdout: float = 0.2      # not used for training: reserved per client (kept for held-out checks)
+def _int_tuple(value: Any) -> Any:
+    """A list of integers; a run-config string "1,2" (Flower's run config has no lists) or a lone int too."""
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    return value
 
 
-@dataclass(frozen=True)
-class TrainingSpec:
-    pretrain_epochs: int = 20        # provider pretraining of the initial θg on its own pool
-    pretrain_lr: float = 2e-3
-    rounds: int = 2                  # FedAvg rounds before personalize-and-commit
-    rounds_after: int = 1            # FedAvg rounds after the unlearning round(s) (quarantine in force)
-    fraction_train: float = 0.25
-    local_epochs: int = 1
-    lr: float = 1e-3
-    personal_epochs: int = 5
-    personal_lr: float = 1e-3
-    batch_size: int = 32
+class ModelSpec(_Spec):
+    kind: Str = "vit"                # vit (a small timm ViT built from config) | timm:<model name>
+    embed_dim: Int = 32
+    depth: Int = 2
+    num_heads: Int = 2
+    mlp_ratio: Float = 2.0
+    patch_size: Int | None = None    # vit: default 2 on 8×8 digits, 4 on 28×28 MNIST
+    pretrained: Bool = False         # timm: load the hub weights (needs the Hugging Face Hub)
+    options: dict[str, Scalar] = Field(default_factory=dict)   # timm: more timm.create_model keyword arguments
 
 
-@dataclass(frozen=True)
-class UnlearningSpec:
-    scope: str = VERIFIED_SCOPE      # every block's fc1 and the classifier head (the verified default)
-    block_size: int = 16
-    mask_fraction: float = 0.01
-    max_blocks: int | None = None    # block budget (with group > 1: counts every block of a touched unit)
-    group: int = 1                   # G: Fisher blocks per proof unit (G > 1: column-structured mask)
-    slots: int = 2                   # K: masked columns per proof step
-    steps: tuple[int, ...] = (1,)    # B choices offered to clients; each picks by its memory budget
-    damping: float = 1.0             # λ in units of each block's mean Fisher diagonal
-    num_grads: int = 64
-    deadline_s: float = 60.0
-    max_attempts: int = 2
-    max_in_flight: int = 4
+class DataSpec(_Spec):
+    dataset: Str = "digits"          # digits | mnist (both ship inside a package) | hf:<hub dataset>
+    provider_fraction: Float = 0.3   # the provider's own pool: pretrains θg, holds D_f and retain data
+    test_fraction: Float = 0.15      # shared test pool: client test sets (in each client's domain), MIA non-members
+    partitioner: Str = "dirichlet"   # flwr-datasets partitioner of each profile's clients (PARTITIONERS)
+    partitioner_options: dict[str, Scalar] = Field(default_factory=dict)   # e.g. num_classes_per_partition
+    alpha: Float | None = None       # Dirichlet α of every profile that sets none of its own
+    num_classes: Int = 10
+    # hf: datasets only (loaded through flwr-datasets' FederatedDataset)
+    subset: Str | None = None
+    split: Str = "train"
+    image_key: Str = "image"
+    label_key: Str = "label"
+    image_size: Int | None = None    # resize to image_size × image_size (default: as stored)
+    max_samples: Int | None = None   # a seeded sample of the split (default: all of it)
 
 
-@dataclass(frozen=True)
-class RequestSpec:
-    id: str
-    after_round: int
-    forget: str = "class"            # class | samples
-    classes: tuple[int, ...] = (3,)
-    count: int = 30
+class TrainingSpec(_Spec):
+    pretrain_epochs: Int = 20        # provider pretraining of the initial θg on its own pool
+    pretrain_lr: Float = 2e-3
+    rounds: Int = 2                  # FedAvg rounds before personalize-and-commit
+    rounds_after: Int = 1            # FedAvg rounds after the unlearning round(s) (quarantine in force)
+    fraction_train: Float = 0.25
+    local_epochs: Int = 1
+    lr: Float = 1e-3
+    personal_epochs: Int = 5
+    personal_lr: Float = 1e-3
+    batch_size: Int = 32
 
 
-@dataclass(frozen=True)
-class ProfileSpec:
-    name: str
-    share: float = 1.0               # fraction of the fleet
-    data_weight: float = 1.0         # relative data size per client
-    alpha: float = 1.0               # Dirichlet label skew (smaller = more skewed)
-    shift: str = "style"             # style | mild | geometric | none (DomainShift.KINDS)
-    speed: float = 1.0               # compute speed relative to this machine (modelled device time)
-    memory_mb: float = 64.0          # prover working-set budget: picks the steps per proof B
-    uplink_mbps: float = 10.0        # modelled upload time of the proof bundle
-    availability: float = 1.0        # probability that the node answers a given message
+class UnlearningSpec(_Spec):
+    scope: Str = VERIFIED_SCOPE      # every block's fc1 and the classifier head (the verified default)
+    block_size: Int = 16
+    mask_fraction: Float = 0.01
+    max_blocks: Int | None = None    # block budget (with group > 1: counts every block of a touched unit)
+    group: Int = 1                   # G: Fisher blocks per proof unit (G > 1: column-structured mask)
+    slots: Int = 2                   # K: masked columns per proof step
+    steps: tuple[Int, ...] = (1,)    # B choices offered to clients; each picks by its memory budget
+    damping: Float = 1.0             # λ in units of each block's mean Fisher diagonal
+    num_grads: Int = 64
+    deadline_s: Float = 60.0
+    max_attempts: Int = 2
+    max_in_flight: Int = 4
+
+    _steps = field_validator("steps", mode="before")(_int_tuple)
 
 
-@dataclass(frozen=True)
-class ClientSpec:
+class ResourcesSpec(_Spec):
+    device: Str = "auto"             # client-side torch device: auto (cuda when available) | cpu | cuda[:N]
+    num_cpus: Float = 1.0            # Ray CPUs per ClientApp (zkapex simulate)
+    num_gpus: Float = 0.0            # Ray GPUs per ClientApp (zkapex simulate; a fraction shares a GPU)
+
+
+class RequestSpec(_Spec):
+    id: Str
+    after_round: Int
+    forget: Str = "class"            # class | samples
+    classes: tuple[Int, ...] = (3,)
+    count: Int = 30
+
+    _classes = field_validator("classes", mode="before")(_int_tuple)
+
+
+class ProfileSpec(_Spec):
+    name: Str
+    share: Float = 1.0               # fraction of the fleet
+    data_weight: Float = 1.0         # relative data size per client
+    alpha: Float = 1.0               # Dirichlet label skew (smaller = more skewed)
+    shift: Str = "style"             # style | mild | geometric | none (DomainShift.KINDS)
+    speed: Float = 1.0               # compute speed relative to this machine (modelled device time)
+    memory_mb: Float = 64.0          # prover working-set budget: picks the steps per proof B
+    uplink_mbps: Float = 10.0        # modelled upload time of the proof bundle
+    availability: Float = 1.0        # probability that the node answers a given message
+
+
+class ClientSpec(_Spec):
     partition_id: int
     profile: str
     behaviour: str
 
 
-@dataclass(frozen=True)
-class Scenario:
+class Scenario(_Spec):
     name: str
     clients: int
     seed: int = 0
     description: str = ""
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    training: TrainingSpec = field(default_factory=TrainingSpec)
-    unlearning: UnlearningSpec = field(default_factory=UnlearningSpec)
+    plugins: tuple[str, ...] = ()    # modules imported at load time (e.g. ones that register behaviours)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    unlearning: UnlearningSpec = Field(default_factory=UnlearningSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     requests: tuple[RequestSpec, ...] = ()
-    profiles: tuple[ProfileSpec, ...] = (ProfileSpec("default"),)
+    profiles: tuple[ProfileSpec, ...] = (ProfileSpec(name="default"),)
     behaviours: tuple[tuple[str, float], ...] = (("honest", 1.0),)
     replay_wait_s: float = 20.0      # a replaying client waits this long for a bundle to capture
-    retrain_clients: int = 8         # honest clients given a retrain-from-scratch reference in the report (0: none;
+    retrain_clients: Any = 8         # honest clients given a retrain-from-scratch reference in the report (0: none;
                                      # a file without the key: min(8, clients))
+    overrides: tuple[tuple[str, Any], ...] = ()   # the overrides applied on top of the file (key, value)
     source: str = ""                 # the file it was loaded from
-    digest: str = ""                 # sha256 of the file's bytes
+    digest: str = ""                 # sha256 of the file's bytes (and of the overrides, if any)
 
     def profile(self, name: str) -> ProfileSpec:
         for p in self.profiles:
@@ -140,7 +195,37 @@ class Scenario:
         beh = np.array(sum(([n] * c for n, c in behaviours), []))
         rng.shuffle(prof)
         rng.shuffle(beh)
-        return [ClientSpec(i, str(prof[i]), str(beh[i])) for i in range(self.clients)]
+        return [ClientSpec(partition_id=i, profile=str(prof[i]), behaviour=str(beh[i])) for i in range(self.clients)]
+
+    def behaviour_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.fleet():
+            counts[c.behaviour] = counts.get(c.behaviour, 0) + 1
+        return counts
+
+
+class _ScenarioFile(_Spec):
+    """A scenario file as written (TOML tables), before the fleet is derived from it."""
+
+    name: Str | None = None
+    clients: Int
+    seed: Int = 0
+    description: Str = ""
+    plugins: tuple[Str, ...] = ()
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    unlearning: UnlearningSpec = Field(default_factory=UnlearningSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    requests: tuple[RequestSpec, ...] = ()
+    profiles: dict[str, ProfileSpec] | None = None
+    behaviours: dict[str, Any] | None = None
+    replay_wait_s: Float = 20.0
+    retrain_clients: Any = None
+
+
+_SECTIONS = {"model": ModelSpec, "data": DataSpec, "training": TrainingSpec, "unlearning": UnlearningSpec,
+             "resources": ResourcesSpec}
 
 
 def _counts(mix: list[tuple[str, float]], total: int) -> list[tuple[str, int]]:
@@ -155,73 +240,298 @@ def _counts(mix: list[tuple[str, float]], total: int) -> list[tuple[str, int]]:
     return [(n, counts[n]) for n, _ in mix]
 
 
-def _build(cls, table: dict, where: str):
-    if not isinstance(table, dict):
-        raise ScenarioError(f"{where} must be a table")
-    names = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {}
-    for key, value in table.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ScenarioError(f"{where}: {err}") from None
-
-
 def _check(cond: bool, source: str, msg: str) -> None:
     if not cond:
         raise ScenarioError(f"{source}: {msg}")
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; every error names the file and the offending key."""
+# ------------------------------------------------------------------------------------ overrides
+def parse_override(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (key, value); the value is read as a TOML value (``3``, ``0.5``, ``true``, ``[1, 2]``,
+    ``"text"``), else taken as a plain string (``data.dataset=mnist``)."""
+    key, sep, text = item.partition("=")
+    key, text = key.strip(), text.strip()
+    if not sep or not key or not text:
+        raise ScenarioError(f"override '{item}': expected KEY=VALUE, e.g. training.rounds=3")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """``--set`` arguments (each ``KEY=VALUE``; one argument may hold several separated by spaces)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        for part in _split_pairs(item):
+            key, value = parse_override(part)
+            out[key] = value
+    return out
+
+
+def _split_pairs(item: str) -> list[str]:
+    """Split ``a=1 b='x y'`` into pairs (quotes and brackets may hold spaces)."""
+    parts, cur, quote, depth = [], "", "", 0
+    for ch in item.strip():
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch.isspace() and depth == 0:
+            if cur:
+                parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    if cur:
+        parts.append(cur)
+    if len(parts) > 1 and any("=" not in p for p in parts):   # "key = value" with spaces around '='
+        return [item]
+    return parts
+
+
+def run_config_overrides(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The scenario overrides in a Flower run config (``[tool.flwr.app.config]`` fused with ``--run-config``).
+
+    Every key other than the ServerApp's own (:data:`RUN_KEYS`) is a scenario key; the empty string
+    means "the scenario file's value" (pyproject lists the overridable keys with that value, since
+    ``flwr run --run-config`` only accepts keys the app's config declares)."""
+    return {k: v for k, v in run_config.items() if k not in RUN_KEYS and v != ""}
+
+
+def key_parts(key: str, src: str = "") -> list[str]:
+    """A dotted override key's parts, TOML-style: ``behaviours."my.cheats:flip"`` is two parts."""
+    try:
+        node = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        raise ScenarioError(f"{src + ': ' if src else ''}override key '{key}' is not a dotted key "
+                            "(quote a part holding dots or ':', e.g. behaviours.\"my.cheats:flip\")") from None
+    parts = []
+    while isinstance(node, dict) and len(node) == 1:
+        (k, node), = node.items()
+        parts.append(k)
+    return parts
+
+
+def _normal(part: str) -> str:
+    return part.replace("-", "_")
+
+
+def apply_overrides(raw: dict, overrides: Mapping[str, Any], src: str) -> dict:
+    """``raw`` (a scenario file's tables) with dotted-key overrides applied: ``training.rounds``,
+    ``unlearning.mask-fraction`` (dashes or underscores), ``profiles.phone.availability``,
+    ``behaviours.garbage-proof``, ``requests.0.after_round``."""
+    raw = json.loads(json.dumps(raw))   # a deep copy (TOML values are JSON values)
+    for key, value in overrides.items():
+        parts = key_parts(str(key), src)
+        node: Any = raw
+        for i, part in enumerate(parts):
+            parent = parts[i - 1] if i else ""
+            # profile and behaviour names are kept as written; every other key is a field name
+            name = part if (i == 1 and parts[0] in ("profiles", "behaviours")) else _normal(part)
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not name.isdigit() or int(name) >= len(node):
+                    raise ScenarioError(f"{src}: override '{key}': '{parent}' has {len(node)} entries, "
+                                        f"'{part}' is not one of their indices 0..{len(node) - 1}")
+                name = int(name)
+            elif not isinstance(node, dict):
+                raise ScenarioError(f"{src}: override '{key}': '{parent}' is not a table")
+            if last:
+                node[name] = value
+            else:
+                if isinstance(node, dict) and name not in node:
+                    node[name] = {}
+                node = node[name]
+    return raw
+
+
+# --------------------------------------------------------------------------------------- errors
+def _where(loc: tuple) -> str:
+    if not loc:
+        return ""
+    head = loc[0]
+    if head in _SECTIONS:
+        return f"[{head}]" + (f" {'.'.join(map(str, loc[1:]))}" if len(loc) > 1 else "")
+    if head == "profiles" and len(loc) > 1:
+        return f"[profiles.{loc[1]}]" + (f" {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
+    if head == "requests" and len(loc) > 1 and isinstance(loc[1], int):
+        return f"[[requests]] #{loc[1] + 1}" + (f" {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
+    if head == "behaviours":
+        return "[behaviours]" + (f" {'.'.join(map(str, loc[1:]))}" if len(loc) > 1 else "")
+    return f"'{'.'.join(map(str, loc))}'"
+
+
+def _owner(loc: tuple) -> tuple[str, type[BaseModel]]:
+    """Where an unknown key sits and the model that lists the allowed ones."""
+    if len(loc) == 1:
+        return "unknown top-level key(s)", _ScenarioFile
+    if loc[0] in _SECTIONS and len(loc) == 2:
+        return f"[{loc[0]}]: unknown key(s)", _SECTIONS[loc[0]]
+    if loc[0] == "profiles" and len(loc) == 3:
+        return f"[profiles.{loc[1]}]: unknown key(s)", ProfileSpec
+    if loc[0] == "requests" and len(loc) == 3:
+        return f"[[requests]] #{loc[1] + 1}: unknown key(s)", RequestSpec
+    return f"{_where(loc[:-1])}: unknown key(s)", _ScenarioFile
+
+
+def _one_line(err: ValidationError, src: str, overrides: Mapping[str, Any]) -> str:
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if first["type"] == "extra_forbidden":
+        unknown = sorted(str(e["loc"][-1]) for e in errors
+                         if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == loc[:-1])
+        what, model = _owner(loc)
+        allowed = sorted(k for k in model.model_fields if not (model is ProfileSpec and k == "name"))
+        msg = f"{src} {what} {unknown}; allowed: {allowed}".replace(f"{src} unknown", f"{src}: unknown")
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        got = first.get("input")
+        shown = "" if isinstance(got, (dict, list, tuple)) or first["type"] == "missing" else f" (got {got!r})"
+        msg = f"{src} {_where(loc)}: {text}{shown}"
+    dotted = ".".join(str(p) for p in loc)
+
+    def norm(k: str) -> str:
+        try:
+            return ".".join(_normal(p) for p in key_parts(k))
+        except ScenarioError:
+            return k
+    hit = [k for k in overrides if norm(str(k)) in (dotted, _normal(dotted))]
+    if hit:
+        msg += f" (set by override {hit[0]}={overrides[hit[0]]!r})"
+    more = len(errors) - 1
+    if more and first["type"] != "extra_forbidden":
+        msg += f"; and {more} more error(s)"
+    return msg
+
+
+# ---------------------------------------------------------------------------------------- loading
+def resolve_scenario(path: str | Path) -> Path:
+    """A scenario path as given, else relative to the project (``flwr run`` may run from another folder)."""
+    p = Path(path)
+    if p.is_file():
+        return p.resolve()
+    if (PROJECT_ROOT / p).is_file():
+        return PROJECT_ROOT / p
+    raise ScenarioError(f"scenario file '{path}' does not exist (looked in {Path.cwd()} and {PROJECT_ROOT})")
+
+
+def read_scenario_file(path: str | Path) -> tuple[dict, bytes]:
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"scenario file '{path}' does not exist")
     raw_bytes = path.read_bytes()
     try:
-        raw = tomllib.loads(raw_bytes.decode())
+        return tomllib.loads(raw_bytes.decode()), raw_bytes
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ScenarioError(f"{path}: not valid TOML: {err}") from None
+
+
+def effective_tables(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
+    """The scenario file's tables with ``overrides`` applied (what :func:`load_scenario` validates)."""
+    raw, _ = read_scenario_file(path)
+    return apply_overrides(raw, overrides or {}, str(path))
+
+
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Read a scenario file, apply ``overrides`` (dotted keys, see :func:`apply_overrides`) and validate.
+
+    Every error is a :class:`ScenarioError` of one line naming the file and the offending key."""
+    path = Path(path)
+    overrides = dict(overrides or {})
+    raw, raw_bytes = read_scenario_file(path)
     src = str(path)
-    top = {"name", "clients", "seed", "description", "model", "data", "training", "unlearning", "requests",
-           "profiles", "behaviours", "replay_wait_s", "retrain_clients"}
-    unknown = sorted(set(raw) - top)
-    _check(not unknown, src, f"unknown top-level key(s) {unknown}; allowed: {sorted(top)}")
-    _check("clients" in raw and isinstance(raw["clients"], int) and raw["clients"] >= 2, src,
-           "'clients' must be an integer >= 2")
-    profiles = tuple(_build(ProfileSpec, {"name": n, **t}, f"{src} [profiles.{n}]")
-                     for n, t in raw.get("profiles", {"default": {}}).items())
-    behaviours = raw.get("behaviours", {"honest": 1})
+    raw = apply_overrides(raw, overrides, src)
+    _check("clients" in raw and isinstance(raw["clients"], int) and not isinstance(raw["clients"], bool)
+           and raw["clients"] >= 2, src, "'clients' must be an integer >= 2"
+           + (f" (got {raw['clients']!r})" if "clients" in raw else ""))
+    for module in raw.get("plugins", []) if isinstance(raw.get("plugins"), list) else []:
+        try:
+            importlib.import_module(str(module))
+        except Exception as err:   # noqa: BLE001 - any failure is a bad plugin entry
+            raise ScenarioError(f"{src}: plugins: cannot import '{module}' ({type(err).__name__}: {err})") from None
+    profiles = raw.get("profiles")
+    if isinstance(profiles, dict):
+        for n, t in profiles.items():
+            _check(isinstance(t, dict), src, f"[profiles.{n}] must be a table")
+            _check("name" not in t, src, f"[profiles.{n}]: unknown key(s) ['name']; the table's name is the profile's")
+        alpha = raw.get("data", {}).get("alpha") if isinstance(raw.get("data"), dict) else None
+        raw["profiles"] = {n: {"name": n, **({"alpha": alpha} if alpha is not None and "alpha" not in t else {}), **t}
+                           for n, t in profiles.items()}
+    try:
+        f = _ScenarioFile.model_validate(raw)
+    except ValidationError as err:
+        raise ScenarioError(_one_line(err, src, overrides)) from None
+    behaviours = f.behaviours if f.behaviours is not None else {"honest": 1}
     _check(isinstance(behaviours, dict) and behaviours, src, "[behaviours] must be a non-empty table")
     for b, w in behaviours.items():
-        _check(b in FLEET_BEHAVIOURS, src, f"[behaviours] unknown behaviour '{b}'; choose from {FLEET_BEHAVIOURS}")
-        _check(isinstance(w, (int, float)) and w >= 0, src, f"[behaviours] {b} must be a non-negative number")
-    requests = tuple(_build(RequestSpec, t, f"{src} [[requests]] #{i + 1}") for i, t in enumerate(raw.get("requests", [])))
-    sc = Scenario(name=str(raw.get("name", path.stem)), clients=raw["clients"], seed=int(raw.get("seed", 0)),
-                  description=str(raw.get("description", "")),
-                  model=_build(ModelSpec, raw.get("model", {}), f"{src} [model]"),
-                  data=_build(DataSpec, raw.get("data", {}), f"{src} [data]"),
-                  training=_build(TrainingSpec, raw.get("training", {}), f"{src} [training]"),
-                  unlearning=_build(UnlearningSpec, raw.get("unlearning", {}), f"{src} [unlearning]"),
-                  requests=requests, profiles=profiles,
+        try:
+            resolve_behaviour(b)
+        except BehaviourError as err:
+            raise ScenarioError(f"{src}: [behaviours] {err}") from None
+        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, src,
+               f"[behaviours] {b} must be a non-negative number")
+    digest = hashlib.sha256(raw_bytes)
+    if overrides:
+        digest.update(json.dumps(overrides, sort_keys=True, default=str).encode())
+    sc = Scenario(name=f.name if f.name is not None else path.stem, clients=f.clients, seed=f.seed,
+                  description=f.description, plugins=f.plugins, model=f.model, data=f.data, training=f.training,
+                  unlearning=f.unlearning, resources=f.resources, requests=f.requests,
+                  profiles=tuple(f.profiles.values()) if f.profiles is not None else (ProfileSpec(name="default"),),
                   behaviours=tuple((b, float(w)) for b, w in behaviours.items() if w > 0),
-                  replay_wait_s=float(raw.get("replay_wait_s", 20.0)),
-                  retrain_clients=raw.get("retrain_clients", min(8, raw["clients"])),
-                  source=src, digest=hashlib.sha256(raw_bytes).hexdigest())
+                  replay_wait_s=f.replay_wait_s,
+                  retrain_clients=f.retrain_clients if f.retrain_clients is not None else min(8, f.clients),
+                  overrides=tuple(overrides.items()), source=src, digest=digest.hexdigest())
     _validate(sc)
     return sc
 
 
+def summary_line(sc: Scenario) -> str:
+    """A short description of a scenario (``zkapex scenario check``)."""
+    fleet = sc.behaviour_counts()
+    counts = {b: fleet[b] for b, _ in sc.behaviours if b in fleet}
+    reqs = ", ".join(f"{r.id} after round {r.after_round}: {r.forget} "
+                     f"{list(r.classes) if r.forget == 'class' else r.count}" for r in sc.requests)
+    return (f"{sc.name}: {sc.clients} clients ({sum(n for b, n in counts.items() if b in HONEST_BEHAVIOURS)} honest, "
+            f"{sum(n for b, n in counts.items() if b not in HONEST_BEHAVIOURS)} dishonest); behaviours "
+            + ", ".join(f"{b} {n}" for b, n in counts.items()) + f"; requests: {reqs}")
+
+
 def _validate(sc: Scenario) -> None:
     src, t, u = sc.source, sc.training, sc.unlearning
-    _check(sc.model.kind == "vit", src, f"[model] kind '{sc.model.kind}': fleets run the ViT (the OPT runs in `zkapex local`)")
-    _check(sc.data.dataset in ("digits", "mnist"), src, f"[data] dataset '{sc.data.dataset}': choose digits or mnist")
+    m, d = sc.model, sc.data
+    _check(m.kind == "vit" or m.kind.startswith("timm:"), src,
+           f"[model] kind '{m.kind}': fleets run image models, 'vit' or 'timm:<model name>' "
+           "(transformers language models run in `zkapex local`)")
+    if m.kind.startswith("timm:"):
+        from zkapex_flwr.models import timm_model_known
+
+        _check(timm_model_known(m.kind.removeprefix("timm:")), src,
+               f"[model] kind '{m.kind}': timm has no model named '{m.kind.removeprefix('timm:')}'")
+    _check(d.dataset in OFFLINE_DATASETS or (d.dataset.startswith("hf:") and len(d.dataset) > 3), src,
+           f"[data] dataset '{d.dataset}': choose digits, mnist or hf:<Hugging Face dataset> (e.g. hf:uoft-cs/cifar10)")
+    _check(d.partitioner in PARTITIONERS, src,
+           f"[data] partitioner '{d.partitioner}': choose one of {', '.join(PARTITIONERS)}")
+    _check(d.num_classes >= 2 and (d.alpha is None or d.alpha > 0), src, "[data] num_classes >= 2 and alpha > 0")
+    _check((d.image_size is None or d.image_size >= 1) and (d.max_samples is None or d.max_samples >= 2), src,
+           "[data] image_size >= 1 and max_samples >= 2")
+    res = sc.resources
+    _check(res.device in DEVICES or (res.device.startswith("cuda:") and res.device[5:].isdigit()), src,
+           f"[resources] device '{res.device}': choose auto, cpu, cuda or cuda:<index>")
+    _check(res.num_cpus > 0 and res.num_gpus >= 0, src, "[resources] num_cpus > 0 and num_gpus >= 0")
+    _check(sc.seed >= 0 and sc.replay_wait_s >= 0, src, "'seed' and 'replay_wait_s' must be >= 0")
+    _check(min(t.pretrain_epochs, t.local_epochs, t.personal_epochs) >= 0 and t.batch_size >= 1
+           and min(t.pretrain_lr, t.lr, t.personal_lr) > 0, src,
+           "[training] epochs must be >= 0, batch_size >= 1 and learning rates > 0")
+    _check(min(u.block_size, u.group, u.slots, u.num_grads) >= 1 and (u.max_blocks is None or u.max_blocks >= 1)
+           and u.damping >= 0, src,
+           "[unlearning] block_size, group, slots, num_grads and max_blocks must be >= 1 and damping >= 0")
     _check(0 < sc.data.provider_fraction < 1 and 0 < sc.data.test_fraction < 1
            and sc.data.provider_fraction + sc.data.test_fraction < 1, src,
            "[data] provider_fraction and test_fraction must be in (0, 1) and sum below 1")
@@ -238,8 +548,8 @@ def _validate(sc: Scenario) -> None:
         _check(0 <= r.after_round <= t.rounds, src,
                f"request '{r.id}': after_round {r.after_round} must be within 0..rounds={t.rounds} "
                "(clients personalize and commit after the last training round before it)")
-        _check(r.forget != "class" or (r.classes and all(0 <= c < 10 for c in r.classes)), src,
-               f"request '{r.id}': classes must be digits 0..9")
+        _check(r.forget != "class" or (r.classes and all(0 <= c < d.num_classes for c in r.classes)), src,
+               f"request '{r.id}': classes must be in 0..{d.num_classes - 1}")
         _check(r.forget != "samples" or r.count >= 1, src, f"request '{r.id}': count must be >= 1")
     _check(0 < u.mask_fraction < 1, src, "[unlearning] mask_fraction must be in (0, 1)")
     _check(u.steps and all(isinstance(b, int) and b >= 1 for b in u.steps), src,

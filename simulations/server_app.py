@@ -1,8 +1,14 @@
-"""The fleet's ServerApp for ``flwr run .``: the scenario and output folder come from the run config.
+"""The fleet's ServerApp for ``flwr run .``: the scenario, its overrides and the output folder come from the run config.
 
     flwr run . --stream                                        # simulations/default.toml → runs/default
-    flwr run . --stream --run-config "scenario='simulations/smoke.toml' out='runs/smoke'"
+    flwr run . --stream --run-config "scenario='simulations/smoke.toml' out='runs/smoke'" \\
+        --federation-config "num-supernodes=20"
+    flwr run . --stream --run-config "training.rounds=3 unlearning.mask_fraction=0.02"   # scenario overrides
     flwr run . <federation> --run-config "... resume=true"  # a restarted provider keeps its registry and ledger
+
+Every key of ``[tool.flwr.app.config]`` other than ``scenario``, ``out``, ``resume`` and
+``supernode-wait-s`` is a scenario key; its value there is "" (the scenario file's value) unless
+``--run-config`` sets it. The ClientApps read the same run config, so they build the same fleet.
 """
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from simulations.runner import PROJECT_ROOT, provider_main, resolve_scenario
-    from simulations.scenario import load_scenario
+    from simulations.runner import PROJECT_ROOT, SUPERNODE_WAIT_S, provider_main, resolve_scenario
+    from simulations.scenario import load_scenario, run_config_overrides
 
-    path = resolve_scenario(str(context.run_config["scenario"]))
-    out = str(context.run_config.get("out", "") or PROJECT_ROOT / "runs" / load_scenario(path).name)
-    provider_main(grid, path, out, resume=bool(context.run_config.get("resume", False)))
+    rc = context.run_config
+    path = resolve_scenario(str(rc["scenario"]))
+    overrides = run_config_overrides(rc)
+    out = str(rc.get("out", "") or PROJECT_ROOT / "runs" / load_scenario(path, overrides).name)
+    provider_main(grid, path, out, resume=bool(rc.get("resume", False)), overrides=overrides,
+                  supernode_wait_s=float(rc.get("supernode-wait-s", SUPERNODE_WAIT_S)))

@@ -70,3 +70,45 @@ def test_stdlib_code_corpus_splits():
     assert tok.decode(s.forget.tensors[0][0].tolist()) in json_source
     with pytest.raises(ValueError, match="forget package 'no_such_pkg' is not in the standard library"):
         code_splits(forget_package_="no_such_pkg")
+
+
+def test_users_data_comes_in_as_torch_dataset_dataloader_or_hugging_face_dataset():
+    import datasets
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    from zkapex_flwr.client import UnlearningSetup
+    from zkapex_flwr.data.tensors import TensorData, as_tensor_data
+    from zkapex_flwr.tasks import ImageTask
+
+    x, y = torch.randn(10, 1, 8, 8), torch.arange(10) % 3
+
+    class Dicts(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return {"image": x[i], "label": y[i]}
+
+    hf = datasets.Dataset.from_dict({"image": x.numpy(), "label": y.numpy(), "caption": [str(i) for i in range(10)]})
+    for given in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=4), Dicts(), hf):
+        got = as_tensor_data(given)
+        assert isinstance(got, TensorData) and len(got) == 10, type(given)
+        assert torch.allclose(got.tensors[0].float(), x) and torch.equal(got.tensors[1].long(), y), type(given)
+    assert len(as_tensor_data(hf, columns=["label"]).tensors) == 1
+    with pytest.raises(ValueError, match=r"cannot take \['pixels'\]"):
+        as_tensor_data(hf, columns=["pixels"])
+    with pytest.raises(TypeError, match="must be a TensorData, a torch Dataset"):
+        as_tensor_data(42)
+
+    setup = UnlearningSetup(model=torch.nn.Linear(64, 3), task=ImageTask(),
+                            data=DataLoader(TensorDataset(x, y), batch_size=3), test=hf, columns=("image", "label"))
+    assert isinstance(setup.data, TensorData) and isinstance(setup.test, TensorData) and len(setup.test) == 10
+
+    class NoLoss:
+        name = "broken"
+
+        def forward(self, model, batch):
+            return model(batch[0])
+
+    with pytest.raises(TypeError, match=r"NoLoss is not a zkapex_flwr.tasks.Task: it lacks \['per_sample_loss'"):
+        UnlearningSetup(model=torch.nn.Linear(64, 3), task=NoLoss(), data=TensorDataset(x, y))

@@ -1,9 +1,11 @@
-"""Model factories: small models built from config (trained here on CPU) and the paper's sizes.
+"""Model factories: small models built from config (trained here on CPU) and any timm / transformers model.
 
-* ``vit-tiny``: a timm ``VisionTransformer`` sized for 8×8 digits or 28×28 MNIST.
-* ``vit_base_patch16_224``: the paper's ViT-B/16 through ``timm.create_model`` (weights from the hub).
-* ``opt-tiny``: a transformers ``OPTForCausalLM`` built from an ``OPTConfig``.
-* ``facebook/opt-125m``: the paper's code model through ``from_pretrained`` (weights from the hub).
+* :func:`build_vit`: a small timm ``VisionTransformer`` sized for 8×8 digits or 28×28 MNIST (the default).
+* :func:`create_image_model`: ``"vit"`` (the above) or ``"timm:<name>"`` through ``timm.create_model``,
+  e.g. the paper's ``timm:vit_base_patch16_224`` (``pretrained=True`` needs the Hugging Face Hub).
+* :func:`build_opt`: a small transformers ``OPTForCausalLM`` built from an ``OPTConfig``.
+* :func:`create_lm`: ``"opt"`` (the above) or ``"hf:<name>"`` through ``AutoModelForCausalLM``, e.g. the
+  paper's ``hf:facebook/opt-125m`` (weights from the hub).
 
 Attention runs in the explicit (non-fused) path so ``torch.func.vmap`` can take per-sample gradients.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGE_MODELS = ("vit-tiny", "vit_base_patch16_224")
-LM_MODELS = ("opt-tiny", "facebook/opt-125m")
+IMAGE_MODELS = ("vit", "timm:<name>")
+LM_MODELS = ("opt", "hf:<name>")
 
 
 def _unfuse_attention(model: nn.Module) -> nn.Module:
@@ -59,17 +61,49 @@ def build_opt(vocab_size: int, seq_len: int = 64, *, hidden: int = 128, layers: 
     return OPTForCausalLM._from_config(cfg, attn_implementation="eager")
 
 
-def load_pretrained(name: str) -> nn.Module:
-    """The paper's models through the real loading code (needs the Hugging Face Hub)."""
-    if name == "vit_base_patch16_224":
-        import timm
+def timm_model_known(name: str) -> bool:
+    """Whether timm has an architecture called ``name`` (no download)."""
+    import timm
 
-        return _unfuse_attention(timm.create_model(name, pretrained=True))
-    if name == "facebook/opt-125m":
-        from transformers import OPTForCausalLM
+    return bool(timm.is_model(name))
 
-        return OPTForCausalLM.from_pretrained(name, attn_implementation="eager")
-    raise ValueError(f"unknown pretrained model '{name}'; choose one of vit_base_patch16_224, facebook/opt-125m")
+
+def create_image_model(kind: str, image_shape: tuple[int, int, int], num_classes: int, *, seed: int = 0,
+                       pretrained: bool = False, options: dict | None = None, **vit_kwargs) -> nn.Module:
+    """An image classifier: ``"vit"`` (:func:`build_vit` with ``vit_kwargs``) or ``"timm:<name>"``.
+
+    A timm model gets the data's channels and classes (``in_chans``, ``num_classes``) and, for
+    architectures that take one (ViTs), the image size; ``options`` are further ``timm.create_model``
+    keyword arguments. Attention runs unfused either way (per-sample gradients)."""
+    if kind == "vit":
+        return build_vit(image_shape, num_classes, seed=seed, **vit_kwargs)
+    if not kind.startswith("timm:"):
+        raise ValueError(f"unknown image model '{kind}'; choose 'vit' or 'timm:<model name>'")
+    import timm
+
+    name = kind.removeprefix("timm:")
+    chans, height, width = image_shape
+    kwargs = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": chans}
+    if "vit" in name or "deit" in name or "eva" in name:   # ViT-family models take the input size
+        kwargs["img_size"] = (height, width)
+    kwargs.update(options or {})
+    torch.manual_seed(seed)
+    return _unfuse_attention(timm.create_model(name, **kwargs))
+
+
+def create_lm(kind: str, *, vocab_size: int | None = None, seq_len: int = 64, seed: int = 0,
+              **opt_kwargs) -> nn.Module:
+    """A causal language model: ``"opt"`` (:func:`build_opt`) or ``"hf:<name>"`` (transformers, from the hub)."""
+    if kind == "opt":
+        if vocab_size is None:
+            raise ValueError("model 'opt' is built from config: give vocab_size")
+        return build_opt(vocab_size, seq_len, seed=seed, **opt_kwargs)
+    if not kind.startswith("hf:"):
+        raise ValueError(f"unknown language model '{kind}'; choose 'opt' or 'hf:<model name>'")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_pretrained(kind.removeprefix("hf:"), attn_implementation="eager")
 
 
 def clone_model(model: nn.Module) -> nn.Module:

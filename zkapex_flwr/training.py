@@ -7,6 +7,16 @@ from torch import nn
 from .data.tensors import TensorData
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): cuda when torch sees a GPU, else cpu; otherwise the device named."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return dev
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -31,8 +41,8 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
 
 def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, batch_size: int = 64,
           weight_decay: float = 0.01, seed: int = 0, frozen_zero: dict[str, torch.Tensor] | None = None,
-          augment: int = 0, progress=None, desc: str = "train") -> nn.Module:
-    """Train in place with AdamW and a cosine schedule.
+          augment: int = 0, progress=None, desc: str = "train", device: str | torch.device | None = None) -> nn.Module:
+    """Train in place with AdamW and a cosine schedule, on ``device`` (None: where the model is).
 
     ``frozen_zero`` maps parameter names to boolean masks of entries that must stay exactly zero (used by
     the mask + fine-tune baseline). ``augment`` > 0 translates image batches by up to that many pixels.
@@ -42,6 +52,9 @@ def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, b
         raise ValueError(f"{desc}: no training data")
     if epochs < 0:
         raise ValueError(f"{desc}: epochs must be non-negative, got {epochs}")
+    if device is not None:
+        model.to(resolve_device(device))
+    on = next(model.parameters()).device
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
@@ -53,6 +66,7 @@ def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, b
         for batch in data.batches(batch_size, shuffle=True, generator=gen):
             if augment:
                 batch = (random_translate(batch[0], augment, gen),) + tuple(batch[1:])
+            batch = tuple(t.to(on) for t in batch)
             loss = task.per_sample_loss(task.forward(model, batch), batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -74,15 +88,17 @@ def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, b
 def per_sample_stats(model: nn.Module, task, data: TensorData, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Per-sample loss, entropy, correct count and token/sample count, in data order."""
     model.eval()
+    on = next(model.parameters()).device
     cols: dict[str, list[torch.Tensor]] = {"loss": [], "entropy": [], "correct": [], "total": []}
     for batch in data.batches(batch_size):
+        batch = tuple(t.to(on) for t in batch)
         out = task.forward(model, batch)
         correct, total = task.per_sample_correct(out, batch)
         cols["loss"].append(task.per_sample_loss(out, batch))
         cols["entropy"].append(task.per_sample_entropy(out))
         cols["correct"].append(correct)
         cols["total"].append(total)
-    return {k: torch.cat(v) for k, v in cols.items()}
+    return {k: torch.cat(v).cpu() for k, v in cols.items()}
 
 
 def accuracy(model: nn.Module, task, data: TensorData) -> float:

@@ -29,10 +29,11 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from ..data.tensors import TensorData
+from ..data.tensors import TensorData, as_tensor_data
 from ..proof import ClientProver, get_circuit
 from ..proof.circuit import CircuitSpec
 from ..protocol import COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply, UnlearnRequest
+from ..tasks import Task, check_task
 from ..training import accuracy, train
 from ..unlearning import BlockFisher, BlockLayout, UnlearningMask
 from .state import NodeState
@@ -48,19 +49,36 @@ BundleHook = Callable[[ClientProver, UnlearningMask, UnlearnRequest, Context], "
 
 @dataclass
 class UnlearningSetup:
-    """What the mod needs from the app for one node (built by the app's ``setup(context)``)."""
+    """What the mod needs from the app for one node (built by the app's ``setup(context)``).
+
+    ``data``, ``test`` and ``forget`` may be a :class:`TensorData`, a torch ``Dataset``/``DataLoader``
+    or a Hugging Face ``Dataset`` (``columns`` picks its columns); they are held as TensorData
+    (:func:`~zkapex_flwr.data.tensors.as_tensor_data`). ``task`` is any :class:`~zkapex_flwr.tasks.Task`."""
 
     model: nn.Module                      # the architecture; its weights are replaced by θg / θp
-    task: Any                             # zkapex_flwr.tasks.ImageTask / LMTask (per-sample loss)
-    data: TensorData                      # the node's private data: personalization and Fisher
-    test: TensorData | None = None        # held-out data: personalization accuracy (research metric)
-    forget: TensorData | None = None      # D_f in the node's domain: forget accuracy (research metric)
+    task: Task                            # ImageTask / LMTask or your own (per-sample loss, correct counts)
+    data: Any                             # the node's private data: personalization and Fisher
+    test: Any = None                      # held-out data: personalization accuracy (research metric)
+    forget: Any = None                    # D_f in the node's domain: forget accuracy (research metric)
     memory_mb: float | None = None        # prover working-set budget; None = the cheapest circuit
     personalize: Callable[[nn.Module, TensorData, CommitRequest], None] | None = None
     bundle_hook: BundleHook | None = None  # red-teaming: produce another reply than the honest proof
     speed: float = 1.0                    # simulation: device speed relative to this machine (modelled time)
     uplink_mbps: float | None = None      # simulation: modelled bundle upload time
     seed: int = 0
+    columns: tuple[str, ...] | None = None   # Hugging Face datasets: the columns that make a batch, in order
+    device: str = "cpu"                   # where personalization trains ("auto": cuda when present); the
+                                          # Fisher, the commitments and the prover always run on the CPU
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"UnlearningSetup.model must be a torch nn.Module, got {type(self.model).__name__}")
+        check_task(self.task)
+        self.data = as_tensor_data(self.data, columns=self.columns, name="UnlearningSetup.data")
+        for name in ("test", "forget"):
+            if getattr(self, name) is not None:
+                setattr(self, name, as_tensor_data(getattr(self, name), columns=self.columns,
+                                                   name=f"UnlearningSetup.{name}"))
 
 
 def node_identity(context: Context) -> str:
@@ -130,8 +148,8 @@ class VerifiedUnlearningMod:
             node.personalize(model, node.data, req)
         else:
             train(model, node.task, node.data, epochs=req.personal_epochs, lr=req.personal_lr,
-                  batch_size=req.batch_size, seed=node.seed, desc="personalize")
-        model.eval()
+                  batch_size=req.batch_size, seed=node.seed, desc="personalize", device=node.device)
+        model.cpu().eval()   # Fisher, commitments and proofs run on the CPU
         layout = BlockLayout.from_model(model, req.block_size, req.scope)
         if layout.digest() != req.layout_digest:
             raise ProtocolError(f"node {context.node_id}: the scope '{req.scope}' with blocks of {req.block_size} "
