@@ -8,10 +8,10 @@ OUT ?= runs/local-vit-digits
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(VENV)/bin/zkapex local --model vit --dataset digits --out $(OUT)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

@@ -13,10 +13,11 @@ Writes ``DIR/proof_cost.csv`` (one row per configuration), ``DIR/proof_cost.png`
 """
 from __future__ import annotations
 
+from zkapex_flwr.figures import DPI, paper_style
+from zkapex_flwr.machine import describe_machine
+
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -107,28 +108,6 @@ def measure(d: int, slots: int, steps: int, reps: int, group: int = 1) -> dict:
             "build_s_this_run": round(build_s, 2)}
 
 
-def machine() -> dict:
-    import importlib.metadata
-
-    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "ezkl": importlib.metadata.version("ezkl"), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        info["mem_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, ValueError):
-        pass
-    return info
-
-
-# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
-PLOT_DPI = 200
-PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
-              "legend.frameon": False}
 
 
 def plot(rows: list[dict], path: Path | None = None):
@@ -137,7 +116,7 @@ def plot(rows: list[dict], path: Path | None = None):
     import matplotlib
     from matplotlib.figure import Figure
 
-    with matplotlib.rc_context(PLOT_STYLE):
+    with paper_style():
         fig = Figure(figsize=(10, 4.6))
         axes = fig.subplots(1, 2)
         series: dict[tuple, list[dict]] = {}
@@ -176,7 +155,7 @@ def plot(rows: list[dict], path: Path | None = None):
         fig.suptitle("ZK-APEX column-form proof cost (EZKL, full proofs, this machine)")
         fig.tight_layout(rect=(0, 0.2, 1, 1))
         if path is not None:
-            fig.savefig(path, dpi=PLOT_DPI)
+            fig.savefig(path, dpi=DPI)
     return fig
 
 
@@ -213,7 +192,7 @@ def run(out: Path, quick: bool = False, reps: int = 3, configs=None) -> list[dic
             progress.advance(task)
     frame = pd.DataFrame(rows)[COLUMNS]
     frame.to_csv(out / "proof_cost.csv", index=False)
-    (out / "machine.json").write_text(json.dumps(machine(), indent=2))
+    (out / "machine.json").write_text(json.dumps(describe_machine(), indent=2))
     plot(rows, out / "proof_cost.png")
     table = Table(title="proof cost (medians)")
     shown = ("d", "slots", "blocks_per_proof", "unit_blocks", "logrows", "prove_s", "verify_ms", "peak_rss_mb", "baseline_rss_mb",

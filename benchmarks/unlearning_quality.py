@@ -25,6 +25,9 @@ Outputs in ``--out``: ``quality_runs.csv`` (one row per setting × seed × clien
 """
 from __future__ import annotations
 
+from zkapex_flwr.figures import DPI, paper_style
+from zkapex_flwr.machine import describe_machine
+
 import argparse
 import json
 import time
@@ -301,7 +304,6 @@ def targets(headline: dict) -> dict:
 def run(out: Path, quick: bool = False) -> dict:
     from rich.console import Console
 
-    from benchmarks.proof_cost import machine
 
     out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if quick else FULL
@@ -320,7 +322,7 @@ def run(out: Path, quick: bool = False) -> dict:
                "settings": {s.name: {"seeds": list(s.seeds), "clients": list(s.clients), "headline": s.headline,
                                      "overrides": s.overrides} for s in plan.settings}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "machine.json").write_text(json.dumps(machine(), indent=2))
+    (out / "machine.json").write_text(json.dumps(describe_machine(), indent=2))
     write_report(out)
     print_tables(Console(), agg, summary["targets"])
     return summary
@@ -398,12 +400,6 @@ def _pm(row, col: str) -> str:
     return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"  # std is NaN for a single run
 
 
-# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
-PLOT_DPI = 200
-PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
-              "legend.frameon": False}
 
 
 def plot_quality(agg, path: Path | None = None):
@@ -419,7 +415,7 @@ def plot_quality(agg, path: Path | None = None):
             ("mia_auc_after", "RMIA AUC on D_f"), ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR")]
     ncols = min(2, max(1, len(settings)))
     nrows = -(-max(1, len(settings)) // ncols)
-    with matplotlib.rc_context(PLOT_STYLE):
+    with paper_style():
         fig = Figure(figsize=(5.2 * ncols, 3.4 * nrows + 0.8))
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         colours = matplotlib.colormaps["tab10"]
@@ -444,7 +440,7 @@ def plot_quality(agg, path: Path | None = None):
         fig.legend(handles, labels, loc="lower center", ncol=len(keys), bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, 0.6 / (3.4 * nrows + 0.8), 1, 1))
         if path is not None:
-            fig.savefig(path, dpi=PLOT_DPI)
+            fig.savefig(path, dpi=DPI)
     return fig
 
 
@@ -461,7 +457,7 @@ def plot_frontier(frontier, path: Path | None = None):
     colour[VERIFIED] = matplotlib.colormaps["tab10"](0)
     ncols = min(2, max(1, len(settings)))
     nrows = -(-max(1, len(settings)) // ncols)
-    with matplotlib.rc_context(PLOT_STYLE):
+    with paper_style():
         fig = Figure(figsize=(5.2 * ncols, 3.6 * nrows + 0.8))
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, setting in zip(axes, settings):
@@ -490,7 +486,7 @@ def plot_frontier(frontier, path: Path | None = None):
         fig.legend(handles=handles, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, 0.75 / (3.6 * nrows + 0.8), 1, 1))
         if path is not None:
-            fig.savefig(path, dpi=PLOT_DPI)
+            fig.savefig(path, dpi=DPI)
     return fig
 
 

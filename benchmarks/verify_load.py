@@ -35,6 +35,9 @@ verdict), ``reads.csv``, ``summary.json``, ``machine.json``, ``report.md`` and `
 """
 from __future__ import annotations
 
+from zkapex_flwr.figures import DPI, paper_style
+from zkapex_flwr.machine import describe_machine
+
 import argparse
 import json
 import secrets
@@ -437,21 +440,14 @@ def summarize(rows: list[dict], info: dict, writes: list[dict], store_info: dict
     }
 
 
-# Figure style shared with simulations.report.PAPER_STYLE (same values; the benchmarks stay importable alone).
-PLOT_DPI = 200
-PLOT_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-              "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-              "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
-              "legend.frameon": False}
 
 
 def plot(rows: list[dict], writes: list[dict], path: Path | None = None):
     """Empirical CDFs (numeric x) of verification latency per verdict and of the per-verdict store
     transaction. Writes ``path`` when given; returns the Figure."""
-    import matplotlib
     from matplotlib.figure import Figure
 
-    with matplotlib.rc_context(PLOT_STYLE):
+    with paper_style():
         fig = Figure(figsize=(11.5, 4))
         axes = fig.subplots(1, 2)
         ax = axes[0]
@@ -480,7 +476,7 @@ def plot(rows: list[dict], writes: list[dict], path: Path | None = None):
         ax.legend(loc="center right")
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=PLOT_DPI)
+            fig.savefig(path, dpi=DPI)
     return fig
 
 
@@ -596,7 +592,6 @@ def run(out: Path, quick: bool = False, bundles: int | None = None, seed: int = 
 
     import strategies.ledger  # noqa: F401  (imported here so that a broken import fails before the set-up)
     import strategies.registry  # noqa: F401
-    from benchmarks.proof_cost import machine
     from zkapex_flwr.proof import ProofBundle
 
     warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
@@ -638,7 +633,7 @@ def run(out: Path, quick: bool = False, bundles: int | None = None, seed: int = 
                          "read_sizes": list(READ_SIZES)}
     summary["setup"] = {k: round(v, 3) for k, v in fleet.timings.items()}
     summary["reads"] = reads
-    summary["machine"] = machine()
+    summary["machine"] = describe_machine()
     summary["command"] = (f"python -m benchmarks.verify_load --out {out}" + (" --quick" if quick else "")
                           + (f" --bundles {bundles}" if bundles is not None else "") + (f" --seed {seed}" if seed else ""))
     summary["wall_s"] = time.perf_counter() - t_start

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # a bare Figure renders through Agg: no pyplot, no global backend
 
+from zkapex_flwr.figures import DPI, PAPER_STYLE, paper_style, save_figure  # noqa: F401 (DPI, PAPER_STYLE: re-exported)
 from zkapex_flwr.files import atomic_write
 
 from .scenario import HONEST_BEHAVIOURS  # late = honest but slow, not a cheat
@@ -167,30 +168,8 @@ def _reference_summary(rows: pd.DataFrame, reference: pd.DataFrame) -> dict:
             "rows": j.to_dict(orient="records")}
 
 
-# Figures. Every plot of the project uses PAPER_STYLE (the benchmarks and the local pipeline keep a copy
-# of the same values, since the library must not import simulations): labelled axes with units, a title,
-# a legend where there is more than one series, no line across categorical x values, DPI dots per inch.
-DPI = 200
-PAPER_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-               "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-               "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
-               "legend.frameon": False, "image.cmap": "Blues"}
+# Figures: the project's one style (zkapex_flwr.figures)
 HONEST_COLOUR, CHEAT_COLOUR = "#1a9850", "#d73027"
-
-
-def paper_style():
-    """Context manager applying :data:`PAPER_STYLE`: build and save figures inside it."""
-    import matplotlib
-
-    return matplotlib.rc_context(PAPER_STYLE)
-
-
-def save_figure(figure: Figure, path: Path) -> Path:
-    """Tight layout, then write ``figure`` to ``path`` at :data:`DPI`."""
-    with paper_style():
-        figure.tight_layout()
-        figure.savefig(path, dpi=DPI)
-    return Path(path)
 
 
 def _behaviour_label(behaviour: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -96,6 +95,7 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
 
     from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
     from zkapex_flwr.tasks import ImageTask
+    from zkapex_flwr.machine import describe_machine
     from zkapex_flwr.training import resolve_device, seed_everything, train
 
     from .fleet import fleet_world
@@ -172,7 +172,7 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
              "scenario_overrides": dict(sc.overrides), "masks": masks,
              "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
              "unattributed_rows": unattributed, "timings_s": timings,
-             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}}
+             "machine": describe_machine()}
     reference = None
     if sc.retrain_clients:
         from .reference import retrain_reference, sample_clients

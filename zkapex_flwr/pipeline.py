@@ -13,6 +13,7 @@ mask removed). It is proven by the same circuit as the paper's update.
 from __future__ import annotations
 
 import json
+import warnings
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .data.splits import UnlearningSplits
+from .machine import describe_machine
 from .membership import MembershipAudit
 from .metrics import quality
 from .models import build_opt, build_vit, clone_model
@@ -400,14 +402,18 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
               "fisher_blocks": layout.n_blocks, "block_size": layout.block_size, "fisher_samples": fisher.num_samples,
               "data": splits.sizes(), "data_meta": splits.meta, "timings_s": timings,
               "wall_s": time.perf_counter() - t_start, "config": asdict(cfg),
-              "machine": _machine()}
+              "machine": describe_machine()}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / "metrics.json.tmp"
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(out / "metrics.json")
-        plot_local(result, out / "metrics.png")
+        try:
+            plot_local(result, out / "metrics.png")
+        except ImportError:   # the library itself does not need matplotlib (extras: simulation, bench)
+            warnings.warn("matplotlib is not installed: metrics.png was not drawn (pip install 'zkapex-flwr[bench]')",
+                          stacklevel=2)
     return result
 
 
@@ -450,32 +456,22 @@ def _frozen(layout: BlockLayout, mask: UnlearningMask) -> dict[str, torch.Tensor
     return {t.name: dense[t.offset:t.offset + t.numel].reshape(t.shape) for t in layout.tensors}
 
 
-def _machine() -> dict:
-    import os
-    import platform
-
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__}
-
-
 def plot_local(result: dict, path: Path | None = None):
     """Bars per method (categorical x, no lines): personalization accuracy after, forget accuracy after,
     RMIA AUC and TPR at 1 % FPR; a metric a run did not record is left out. Writes ``path`` when given;
-    returns the Figure. Same style values as simulations.report.PAPER_STYLE."""
+    returns the Figure (the project's figure style, zkapex_flwr.figures)."""
     import matplotlib
     from matplotlib.figure import Figure
 
-    style = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-             "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-             "axes.axisbelow": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "lines.linewidth": 1.3,
-             "legend.frameon": False}
+    from .figures import DPI, paper_style
+
     rows = {"verified": result, **result["baselines"]}
     keys = [(k, label) for k, label in (("personalization_acc_after", "personalization accuracy"),
                                         ("forget_acc_after", "forget accuracy on D_f"),
                                         ("mia_auc_after", "RMIA AUC on D_f"),
                                         ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR"))
             if any(r.get(k) is not None for r in rows.values())]
-    with matplotlib.rc_context(style):
+    with paper_style():
         fig = Figure(figsize=(8, 4))
         ax = fig.subplots()
         width = 0.8 / max(1, len(keys))
@@ -497,7 +493,7 @@ def plot_local(result: dict, path: Path | None = None):
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=200)
+            fig.savefig(path, dpi=DPI)
     return fig
 
 
