@@ -23,10 +23,8 @@ Outputs in ``--out``: ``quality_runs.csv`` (one row per setting × seed × clien
 ``quality.csv`` (mean ± std), ``quality.png``, ``frontier.csv`` / ``frontier.png``, ``proof_cost.csv``,
 ``summary.json`` (``headline``: setting → method → metrics; ``targets``), ``report.md``, ``machine.json``.
 """
-from __future__ import annotations
 
-from zkapex_flwr.figures import DPI, paper_style
-from zkapex_flwr.machine import describe_machine
+from __future__ import annotations
 
 import argparse
 import json
@@ -34,10 +32,22 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from zkapex_flwr.figures import DPI, paper_style
+from zkapex_flwr.machine import describe_machine
+
 VERIFIED = "verified"
 METHODS = (VERIFIED, "zk-apex-paper", "mask-only", "mask-finetune", "retrain", "no-op", "head-row")
-METRICS = ("personalization_acc_before", "personalization_acc_after", "recovery", "forget_acc_before",
-           "forget_acc_after", "mia_auc_after", "mia_tpr_at_1pct_fpr_after", "loss_mia_auc_after", "client_s")
+METRICS = (
+    "personalization_acc_before",
+    "personalization_acc_after",
+    "recovery",
+    "forget_acc_before",
+    "forget_acc_after",
+    "mia_auc_after",
+    "mia_tpr_at_1pct_fpr_after",
+    "loss_mia_auc_after",
+    "client_s",
+)
 # The targets each headline setting is judged by (means over seeds × clients).
 TARGETS = {
     "vit-mnist-class-federation": {"forget_gap": 0.05, "recovery": 0.98},
@@ -45,8 +55,11 @@ TARGETS = {
     "opt-stdlib-code-package-federation": {"forget_gap": 0.02, "recovery": 0.90},
 }
 # The paper's figures (arXiv 2512.09953), shown beside ours.
-PAPER = {"vit": {"recovery": "≈ 0.99"}, "opt": {"recovery": "≈ 0.70"},
-         "verify_vs_retrain": "> 10^7 × (ViT-B, ≈ 1.1 M masked weights)"}
+PAPER = {
+    "vit": {"recovery": "≈ 0.99"},
+    "opt": {"recovery": "≈ 0.70"},
+    "verify_vs_retrain": "> 10^7 × (ViT-B, ≈ 1.1 M masked weights)",
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +80,8 @@ class Plan:
     """What one benchmark run measures."""
 
     settings: tuple[Setting, ...]
-    frontier: dict[str, list]        # LocalConfig field -> values, crossed (verified method only)
-    proof: dict | None               # overrides of the proof-cost point (block budget and mask size at d=16)
+    frontier: dict[str, list]  # LocalConfig field -> values, crossed (verified method only)
+    proof: dict | None  # overrides of the proof-cost point (block budget and mask size at d=16)
     # extra overrides per setting whose proof cost is measured too (the first setting always is); a model
     # narrower than the headline's keeps registration (one commitment per scope weight at G = 1) in minutes
     proof_models: dict[str, dict] = field(default_factory=dict)
@@ -79,33 +92,64 @@ FULL = Plan(
     settings=(
         Setting("vit-mnist-class-federation", "vit", "mnist", dict(MNIST, client_keeps_forget=False)),
         # membership must be there to be removed: no augmentation, longer training, 5 % of the pool
-        Setting("vit-mnist-samples", "vit", "mnist", dict(MNIST, forget_mode="samples", forget_count=100,
-                                                          augment=False, global_epochs=50)),
-        Setting("opt-stdlib-code-package-federation", "opt", "stdlib-code",
-                dict(client_keeps_forget=False, num_clients=3, max_provider_seqs=1200, max_client_seqs=500,
-                     mia_references=1)),
-        Setting("vit-mnist-class", "vit", "mnist", dict(MNIST, client_keeps_forget=True), seeds=(0,),
-                headline=False),
+        Setting(
+            "vit-mnist-samples",
+            "vit",
+            "mnist",
+            dict(MNIST, forget_mode="samples", forget_count=100, augment=False, global_epochs=50),
+        ),
+        Setting(
+            "opt-stdlib-code-package-federation",
+            "opt",
+            "stdlib-code",
+            dict(
+                client_keeps_forget=False, num_clients=3, max_provider_seqs=1200, max_client_seqs=500, mia_references=1
+            ),
+        ),
+        Setting("vit-mnist-class", "vit", "mnist", dict(MNIST, client_keeps_forget=True), seeds=(0,), headline=False),
     ),
     frontier={"mask_fraction": [0.04, 0.16, 0.24], "damping": [0.1, 1.0, 10.0]},
-    proof=dict(block_size=16, max_blocks=48, proof_slots=8, mask_fraction=0.02),
+    proof=dict(block_size=16, max_blocks=48, slots=8, mask_fraction=0.02),
     proof_models={"opt-stdlib-code-package-federation": dict(model_kwargs=dict(hidden=32, layers=2, ffn=128, heads=2))},
 )
-TINY_VIT = dict(num_clients=2, global_epochs=4, personal_epochs=3, mia_references=1,
-                model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=2))
+TINY_VIT = dict(
+    num_clients=2,
+    global_epochs=4,
+    personal_epochs=3,
+    mia_references=1,
+    model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=2),
+)
 QUICK = Plan(
     settings=(
-        Setting("vit-digits-class-federation", "vit", "digits", dict(TINY_VIT, client_keeps_forget=False),
-                seeds=(0,), clients=(0,)),
-        Setting("vit-digits-samples", "vit", "digits", dict(TINY_VIT, forget_mode="samples"), seeds=(0,),
-                clients=(0,)),
-        Setting("opt-stdlib-code-package-federation", "opt", "stdlib-code",
-                dict(client_keeps_forget=False, max_provider_seqs=200, max_client_seqs=100, global_epochs=1,
-                     personal_epochs=1, num_grads=32, mia_references=1,
-                     model_kwargs=dict(hidden=32, layers=1, ffn=64, heads=2)), seeds=(0,), clients=(0,)),
+        Setting(
+            "vit-digits-class-federation",
+            "vit",
+            "digits",
+            dict(TINY_VIT, client_keeps_forget=False),
+            seeds=(0,),
+            clients=(0,),
+        ),
+        Setting("vit-digits-samples", "vit", "digits", dict(TINY_VIT, forget_mode="samples"), seeds=(0,), clients=(0,)),
+        Setting(
+            "opt-stdlib-code-package-federation",
+            "opt",
+            "stdlib-code",
+            dict(
+                client_keeps_forget=False,
+                max_provider_seqs=200,
+                max_client_seqs=100,
+                global_epochs=1,
+                personal_epochs=1,
+                num_grads=32,
+                mia_references=1,
+                model_kwargs=dict(hidden=32, layers=1, ffn=64, heads=2),
+            ),
+            seeds=(0,),
+            clients=(0,),
+        ),
     ),
     frontier={"mask_fraction": [0.04, 0.16], "damping": [1.0]},
-    proof=dict(block_size=16, max_blocks=8, proof_slots=8, mask_fraction=0.02),
+    proof=dict(block_size=16, max_blocks=8, slots=8, mask_fraction=0.02),
     proof_models={"opt-stdlib-code-package-federation": {}},  # the quick LM is already small
 )
 
@@ -118,13 +162,25 @@ def _cfg(setting: Setting, seed: int, client: int, **extra):
 
 def _rows(result: dict, setting: Setting, include_baselines: bool = True, **extra) -> list[dict]:
     cfg = result["config"]
-    common = {"setting": setting.name, "model": setting.model, "dataset": setting.dataset, "seed": cfg["seed"],
-              "client": cfg["client_id"], **extra}
-    own = {"masked_weights": result["masked_weights"], "touched_blocks": result["touched_blocks"],
-           "mask_fraction": cfg["mask_fraction"], "damping": cfg["damping"]}
+    common = {
+        "setting": setting.name,
+        "model": setting.model,
+        "dataset": setting.dataset,
+        "seed": cfg["seed"],
+        "client": cfg["client_id"],
+        **extra,
+    }
+    own = {
+        "masked_weights": result["masked_weights"],
+        "touched_blocks": result["touched_blocks"],
+        "mask_fraction": cfg["mask_fraction"],
+        "damping": cfg["damping"],
+    }
     rows = [{**common, "method": VERIFIED, **own, **{k: result[k] for k in METRICS}}]
     if include_baselines:
-        rows += [{**common, "method": name, **{k: row[k] for k in METRICS}} for name, row in result["baselines"].items()]
+        rows += [
+            {**common, "method": name, **{k: row[k] for k in METRICS}} for name, row in result["baselines"].items()
+        ]
     return rows
 
 
@@ -149,15 +205,18 @@ class Bench:
         t = time.perf_counter()
         result = run_local(cfg, console=self.quiet, cache=self.cache)
         self.runs += 1
-        extra = (f", proof {result['proof']['verdict']} in {result['proof']['prove_s']:.0f} s"
-                 if "proof" in result else "")
+        extra = (
+            f", proof {result['proof']['verdict']} in {result['proof']['prove_s']:.0f} s" if "proof" in result else ""
+        )
         base = result["baselines"].get("retrain")
         retrain = f" (retrain {base['forget_acc_after']:.3f}, RMIA {base['mia_auc_after']:.3f})" if base else ""
-        self.console.log(f"[{self.runs}] {cfg.model}/{cfg.dataset} {cfg.forget_mode} seed {cfg.seed} client "
-                         f"{cfg.client_id} f={cfg.mask_fraction} λ={cfg.damping}: recovery {result['recovery']:.3f}, "
-                         f"forget {result['forget_acc_before']:.3f}→{result['forget_acc_after']:.3f}, RMIA "
-                         f"{result['mia_auc_before']:.3f}→{result['mia_auc_after']:.3f}{retrain}{extra} "
-                         f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - self.t0:.0f} s total)")
+        self.console.log(
+            f"[{self.runs}] {cfg.model}/{cfg.dataset} {cfg.forget_mode} seed {cfg.seed} client "
+            f"{cfg.client_id} f={cfg.mask_fraction} λ={cfg.damping}: recovery {result['recovery']:.3f}, "
+            f"forget {result['forget_acc_before']:.3f}→{result['forget_acc_after']:.3f}, RMIA "
+            f"{result['mia_auc_before']:.3f}→{result['mia_auc_after']:.3f}{retrain}{extra} "
+            f"({time.perf_counter() - t:.0f} s; {time.perf_counter() - self.t0:.0f} s total)"
+        )
         return result
 
     def headline(self, settings=None):
@@ -183,8 +242,12 @@ class Bench:
                         grid = self.plan.frontier
                         for values in itertools.product(*grid.values()):
                             point = dict(zip(grid, values))
-                            frontier += _rows(self.run(replace(cfg, **point, baselines=())), setting, False,
-                                              point="|".join(f"{k}={v}" for k, v in point.items()))
+                            frontier += _rows(
+                                self.run(replace(cfg, **point, baselines=())),
+                                setting,
+                                False,
+                                point="|".join(f"{k}={v}" for k, v in point.items()),
+                            )
             self.cache.clear()  # one seed's models at a time
         return with_gap(pd.DataFrame(rows)), with_gap(pd.DataFrame(frontier))
 
@@ -194,11 +257,21 @@ class Bench:
 
         rows = []
         first = self.plan.settings[0]
-        measured = [(first, {})] + [(s, self.plan.proof_models[s.name]) for s in self.plan.settings
-                                    if s.name in self.plan.proof_models and s is not first]
+        measured = [(first, {})] + [
+            (s, self.plan.proof_models[s.name])
+            for s in self.plan.settings
+            if s.name in self.plan.proof_models and s is not first
+        ]
         for setting, model in measured:
-            base = _cfg(setting, setting.seeds[0], setting.clients[0], **self.plan.proof, **model, prove=True,
-                        baselines=("retrain",))
+            base = _cfg(
+                setting,
+                setting.seeds[0],
+                setting.clients[0],
+                **self.plan.proof,
+                **model,
+                prove=True,
+                baselines=("retrain",),
+            )
             rows += self._proof_rows(setting, base, model_kwargs=model.get("model_kwargs"))
             self.cache.clear()
         frame = pd.DataFrame(rows)
@@ -214,14 +287,34 @@ class Bench:
         for method, over in ((VERIFIED, {}), ("zk-apex-paper", paper)):
             r = self.run(replace(base, **over))
             p = r["proof"]
-            rows.append({"method": method, "setting": setting.name, "scope": r["config"]["scope"],
-                         "model": json.dumps(model_kwargs) if model_kwargs else "headline",
-                         "masked_weights": r["masked_weights"], "touched_blocks": r["touched_blocks"],
-                         "recovery": r["recovery"], "forget_acc_after": r["forget_acc_after"],
-                         "retrain_s": r["baselines"]["retrain"]["client_s"],
-                         **{k: p[k] for k in ("verdict", "proofs", "steps", "prove_s", "verify_ms", "bundle_bytes",
-                                              "register_s", "peak_rss_mb", "prove_ms_per_masked_weight",
-                                              "proof_bytes_per_masked_weight")}})
+            rows.append(
+                {
+                    "method": method,
+                    "setting": setting.name,
+                    "scope": r["config"]["scope"],
+                    "model": json.dumps(model_kwargs) if model_kwargs else "headline",
+                    "masked_weights": r["masked_weights"],
+                    "touched_blocks": r["touched_blocks"],
+                    "recovery": r["recovery"],
+                    "forget_acc_after": r["forget_acc_after"],
+                    "retrain_s": r["baselines"]["retrain"]["client_s"],
+                    **{
+                        k: p[k]
+                        for k in (
+                            "verdict",
+                            "proofs",
+                            "steps",
+                            "prove_s",
+                            "verify_ms",
+                            "bundle_bytes",
+                            "register_s",
+                            "peak_rss_mb",
+                            "prove_ms_per_masked_weight",
+                            "proof_bytes_per_masked_weight",
+                        )
+                    },
+                }
+            )
         return rows
 
 
@@ -232,8 +325,11 @@ def with_gap(runs):
     key = ["setting", "seed", "client"]
     retrain = runs[runs["method"] == "retrain"].set_index(key)
     idx = runs.set_index(key).index
-    for col, gap in (("forget_acc_after", "forget_gap_to_retrain"), ("mia_auc_after", "mia_gap_to_retrain"),
-                     ("mia_tpr_at_1pct_fpr_after", "tpr_gap_to_retrain")):
+    for col, gap in (
+        ("forget_acc_after", "forget_gap_to_retrain"),
+        ("mia_auc_after", "mia_gap_to_retrain"),
+        ("mia_tpr_at_1pct_fpr_after", "tpr_gap_to_retrain"),
+    ):
         runs[gap] = runs[col].to_numpy() - idx.map(retrain[col]).to_numpy()
     return runs
 
@@ -253,18 +349,27 @@ def headline_json(agg) -> dict:
     for _, r in agg.iterrows():
         m = out.setdefault(r["setting"], {"methods": {}})["methods"]
         m[r["method"]] = {
-            "recovery": r["recovery_mean"], "recovery_std": r["recovery_std"],
+            "recovery": r["recovery_mean"],
+            "recovery_std": r["recovery_std"],
             "personalization_acc_before": r["personalization_acc_before_mean"],
             "personalization_acc_after": r["personalization_acc_after_mean"],
             "forget_acc_before": r["forget_acc_before_mean"],
-            "forget_acc_after": r["forget_acc_after_mean"], "forget_acc_after_std": r["forget_acc_after_std"],
+            "forget_acc_after": r["forget_acc_after_mean"],
+            "forget_acc_after_std": r["forget_acc_after_std"],
             "forget_gap_to_retrain": r["forget_gap_to_retrain_mean"],
-            "mia_auc": r["mia_auc_after_mean"], "mia_auc_std": r["mia_auc_after_std"],
+            "mia_auc": r["mia_auc_after_mean"],
+            "mia_auc_std": r["mia_auc_after_std"],
             "mia_tpr_at_1pct_fpr": r["mia_tpr_at_1pct_fpr_after_mean"],
-            "mia_gap_to_retrain": r["mia_gap_to_retrain_mean"], "tpr_gap_to_retrain": r["tpr_gap_to_retrain_mean"],
-            "loss_mia_auc": r["loss_mia_auc_after_mean"], "client_s": r["client_s_mean"], "runs": int(r["runs"])}
-    return {setting: {"methods": {m: {k: _number(v) for k, v in row.items()} for m, row in part["methods"].items()}}
-            for setting, part in out.items()}
+            "mia_gap_to_retrain": r["mia_gap_to_retrain_mean"],
+            "tpr_gap_to_retrain": r["tpr_gap_to_retrain_mean"],
+            "loss_mia_auc": r["loss_mia_auc_after_mean"],
+            "client_s": r["client_s_mean"],
+            "runs": int(r["runs"]),
+        }
+    return {
+        setting: {"methods": {m: {k: _number(v) for k, v in row.items()} for m, row in part["methods"].items()}}
+        for setting, part in out.items()
+    }
 
 
 def _number(value):
@@ -283,27 +388,38 @@ def targets(headline: dict) -> dict:
         v, retrain, noop = methods.get(VERIFIED), methods.get("retrain"), methods.get("no-op")
         if v is None:
             continue
-        row = {"recovery": v["recovery"], "recovery_target": goal["recovery"],
-               "recovery_ok": v["recovery"] >= goal["recovery"]}
+        row = {
+            "recovery": v["recovery"],
+            "recovery_target": goal["recovery"],
+            "recovery_ok": v["recovery"] >= goal["recovery"],
+        }
         if "forget_gap" in goal:
-            row.update(forget_gap_to_retrain=v["forget_gap_to_retrain"], forget_gap_target=goal["forget_gap"],
-                       forget_ok=abs(v["forget_gap_to_retrain"]) <= goal["forget_gap"])
+            row.update(
+                forget_gap_to_retrain=v["forget_gap_to_retrain"],
+                forget_gap_target=goal["forget_gap"],
+                forget_ok=abs(v["forget_gap_to_retrain"]) <= goal["forget_gap"],
+            )
         if "mia_gap" in goal:
-            row.update(mia_gap_to_retrain=v["mia_gap_to_retrain"], tpr_gap_to_retrain=v["tpr_gap_to_retrain"],
-                       mia_gap_target=goal["mia_gap"],
-                       mia_ok=abs(v["mia_gap_to_retrain"]) <= goal["mia_gap"]
-                       and abs(v["tpr_gap_to_retrain"]) <= goal["mia_gap"])
+            row.update(
+                mia_gap_to_retrain=v["mia_gap_to_retrain"],
+                tpr_gap_to_retrain=v["tpr_gap_to_retrain"],
+                mia_gap_target=goal["mia_gap"],
+                mia_ok=abs(v["mia_gap_to_retrain"]) <= goal["mia_gap"]
+                and abs(v["tpr_gap_to_retrain"]) <= goal["mia_gap"],
+            )
             if noop and retrain:  # the attack's sanity row: no-op must sit clearly above retrain
-                row.update(sanity_noop_mia_auc=noop["mia_auc"], sanity_retrain_mia_auc=retrain["mia_auc"],
-                           sanity_noop_tpr=noop["mia_tpr_at_1pct_fpr"],
-                           sanity_retrain_tpr=retrain["mia_tpr_at_1pct_fpr"])
+                row.update(
+                    sanity_noop_mia_auc=noop["mia_auc"],
+                    sanity_retrain_mia_auc=retrain["mia_auc"],
+                    sanity_noop_tpr=noop["mia_tpr_at_1pct_fpr"],
+                    sanity_retrain_tpr=retrain["mia_tpr_at_1pct_fpr"],
+                )
         out[setting] = row
     return out
 
 
 def run(out: Path, quick: bool = False) -> dict:
     from rich.console import Console
-
 
     out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if quick else FULL
@@ -316,11 +432,24 @@ def run(out: Path, quick: bool = False) -> dict:
     if proof is not None:
         proof.to_csv(out / "proof_cost.csv", index=False)
     headline = headline_json(agg)
-    summary = {"quick": quick, "headline": headline, "targets": targets(headline), "paper": PAPER,
-               "proof_cost": json.loads(proof.to_json(orient="records")) if proof is not None else None,
-               "wall_s": time.perf_counter() - bench.t0, "runs": bench.runs,
-               "settings": {s.name: {"seeds": list(s.seeds), "clients": list(s.clients), "headline": s.headline,
-                                     "overrides": s.overrides} for s in plan.settings}}
+    summary = {
+        "quick": quick,
+        "headline": headline,
+        "targets": targets(headline),
+        "paper": PAPER,
+        "proof_cost": json.loads(proof.to_json(orient="records")) if proof is not None else None,
+        "wall_s": time.perf_counter() - bench.t0,
+        "runs": bench.runs,
+        "settings": {
+            s.name: {
+                "seeds": list(s.seeds),
+                "clients": list(s.clients),
+                "headline": s.headline,
+                "overrides": s.overrides,
+            }
+            for s in plan.settings
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "machine.json").write_text(json.dumps(describe_machine(), indent=2))
     write_report(out)
@@ -343,33 +472,49 @@ def write_report(out: Path) -> Path:
 
     agg = pd.read_csv(out / "quality.csv")
     summary = json.loads((out / "summary.json").read_text())
-    lines = [f"# Unlearning quality ({'quick' if summary['quick'] else 'full'} run, {summary['runs']} runs, "
-             f"{summary['wall_s'] / 60:.1f} min)", "",
-             "Mean ± std over seeds × clients. Forget accuracy and RMIA are on D_f (lower is more forgotten); "
-             "the target is retrain's value, not 0 or 0.5.", ""]
+    lines = [
+        f"# Unlearning quality ({'quick' if summary['quick'] else 'full'} run, {summary['runs']} runs, "
+        f"{summary['wall_s'] / 60:.1f} min)",
+        "",
+        "Mean ± std over seeds × clients. Forget accuracy and RMIA are on D_f (lower is more forgotten); "
+        "the target is retrain's value, not 0 or 0.5.",
+        "",
+    ]
     for setting, part in agg.groupby("setting", sort=False):
         secondary = not summary["settings"].get(setting, {}).get("headline", True)
-        lines += [f"## {setting}{' (secondary)' if secondary else ''} ({int(part['runs'].max())} runs per method)", "",
-                  "| method | pers. acc before → after | recovery | forget acc after | gap to retrain | RMIA AUC | "
-                  "TPR @ 1 % FPR | loss-MIA AUC | client s |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {setting}{' (secondary)' if secondary else ''} ({int(part['runs'].max())} runs per method)",
+            "",
+            "| method | pers. acc before → after | recovery | forget acc after | gap to retrain | RMIA AUC | "
+            "TPR @ 1 % FPR | loss-MIA AUC | client s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in part.iterrows():
-            lines.append(f"| {r['method']} | {_pm(r, 'personalization_acc_before')} → "
-                         f"{_pm(r, 'personalization_acc_after')} | {_pm(r, 'recovery')} | "
-                         f"{_pm(r, 'forget_acc_after')} | {_pm(r, 'forget_gap_to_retrain')} | {_pm(r, 'mia_auc_after')} | "
-                         f"{_pm(r, 'mia_tpr_at_1pct_fpr_after')} | {_pm(r, 'loss_mia_auc_after')} | "
-                         f"{r['client_s_mean']:.1f} |")
+            lines.append(
+                f"| {r['method']} | {_pm(r, 'personalization_acc_before')} → "
+                f"{_pm(r, 'personalization_acc_after')} | {_pm(r, 'recovery')} | "
+                f"{_pm(r, 'forget_acc_after')} | {_pm(r, 'forget_gap_to_retrain')} | {_pm(r, 'mia_auc_after')} | "
+                f"{_pm(r, 'mia_tpr_at_1pct_fpr_after')} | {_pm(r, 'loss_mia_auc_after')} | "
+                f"{r['client_s_mean']:.1f} |"
+            )
         lines.append("")
     lines += ["## Targets (verified method)", "", "```json", json.dumps(summary["targets"], indent=1), "```", ""]
     if summary.get("proof_cost"):
-        lines += ["## Proof cost of the same budget (d=16), real EZKL prover and verifier", "",
-                  "| setting (model) | method | masked weights | touched blocks | proofs | prove s | ms / masked weight | "
-                  "verify s | bundle KB | verdict | verify vs retrain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Proof cost of the same budget (d=16), real EZKL prover and verifier",
+            "",
+            "| setting (model) | method | masked weights | touched blocks | proofs | prove s | ms / masked weight | "
+            "verify s | bundle KB | verdict | verify vs retrain |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for p in summary["proof_cost"]:
             model = p.get("model", "headline")
-            lines.append(f"| {p['setting']} ({model}) | {p['method']} | {p['masked_weights']} | {p['touched_blocks']} | "
-                         f"{p['proofs']} | "
-                         f"{p['prove_s']:.0f} | {p['prove_ms_per_masked_weight']:.1f} | {p['verify_ms'] / 1000:.2f} | "
-                         f"{p['bundle_bytes'] / 1000:.0f} | {p['verdict']} | {p['verify_vs_retrain']:.0f}× |")
+            lines.append(
+                f"| {p['setting']} ({model}) | {p['method']} | {p['masked_weights']} | {p['touched_blocks']} | "
+                f"{p['proofs']} | "
+                f"{p['prove_s']:.0f} | {p['prove_ms_per_masked_weight']:.1f} | {p['verify_ms'] / 1000:.2f} | "
+                f"{p['bundle_bytes'] / 1000:.0f} | {p['verdict']} | {p['verify_vs_retrain']:.0f}× |"
+            )
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -382,8 +527,14 @@ def print_tables(console, agg, targets: dict | None = None) -> None:
     for setting, part in agg.groupby("setting", sort=False):
         table = Table(title=f"{setting} (mean ± std over {int(part['runs'].max())} seed × client runs)")
         table.add_column("method")
-        cols = ("personalization_acc_after", "recovery", "forget_acc_after", "forget_gap_to_retrain", "mia_auc_after",
-                "mia_tpr_at_1pct_fpr_after")
+        cols = (
+            "personalization_acc_after",
+            "recovery",
+            "forget_acc_after",
+            "forget_gap_to_retrain",
+            "mia_auc_after",
+            "mia_tpr_at_1pct_fpr_after",
+        )
         for col in ("pers acc after", "recovery", "forget acc", "gap to retrain", "RMIA AUC", "TPR@1%"):
             table.add_column(col, justify="right")
         for _, r in part.iterrows():
@@ -400,8 +551,6 @@ def _pm(row, col: str) -> str:
     return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"  # std is NaN for a single run
 
 
-
-
 def plot_quality(agg, path: Path | None = None):
     """Mean ± std of recovery, forget accuracy and RMIA per method (categorical x: bars, no lines), one
     panel per setting in a two-column grid. Writes ``path`` when given; returns the Figure."""
@@ -411,8 +560,12 @@ def plot_quality(agg, path: Path | None = None):
     from matplotlib.figure import Figure
 
     settings = list(dict.fromkeys(agg["setting"]))
-    keys = [("recovery", "recovery (pers. acc after ÷ before, ratio)"), ("forget_acc_after", "forget accuracy on D_f"),
-            ("mia_auc_after", "RMIA AUC on D_f"), ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR")]
+    keys = [
+        ("recovery", "recovery (pers. acc after ÷ before, ratio)"),
+        ("forget_acc_after", "forget accuracy on D_f"),
+        ("mia_auc_after", "RMIA AUC on D_f"),
+        ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR"),
+    ]
     ncols = min(2, max(1, len(settings)))
     nrows = -(-max(1, len(settings)) // ncols)
     with paper_style():
@@ -426,15 +579,23 @@ def plot_quality(agg, path: Path | None = None):
             for j, (key, label) in enumerate(keys):
                 mean = part[f"{key}_mean"] if f"{key}_mean" in part else pd.Series(np.nan, index=part.index)
                 std = part[f"{key}_std"] if f"{key}_std" in part else pd.Series(np.nan, index=part.index)
-                ax.bar(x + (j - 1.5) * width, mean.astype(float), width, yerr=std.astype(float).fillna(0),
-                       capsize=1.5, error_kw={"elinewidth": 0.7}, color=colours(j), label=label)
+                ax.bar(
+                    x + (j - 1.5) * width,
+                    mean.astype(float),
+                    width,
+                    yerr=std.astype(float).fillna(0),
+                    capsize=1.5,
+                    error_kw={"elinewidth": 0.7},
+                    color=colours(j),
+                    label=label,
+                )
             ax.set_xticks(x, part["method"], rotation=30, ha="right")
             ax.set_ylim(0, 1.15)
             ax.grid(axis="y")
             ax.set_xlabel("method")
             ax.set_ylabel("value (fraction; recovery: ratio)")
             ax.set_title(f"{setting} ({int(part['runs'].max())} runs, mean ± std)")
-        for ax in axes[len(settings):]:
+        for ax in axes[len(settings) :]:
             ax.set_axis_off()
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=len(keys), bbox_to_anchor=(0.5, 0.0))
@@ -463,26 +624,67 @@ def plot_frontier(frontier, path: Path | None = None):
         for ax, setting in zip(axes, settings):
             part = frontier[frontier["setting"] == setting]
             samples = "samples" in setting
-            col, label = (("mia_auc_after", "RMIA AUC on D_f (fraction)") if samples
-                          else ("forget_acc_after", "forget accuracy on D_f (fraction)"))
+            col, label = (
+                ("mia_auc_after", "RMIA AUC on D_f (fraction)")
+                if samples
+                else ("forget_acc_after", "forget accuracy on D_f (fraction)")
+            )
             grid = part[(part["method"] == VERIFIED) & (part["point"] != "default")]
             ax.scatter(grid[col], grid["recovery"], s=16, color=colour[VERIFIED], alpha=0.5, linewidths=0)
             for _, r in part[part["point"] == "default"].iterrows():
-                ax.scatter(r[col], r["recovery"], s=70 if r["method"] == VERIFIED else 40,
-                           marker="*" if r["method"] == VERIFIED else "o", color=colour[r["method"]],
-                           edgecolors="black", linewidths=0.4, zorder=3)
+                ax.scatter(
+                    r[col],
+                    r["recovery"],
+                    s=70 if r["method"] == VERIFIED else 40,
+                    marker="*" if r["method"] == VERIFIED else "o",
+                    color=colour[r["method"]],
+                    edgecolors="black",
+                    linewidths=0.4,
+                    zorder=3,
+                )
             ax.set_xlabel(f"{label}; retrain's value is the target")
             ax.set_ylabel("recovery (pers. acc after ÷ before, ratio)")
             ax.set_title(setting)
             ax.grid(True)
-        for ax in axes[len(settings):]:
+        for ax in axes[len(settings) :]:
             ax.set_axis_off()
-        handles = [Line2D([], [], ls="", marker="o", markersize=4, color=colour[VERIFIED], alpha=0.5,
-                          label="verified: mask fraction × damping grid"),
-                   Line2D([], [], ls="", marker="*", markersize=9, color=colour[VERIFIED], markeredgecolor="black",
-                          markeredgewidth=0.4, label="verified (default)")]
-        handles += [Line2D([], [], ls="", marker="o", markersize=6, color=colour[m], markeredgecolor="black",
-                           markeredgewidth=0.4, label=m) for m in methods]
+        handles = [
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                markersize=4,
+                color=colour[VERIFIED],
+                alpha=0.5,
+                label="verified: mask fraction × damping grid",
+            ),
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="*",
+                markersize=9,
+                color=colour[VERIFIED],
+                markeredgecolor="black",
+                markeredgewidth=0.4,
+                label="verified (default)",
+            ),
+        ]
+        handles += [
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                markersize=6,
+                color=colour[m],
+                markeredgecolor="black",
+                markeredgewidth=0.4,
+                label=m,
+            )
+            for m in methods
+        ]
         fig.legend(handles=handles, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
         fig.tight_layout(rect=(0, 0.75 / (3.6 * nrows + 0.8), 1, 1))
         if path is not None:

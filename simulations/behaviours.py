@@ -20,6 +20,7 @@ their randomness and how ``replay`` finds captured bundles. Every behaviour exce
 process exist in that process only; a scenario that runs on Ray workers names its behaviours as
 ``module:function`` or lists the registering module in its top-level ``plugins``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,7 +38,7 @@ from zkapex_flwr.proof.bundle import MalformedBundle, ProofBundle
 from zkapex_flwr.proof.cheats import BEHAVIOURS as CHEAT_BEHAVIOURS
 from zkapex_flwr.proof.cheats import cheat_bundle
 
-HONEST_BEHAVIOURS = ("honest", "late")   # late = honest but slow: answers after the deadline once
+HONEST_BEHAVIOURS = ("honest", "late")  # late = honest but slow: answers after the deadline once
 
 
 class BehaviourError(ValueError):
@@ -50,8 +51,8 @@ class FleetClient:
 
     partition_id: int
     behaviour: str
-    seed: int = 0                      # the scenario's seed
-    board: Path | None = None          # the run's wiretap board (honest bundles captured on the wire)
+    seed: int = 0  # the scenario's seed
+    board: Path | None = None  # the run's wiretap board (honest bundles captured on the wire)
     replay_wait_s: float = 20.0
 
 
@@ -83,13 +84,17 @@ def resolve_behaviour(name: str) -> Callable | None:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" not in name:
-        raise BehaviourError(f"unknown behaviour '{name}'; choose from {registered_behaviours()} "
-                             "or name a hook as 'package.module:function'")
+        raise BehaviourError(
+            f"unknown behaviour '{name}'; choose from {registered_behaviours()} "
+            "or name a hook as 'package.module:function'"
+        )
     module, _, attr = name.partition(":")
     try:
         obj = importlib.import_module(module)
-    except Exception as err:   # noqa: BLE001 - any import failure is a bad behaviour path
-        raise BehaviourError(f"behaviour '{name}': cannot import module '{module}' ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - any import failure is a bad behaviour path
+        raise BehaviourError(
+            f"behaviour '{name}': cannot import module '{module}' ({type(err).__name__}: {err})"
+        ) from None
     for part in attr.split("."):
         if not part or not hasattr(obj, part):
             raise BehaviourError(f"behaviour '{name}': module '{module}' has no attribute '{attr}'")
@@ -108,8 +113,10 @@ def bind_hook(name: str, client: FleetClient):
         params = inspect.signature(hook).parameters
     except (TypeError, ValueError):
         return hook
-    if "client" in params and params["client"].kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                       inspect.Parameter.POSITIONAL_OR_KEYWORD):
+    if "client" in params and params["client"].kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
         return functools.partial(hook, client=client)
     return hook
 
@@ -119,20 +126,20 @@ def late(prover, mask, req, context):
     """Honest but slow: the device was busy, it answers after the deadline, then on time when retried."""
     if req.attempt == 1:
         time.sleep(req.deadline_s + 2.0)
-    return None   # then the honest reply
+    return None  # then the honest reply
 
 
 def replay(prover, mask, req, context, *, client: FleetClient):
     """Send another node's bundle captured on the wire (the run's wiretap board)."""
-    return captured_bundle(client.board, req.request_id, context.node_id, client.replay_wait_s,
-                           prover.circuit.circuit_id)
+    return captured_bundle(
+        client.board, req.request_id, context.node_id, client.replay_wait_s, prover.circuit.circuit_id
+    )
 
 
 def cheat(prover, mask, req, context, *, client: FleetClient):
     """One of the cheats of ``zkapex_flwr.proof.cheats`` (the client's behaviour names which)."""
     rng = np.random.default_rng([client.seed, client.partition_id, zlib.crc32(req.request_id.encode())])
-    return cheat_bundle(prover, mask, req.request_id, client.behaviour, rng=rng,
-                        binding=req.binding(context.node_id))
+    return cheat_bundle(prover, mask, req.request_id, client.behaviour, rng=rng, binding=req.binding(context.node_id))
 
 
 def captured_bundle(board: Path | None, request_id: str, own_node: int, wait_s: float, circuit_id: str) -> bytes:
@@ -145,9 +152,13 @@ def captured_bundle(board: Path | None, request_id: str, own_node: int, wait_s: 
         raise RuntimeError("a replaying client needs the run's wiretap board (run config 'out')")
     deadline = time.monotonic() + wait_s
     mine = f"{own_node}.bin"
-    circuits: dict[Path, str] = {}   # a captured file is parsed once, not at every poll
+    circuits: dict[Path, str] = {}  # a captured file is parsed once, not at every poll
     while True:
-        here = sorted(p for p in (board / request_id).glob("*.bin") if p.name != mine) if (board / request_id).is_dir() else []
+        here = (
+            sorted(p for p in (board / request_id).glob("*.bin") if p.name != mine)
+            if (board / request_id).is_dir()
+            else []
+        )
         for p in here:
             if p not in circuits:
                 circuits[p] = _circuit_of(p.read_bytes())

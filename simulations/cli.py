@@ -1,4 +1,5 @@
 """The ``zkapex`` command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,71 +14,115 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
         raise ValueError(f"{what} must be comma-separated integers, got '{text}'") from None
 
 
-def check_local_args(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, tuple[int, int] | None]:
+def check_local_args(args: argparse.Namespace) -> tuple[int, ...] | None:
     """Every ``zkapex local`` argument checked before anything is loaded or trained (a one-line ValueError).
 
-    Returns the parsed forget classes and mask group."""
+    Returns the parsed forget classes."""
     image = args.dataset in ("digits", "mnist")
     classes = _int_list(args.forget_classes, "--forget-classes") if args.forget_classes else None
-    group = _int_list(args.mask_group, "--mask-group") if args.mask_group else None
     checks = [
-        (args.mask_fraction is None or 0 < args.mask_fraction < 1,
-         f"mask fraction must be in (0, 1), got {args.mask_fraction}"),
+        (
+            args.mask_fraction is None or 0 < args.mask_fraction < 1,
+            f"mask fraction must be in (0, 1), got {args.mask_fraction}",
+        ),
         (args.block_size is None or args.block_size >= 1, f"--block-size must be >= 1, got {args.block_size}"),
         (args.max_blocks is None or args.max_blocks >= 1, f"--max-blocks must be >= 1, got {args.max_blocks}"),
-        (group is None or (len(group) == 2 and min(group) >= 1),
-         f"--mask-group must be G,K with G >= 1 and K >= 1, got '{args.mask_group}'"),
+        (args.group is None or args.group >= 1, f"--group must be >= 1, got {args.group}"),
+        (
+            args.group_positions is None or args.group_positions >= 1,
+            f"--group-positions must be >= 1, got {args.group_positions}",
+        ),
         (args.damping is None or args.damping >= 0, f"damping must be non-negative, got {args.damping}"),
         (args.num_grads is None or args.num_grads >= 1, f"--num-grads must be >= 1, got {args.num_grads}"),
         (args.forget_count is None or args.forget_count >= 1, f"--forget-count must be >= 1, got {args.forget_count}"),
-        (classes is None or (classes and image),
-         "--forget-classes applies to image datasets (digits, mnist)" if not image else "--forget-classes names no class"),
-        (classes is None or not image or all(0 <= c <= 9 for c in classes),
-         f"forget_classes: class {next((c for c in classes or () if not 0 <= c <= 9), '')} is outside 0..9"),
+        (
+            classes is None or (classes and image),
+            "--forget-classes applies to image datasets (digits, mnist)"
+            if not image
+            else "--forget-classes names no class",
+        ),
+        (
+            classes is None or not image or all(0 <= c <= 9 for c in classes),
+            f"forget_classes: class {next((c for c in classes or () if not 0 <= c <= 9), '')} is outside 0..9",
+        ),
         (args.forget_package is None or not image, "--forget-package applies to the code dataset (stdlib-code)"),
-        (args.forget_mode is None or (args.forget_mode in ("class", "samples")) == image,
-         f"--forget-mode {args.forget_mode} does not apply to {args.dataset}; "
-         + ("use class or samples" if image else "use package")),
-        (args.mia_references is None or args.mia_references >= 1,
-         f"the membership attack needs at least one reference model, got --mia-references {args.mia_references}"),
-        (args.proof_slots is None or args.proof_slots >= 1, f"--proof-slots must be >= 1, got {args.proof_slots}"),
-        (args.proof_group is None or args.proof_group >= 1, f"--proof-group must be >= 1, got {args.proof_group}"),
-        (args.global_epochs is None or args.global_epochs >= 0,
-         f"--global-epochs must be >= 0, got {args.global_epochs}"),
-        (args.personal_epochs is None or args.personal_epochs >= 0,
-         f"--personal-epochs must be >= 0, got {args.personal_epochs}"),
+        (
+            args.forget_mode is None or (args.forget_mode in ("class", "samples")) == image,
+            f"--forget-mode {args.forget_mode} does not apply to {args.dataset}; "
+            + ("use class or samples" if image else "use package"),
+        ),
+        (
+            args.mia_references is None or args.mia_references >= 1,
+            f"the membership attack needs at least one reference model, got --mia-references {args.mia_references}",
+        ),
+        (args.slots is None or args.slots >= 1, f"--slots must be >= 1, got {args.slots}"),
+        (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+        (
+            args.global_epochs is None or args.global_epochs >= 0,
+            f"--global-epochs must be >= 0, got {args.global_epochs}",
+        ),
+        (
+            args.personal_epochs is None or args.personal_epochs >= 0,
+            f"--personal-epochs must be >= 0, got {args.personal_epochs}",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
-    return classes, (group[0], group[1]) if group else None
+    return classes
 
 
 def _local(args: argparse.Namespace) -> int:
-    forget_classes, mask_group = check_local_args(args)   # before the heavy imports and any training
+    forget_classes = check_local_args(args)  # before the heavy imports and any training
     from rich.console import Console
     from rich.table import Table
 
     from zkapex_flwr.pipeline import preset, run_local
 
-    cfg = preset(args.model, args.dataset, method=args.method, seed=args.seed, mask_fraction=args.mask_fraction,
-                 block_size=args.block_size, max_blocks=args.max_blocks, damping=args.damping,
-                 num_grads=args.num_grads, fisher_data=args.fisher_data, forget_mode=args.forget_mode,
-                 forget_classes=forget_classes, forget_package=args.forget_package, forget_count=args.forget_count,
-                 client_keeps_forget=True if args.client_keeps_forget else None, mia_references=args.mia_references,
-                 global_epochs=args.global_epochs, personal_epochs=args.personal_epochs, prove=args.prove,
-                 proof_slots=args.proof_slots, proof_group=args.proof_group,
-                 mask_group=mask_group)
+    cfg = preset(
+        args.model,
+        args.dataset,
+        method=args.method,
+        seed=args.seed,
+        mask_fraction=args.mask_fraction,
+        block_size=args.block_size,
+        max_blocks=args.max_blocks,
+        damping=args.damping,
+        num_grads=args.num_grads,
+        fisher_data=args.fisher_data,
+        forget_mode=args.forget_mode,
+        forget_classes=forget_classes,
+        forget_package=args.forget_package,
+        forget_count=args.forget_count,
+        client_keeps_forget=True if args.client_keeps_forget else None,
+        mia_references=args.mia_references,
+        global_epochs=args.global_epochs,
+        personal_epochs=args.personal_epochs,
+        prove=args.prove,
+        slots=args.slots,
+        steps=args.steps,
+        group=args.group,
+        group_positions=args.group_positions,
+    )
     console = Console(stderr=True)
     result = run_local(cfg, args.out, console=console)
     from rich import box
 
-    cols = {"personalization_acc_after": "pers acc", "recovery": "recovery", "forget_acc_after": "forget",
-            "mia_auc_after": "RMIA AUC", "mia_tpr_at_1pct_fpr_after": "TPR@1%", "client_s": "secs"}
-    table = Table(title=f"zkapex local: {cfg.model} on {cfg.dataset}, forget {_request(cfg)} (seed {cfg.seed})\n"
-                        f"before unlearning: pers acc {result['personalization_acc_before']:.3f}, forget acc "
-                        f"{result['forget_acc_before']:.3f}, RMIA AUC {result['mia_auc_before']:.3f}",
-                  box=box.SIMPLE_HEAD, padding=(0, 1))
+    cols = {
+        "personalization_acc_after": "pers acc",
+        "recovery": "recovery",
+        "forget_acc_after": "forget",
+        "mia_auc_after": "RMIA AUC",
+        "mia_tpr_at_1pct_fpr_after": "TPR@1%",
+        "client_s": "secs",
+    }
+    table = Table(
+        title=f"zkapex local: {cfg.model} on {cfg.dataset}, forget {_request(cfg)} (seed {cfg.seed})\n"
+        f"before unlearning: pers acc {result['personalization_acc_before']:.3f}, forget acc "
+        f"{result['forget_acc_before']:.3f}, RMIA AUC {result['mia_auc_before']:.3f}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
     table.add_column("method", no_wrap=True, min_width=13)
     for key, label in cols.items():
         table.add_column(label, justify="right", no_wrap=True, min_width=len(label))
@@ -86,9 +131,11 @@ def _local(args: argparse.Namespace) -> int:
     Console().print(table)
     if "proof" in result:
         pr = result["proof"]
-        print(f"proof: {pr['verdict']} — {pr['steps']} steps, prove {pr['prove_s']:.1f} s "
-              f"({pr['prove_ms_per_masked_weight']:.0f} ms/masked weight), verify {pr['verify_ms']:.0f} ms, "
-              f"{pr['proof_bytes']} proof bytes, register {pr['register_s']:.1f} s")
+        print(
+            f"proof: {pr['verdict']} — {pr['steps']} steps, prove {pr['prove_s']:.1f} s "
+            f"({pr['prove_ms_per_masked_weight']:.0f} ms/masked weight), verify {pr['verify_ms']:.0f} ms, "
+            f"{pr['proof_bytes']} proof bytes, register {pr['register_s']:.1f} s"
+        )
     print(json.dumps({"out": str(args.out), "wall_s": round(result["wall_s"], 1)}))
     return 0
 
@@ -125,11 +172,29 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulations.runner import simulate
     from simulations.scenario import parse_overrides
 
-    summary = simulate(args.scenario, args.out, overrides=parse_overrides(args.set),
-                       cpus_per_client=args.cpus_per_client, num_gpus=args.num_gpus, device=args.device,
-                       ray_address=args.ray_address)
-    keys = ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected", "cheaters_caught",
-            "cheaters_missed", "recovery_median", "prove_s_median", "proof_bytes_median", "verify_ms_median", "wall_s")
+    summary = simulate(
+        args.scenario,
+        args.out,
+        overrides=parse_overrides(args.set),
+        cpus_per_client=args.cpus_per_client,
+        num_gpus=args.num_gpus,
+        device=args.device,
+        ray_address=args.ray_address,
+    )
+    keys = (
+        "clients",
+        "honest",
+        "dishonest",
+        "honest_accepted",
+        "honest_rejected",
+        "cheaters_caught",
+        "cheaters_missed",
+        "recovery_median",
+        "prove_s_median",
+        "proof_bytes_median",
+        "verify_ms_median",
+        "wall_s",
+    )
     print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
     return 0 if summary["honest_rejected"] == 0 and summary["cheaters_missed"] == 0 else 1
 
@@ -143,8 +208,10 @@ def _scenario_check(args: argparse.Namespace) -> int:
     return 0
 
 
-SET_HELP = ("override a scenario key on top of the file, e.g. --set training.rounds=3 "
-            "--set unlearning.mask_fraction=0.02 (repeatable; values are TOML: 3, 0.5, true, [1, 2], 'text')")
+SET_HELP = (
+    "override a scenario key on top of the file, e.g. --set training.rounds=3 "
+    "--set unlearning.mask_fraction=0.02 (repeatable; values are TOML: 3, 0.5, true, [1, 2], 'text')"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,19 +219,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("local", help="one client: train, personalize, mask, unlearn, measure against baselines")
     p.add_argument("--model", choices=["vit", "opt"], default="vit")
-    p.add_argument("--dataset", choices=["digits", "mnist", "stdlib-code"], default=None,
-                   help="default: digits for vit, stdlib-code for opt")
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "mnist", "stdlib-code"],
+        default=None,
+        help="default: digits for vit, stdlib-code for opt",
+    )
     p.add_argument("--out", required=True, help="output folder (metrics.json, metrics.png)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=["verified", "zk-apex-paper"], default="verified",
-                   help="unlearning defaults: the verified default (fc1 + head, 8 %%, damping 1) or the paper's "
-                        "(fc1, 4 %%, damping 0.01)")
-    p.add_argument("--mask-fraction", type=float, default=None,
-                   help="fraction of scope weights masked (0.08; 0.16 of fc1 for sample requests)")
+    p.add_argument(
+        "--method",
+        choices=["verified", "zk-apex-paper"],
+        default="verified",
+        help="unlearning defaults: the verified default (fc1 + head, 8 %%, damping 1) or the paper's "
+        "(fc1, 4 %%, damping 0.01)",
+    )
+    p.add_argument(
+        "--mask-fraction",
+        type=float,
+        default=None,
+        help="fraction of scope weights masked (0.08; 0.16 of fc1 for sample requests)",
+    )
     p.add_argument("--block-size", type=int, default=None, help="Fisher block size d (64)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on touched Fisher blocks (none)")
-    p.add_argument("--mask-group", default=None, metavar="G,K",
-                   help="column-structured mask: at most K local positions per group of G blocks")
+    p.add_argument(
+        "--group",
+        type=int,
+        default=None,
+        metavar="G",
+        help="G Fisher blocks per proof unit, packed into wide inputs (1)",
+    )
+    p.add_argument(
+        "--group-positions",
+        type=int,
+        default=None,
+        metavar="K",
+        help="column-structured mask: at most K local positions per unit of G blocks (default: free)",
+    )
     p.add_argument("--damping", type=float, default=None, help="Fisher damping relative to the mean diagonal (1.0)")
     p.add_argument("--num-grads", type=int, default=None, help="per-sample gradients in the client Fisher")
     p.add_argument("--fisher-data", choices=["train", "retain"], default=None)
@@ -172,16 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-classes", default=None, help="comma-separated classes to forget (image data)")
     p.add_argument("--forget-package", default=None, help="stdlib package to forget (code data)")
     p.add_argument("--forget-count", type=int, default=None, help="samples to forget with --forget-mode samples (60)")
-    p.add_argument("--client-keeps-forget", action="store_true", default=None,
-                   help="the request covers only the provider's data: clients keep their own samples of the class "
-                        "(default: the request covers the federation)")
-    p.add_argument("--mia-references", type=int, default=None,
-                   help="reference models of the membership attack (RMIA), each a full retrain pipeline (2)")
-    p.add_argument("--prove", action="store_true", default=None,
-                   help="also register, prove (EZKL) and verify the client's update; use with --block-size 16")
-    p.add_argument("--proof-slots", type=int, default=None, help="masked columns per proof step K (2)")
-    p.add_argument("--proof-group", type=int, default=None,
-                   help="G blocks per proof unit, packed into wide inputs (1); pair with --mask-group G,K")
+    p.add_argument(
+        "--client-keeps-forget",
+        action="store_true",
+        default=None,
+        help="the request covers only the provider's data: clients keep their own samples of the class "
+        "(default: the request covers the federation)",
+    )
+    p.add_argument(
+        "--mia-references",
+        type=int,
+        default=None,
+        help="reference models of the membership attack (RMIA), each a full retrain pipeline (2)",
+    )
+    p.add_argument(
+        "--prove",
+        action="store_true",
+        default=None,
+        help="also register, prove (EZKL) and verify the client's update; use with --block-size 16",
+    )
+    p.add_argument("--slots", type=int, default=None, help="K masked columns per proof step (2)")
+    p.add_argument("--steps", type=int, default=None, help="B proof steps per proof (1)")
     p.add_argument("--global-epochs", type=int, default=None)
     p.add_argument("--personal-epochs", type=int, default=None)
     p.set_defaults(func=_local)
@@ -189,13 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("scenario", help="scenario file, e.g. simulations/smoke.toml")
     f.add_argument("--out", required=True, help="output folder (ledger, summary.json, report.md, plots)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
-    f.add_argument("--cpus-per-client", type=float, default=None,
-                   help="Ray CPUs per ClientApp (resources.num_cpus; default 1: one client per core at a time)")
-    f.add_argument("--num-gpus", type=float, default=None,
-                   help="Ray GPUs per ClientApp (resources.num_gpus; default 0; 0.25: four ClientApps share a GPU)")
+    f.add_argument(
+        "--cpus-per-client",
+        type=float,
+        default=None,
+        help="Ray CPUs per ClientApp (resources.num_cpus; default 1: one client per core at a time)",
+    )
+    f.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        help="Ray GPUs per ClientApp (resources.num_gpus; default 0; 0.25: four ClientApps share a GPU)",
+    )
     f.add_argument("--device", default=None, help="client-side torch device (resources.device): auto, cpu or cuda")
-    f.add_argument("--ray-address", default=None,
-                   help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one")
+    f.add_argument(
+        "--ray-address",
+        default=None,
+        help="an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: a local one",
+    )
     f.set_defaults(func=_simulate)
     sc = sub.add_parser("scenario", help="scenario files")
     sc_sub = sc.add_subparsers(dest="scenario_command", required=True)
@@ -204,15 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     chk.set_defaults(func=_scenario_check)
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
-    b.add_argument("what", choices=["proof", "quality", "load"],
-                   help="proof: proof cost per circuit shape; quality: the verified update against retrain and "
-                        "every baseline where retrain forgets, the frontier, proof cost of the verified mask; load: verification throughput and "
-                        "latency over many bundles, and the provider store's writes and reads")
+    b.add_argument(
+        "what",
+        choices=["proof", "quality", "load"],
+        help="proof: proof cost per circuit shape; quality: the verified update against retrain and "
+        "every baseline where retrain forgets, the frontier, proof cost of the verified mask; load: verification throughput and "
+        "latency over many bundles, and the provider store's writes and reads",
+    )
     b.add_argument("--out", required=True)
     b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
     b.add_argument("--reps", type=int, default=3, help="repetitions per proof-cost configuration")
-    b.add_argument("--bundles", type=int, default=None,
-                   help="load: verifications to time (default 1000; with --quick 40)")
+    b.add_argument(
+        "--bundles", type=int, default=None, help="load: verifications to time (default 1000; with --quick 40)"
+    )
     b.set_defaults(func=_bench)
     return parser
 

@@ -6,17 +6,18 @@ them instead (``zkapex simulate``). Per node, the fleet's :func:`simulations.fle
 model, private data, device profile and behaviour; the app itself is what any Flower user would
 write, with verified unlearning added by one line (``VerifiedUnlearningMod(setup).install(app)``).
 """
+
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from zkapex_flwr.training import accuracy, train
 from zkapex_flwr.client.mod import VerifiedUnlearningMod
+from zkapex_flwr.training import accuracy, train
 
 
 def build_client_app(scenario: str | None = None, out: str | None = None) -> ClientApp:
-    from simulations.fleet import dropout_mod_for, node_setup, wiretap_mod_for   # the fleet plugs in here
+    from simulations.fleet import dropout_mod_for, node_setup, wiretap_mod_for  # the fleet plugs in here
 
     def setup(context: Context):
         return node_setup(context, scenario, out)
@@ -30,12 +31,23 @@ def build_client_app(scenario: str | None = None, out: str | None = None) -> Cli
         cfg = msg.content.config_records["config"]
         model = node.model
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        train(model, node.task, node.data, epochs=int(cfg.get("local-epochs", 1)), lr=float(cfg.get("lr", 1e-3)),
-              batch_size=int(cfg.get("batch-size", 32)), seed=node.seed + int(cfg.get("server-round", 0)),
-              device=node.device)
+        train(
+            model,
+            node.task,
+            node.data,
+            epochs=int(cfg.get("local-epochs", 1)),
+            lr=float(cfg.get("lr", 1e-3)),
+            batch_size=int(cfg.get("batch-size", 32)),
+            seed=node.seed + int(cfg.get("server-round", 0)),
+            device=node.device,
+        )
         model.cpu()
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(node.data)})}
+            ),
+            reply_to=msg,
+        )
 
     @app.evaluate()
     def local_evaluate(msg: Message, context: Context) -> Message:
@@ -43,10 +55,11 @@ def build_client_app(scenario: str | None = None, out: str | None = None) -> Cli
         model = node.model
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
         acc = accuracy(model, node.task, node.test) if node.test is not None else float("nan")
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(node.test or ()), "accuracy": acc})}),
-                       reply_to=msg)
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": len(node.test or ()), "accuracy": acc})}), reply_to=msg
+        )
 
-    unlearning.install(app)   # verified unlearning: the one line
+    unlearning.install(app)  # verified unlearning: the one line
     return app
 
 

@@ -20,6 +20,7 @@ replaying client replays).
 The world of a ``flwr run`` comes from the run config (``scenario`` plus its overrides); the world of
 ``zkapex simulate`` from the scenario file it binds.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,15 @@ from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import resolve_device
 
 from .behaviours import FleetClient, bind_hook, captured_bundle  # noqa: F401 - captured_bundle: public here too
-from .scenario import (HONEST_BEHAVIOURS, ClientSpec, RequestSpec, Scenario, load_scenario, resolve_scenario,
-                       run_config_overrides)
+from .scenario import (
+    HONEST_BEHAVIOURS,
+    ClientSpec,
+    RequestSpec,
+    Scenario,
+    load_scenario,
+    resolve_scenario,
+    run_config_overrides,
+)
 
 log = logging.getLogger("zkapex_flwr.fleet")
 MAX_EVAL = 200
@@ -58,8 +66,8 @@ class FleetWorld:
         n = len(self.y)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(sc.seed))
         n_test, n_prov = round(n * sc.data.test_fraction), round(n * sc.data.provider_fraction)
-        self.test_idx, self.provider_idx = order[:n_test], order[n_test:n_test + n_prov]
-        pool = order[n_test + n_prov:]
+        self.test_idx, self.provider_idx = order[:n_test], order[n_test : n_test + n_prov]
+        pool = order[n_test + n_prov :]
         self.fleet: list[ClientSpec] = sc.fleet()
         self.parts: dict[int, torch.Tensor] = {}
         by_profile = {p.name: [c.partition_id for c in self.fleet if c.profile == p.name] for p in sc.profiles}
@@ -71,8 +79,10 @@ class FleetWorld:
                 continue
             sub = pool[lo:hi]
             if len(sub) < 2 * len(members):
-                raise ValueError(f"{sc.source}: profile '{p.name}' gets {len(sub)} samples for {len(members)} clients; "
-                                 "use a larger dataset, fewer clients or a larger data_weight")
+                raise ValueError(
+                    f"{sc.source}: profile '{p.name}' gets {len(sub)} samples for {len(members)} clients; "
+                    "use a larger dataset, fewer clients or a larger data_weight"
+                )
             parts = _partitions(sc, self.y[sub], len(members), p.alpha, sc.seed + lo)
             for pid, part in zip(members, parts):
                 self.parts[pid] = sub[part]
@@ -84,15 +94,31 @@ class FleetWorld:
         if r.forget == "class":
             return torch.nonzero(torch.isin(py, torch.tensor(r.classes))).flatten()
         g = torch.Generator().manual_seed(self.scenario.seed + zlib.crc32(r.id.encode()))
-        return torch.randperm(len(py), generator=g)[:r.count]
+        return torch.randperm(len(py), generator=g)[: r.count]
 
     # --------------------------------------------------------------------------- provider side
     def model(self) -> torch.nn.Module:
         m = self.scenario.model
-        vit = dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                   patch_size=m.patch_size) if m.kind == "vit" else {}
-        return create_image_model(m.kind, self.image_shape, self.scenario.data.num_classes, seed=self.scenario.seed,
-                                  pretrained=m.pretrained, options=dict(m.options), **vit)
+        vit = (
+            dict(
+                embed_dim=m.embed_dim,
+                depth=m.depth,
+                num_heads=m.num_heads,
+                mlp_ratio=m.mlp_ratio,
+                patch_size=m.patch_size,
+            )
+            if m.kind == "vit"
+            else {}
+        )
+        return create_image_model(
+            m.kind,
+            self.image_shape,
+            self.scenario.data.num_classes,
+            seed=self.scenario.seed,
+            pretrained=m.pretrained,
+            options=dict(m.options),
+            **vit,
+        )
 
     def provider_data(self) -> TensorData:
         return TensorData((self.x[self.provider_idx], self.y[self.provider_idx]))
@@ -136,11 +162,20 @@ def _load(sc: Scenario) -> tuple[torch.Tensor, torch.Tensor]:
         return load_images(d.dataset)
     from zkapex_flwr.data.hub import load_hub_images
 
-    x, y = load_hub_images(d.dataset, split=d.split, subset=d.subset, image_key=d.image_key, label_key=d.label_key,
-                           image_size=d.image_size, max_samples=d.max_samples, seed=sc.seed)
+    x, y = load_hub_images(
+        d.dataset,
+        split=d.split,
+        subset=d.subset,
+        image_key=d.image_key,
+        label_key=d.label_key,
+        image_size=d.image_size,
+        max_samples=d.max_samples,
+        seed=sc.seed,
+    )
     if len(y) and int(y.max()) >= d.num_classes:
-        raise ValueError(f"{sc.source}: [data] {d.dataset} has labels up to {int(y.max())}; "
-                         f"set num_classes = {int(y.max()) + 1}")
+        raise ValueError(
+            f"{sc.source}: [data] {d.dataset} has labels up to {int(y.max())}; set num_classes = {int(y.max()) + 1}"
+        )
     return x, y
 
 
@@ -153,8 +188,9 @@ def _partitions(sc: Scenario, labels: torch.Tensor, n: int, alpha: float, seed: 
         return [torch.arange(len(labels))]
     from zkapex_flwr.data.hub import make_partitioner, partition_indices
 
-    return partition_indices(labels, make_partitioner(d.partitioner, n, alpha=alpha, seed=seed,
-                                                      **dict(d.partitioner_options)))
+    return partition_indices(
+        labels, make_partitioner(d.partitioner, n, alpha=alpha, seed=seed, **dict(d.partitioner_options))
+    )
 
 
 def _skewed_partitions(labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
@@ -184,9 +220,9 @@ def fleet_world(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     try:
         st = Path(path).stat()
     except OSError:
-        return FleetWorld(load_scenario(path, overrides))   # load_scenario names the missing file
+        return FleetWorld(load_scenario(path, overrides))  # load_scenario names the missing file
     key = json.dumps(dict(overrides or {}), sort_keys=True)
-    return _world(str(path), st.st_mtime_ns, st.st_size, key)   # a changed file gives a new world
+    return _world(str(path), st.st_mtime_ns, st.st_size, key)  # a changed file gives a new world
 
 
 def context_world(scenario_path: str | None, context: Context) -> FleetWorld:
@@ -201,8 +237,10 @@ def context_world(scenario_path: str | None, context: Context) -> FleetWorld:
 # --------------------------------------------------------------------------------- behaviours
 def behaviour_hook(behaviour: str, pid: int, board: Path | None, replay_wait_s: float, seed: int):
     """The bundle hook of a fleet behaviour (None for honest clients), from ``simulations.behaviours``."""
-    return bind_hook(behaviour, FleetClient(partition_id=pid, behaviour=behaviour, seed=seed, board=board,
-                                            replay_wait_s=replay_wait_s))
+    return bind_hook(
+        behaviour,
+        FleetClient(partition_id=pid, behaviour=behaviour, seed=seed, board=board, replay_wait_s=replay_wait_s),
+    )
 
 
 # ------------------------------------------------------------------------------ node set-up
@@ -211,17 +249,30 @@ def node_setup(context: Context, scenario_path: str | None = None, out: str | No
     world = context_world(scenario_path, context)
     pid = int(context.node_config["partition-id"])
     if not 0 <= pid < len(world.fleet):
-        raise ValueError(f"{world.scenario.source}: this SuperNode has partition-id {pid}, but the scenario has "
-                         f"clients = {world.scenario.clients} (start as many SuperNodes as the scenario has clients)")
+        raise ValueError(
+            f"{world.scenario.source}: this SuperNode has partition-id {pid}, but the scenario has "
+            f"clients = {world.scenario.clients} (start as many SuperNodes as the scenario has clients)"
+        )
     spec = world.fleet[pid]
     prof = world.scenario.profile(spec.profile)
     train, test, forget = world.client_data(pid)
     torch.set_num_threads(1)
-    hook = behaviour_hook(spec.behaviour, pid, board_dir(out, context), world.scenario.replay_wait_s,
-                          world.scenario.seed)
-    return UnlearningSetup(model=world.model(), task=ImageTask(), data=train, test=test, forget=forget,
-                           memory_mb=prof.memory_mb, bundle_hook=hook, speed=prof.speed, uplink_mbps=prof.uplink_mbps,
-                           seed=world.scenario.seed + pid, device=str(resolve_device(world.scenario.resources.device)))
+    hook = behaviour_hook(
+        spec.behaviour, pid, board_dir(out, context), world.scenario.replay_wait_s, world.scenario.seed
+    )
+    return UnlearningSetup(
+        model=world.model(),
+        task=ImageTask(),
+        data=train,
+        test=test,
+        forget=forget,
+        memory_mb=prof.memory_mb,
+        bundle_hook=hook,
+        speed=prof.speed,
+        uplink_mbps=prof.uplink_mbps,
+        seed=world.scenario.seed + pid,
+        device=str(resolve_device(world.scenario.resources.device)),
+    )
 
 
 # ------------------------------------------------------------------------------------- mods
@@ -233,6 +284,7 @@ def offline_reply(msg: Message, reason: str) -> Message:
 
 def dropout_mod_for(scenario_path: str | None):
     """A mod dropping training and unlearning messages with probability 1 − availability (seeded)."""
+
     def dropout_mod(msg: Message, ctx: Context, call_next) -> Message:
         kind = msg.metadata.message_type
         if kind in ("train", UNLEARN):
@@ -247,6 +299,7 @@ def dropout_mod_for(scenario_path: str | None):
                     log.info("partition %d is offline for this %s message (availability %g)", pid, kind, avail)
                     return offline_reply(msg, f"node unavailable: partition {pid} is offline for this {kind} message")
         return call_next(msg, ctx)
+
     return dropout_mod
 
 
@@ -262,6 +315,7 @@ def wiretap_mod_for(scenario_path: str | None, out: str | None):
     It models an eavesdropper (or a public audit log of accepted bundles): what a replaying client
     replays. Only honest nodes' bundles are captured: a replay attack replays a *valid* bundle.
     """
+
     def wiretap_mod(msg: Message, ctx: Context, call_next) -> Message:
         reply = call_next(msg, ctx)
         board = board_dir(out, ctx)
@@ -277,4 +331,5 @@ def wiretap_mod_for(scenario_path: str | None, out: str | None):
                 tmp.write_bytes(cfg["bundle"])
                 tmp.replace(folder / f"{ctx.node_id}.bin")
         return reply
+
     return wiretap_mod

@@ -14,6 +14,7 @@ personalized and committed:
 Its forget and personalization accuracies are measured on the very sets the client's own research
 metrics use, so each row sits beside that client's "before" and "after" in the report.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,12 +54,17 @@ def _kept(world: FleetWorld, data: TensorData) -> TensorData:
 
 def _fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
     total = float(sum(weights))
-    return {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype)
-            for k in states[0]}
+    return {
+        k: sum(s[k].double() * (w / total) for s, w in zip(states, weights)).to(states[0][k].dtype) for k in states[0]
+    }
 
 
-def retrain_reference(world: FleetWorld, participants: dict[int, list[int]], clients: list[int],
-                      on_progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+def retrain_reference(
+    world: FleetWorld,
+    participants: dict[int, list[int]],
+    clients: list[int],
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> pd.DataFrame:
     """One row per client in ``clients``: forget and personalization accuracy of retrain-from-scratch.
 
     ``participants`` maps each training round to the partition ids that trained in it; the rounds
@@ -80,8 +86,16 @@ def retrain_reference(world: FleetWorld, participants: dict[int, list[int]], cli
             on_progress(f"retrain reference: {phase}", done, steps)
 
     theta = world.model()
-    train(theta, task, world.provider_retain(), epochs=t.pretrain_epochs, lr=t.pretrain_lr, batch_size=t.batch_size,
-          seed=sc.seed, desc="retrain θg without D_f")
+    train(
+        theta,
+        task,
+        world.provider_retain(),
+        epochs=t.pretrain_epochs,
+        lr=t.pretrain_lr,
+        batch_size=t.batch_size,
+        seed=sc.seed,
+        desc="retrain θg without D_f",
+    )
     tick("θg")
     for rnd in range(1, commit_round + 1):
         states, weights = [], []
@@ -90,8 +104,16 @@ def retrain_reference(world: FleetWorld, participants: dict[int, list[int]], cli
             if len(data) == 0:
                 continue
             local = copy.deepcopy(theta)
-            train(local, task, data, epochs=t.local_epochs, lr=t.lr, batch_size=t.batch_size,
-                  seed=sc.seed + pid + rnd, desc=f"retrain round {rnd}")
+            train(
+                local,
+                task,
+                data,
+                epochs=t.local_epochs,
+                lr=t.lr,
+                batch_size=t.batch_size,
+                seed=sc.seed + pid + rnd,
+                desc=f"retrain round {rnd}",
+            )
             states.append(local.state_dict())
             weights.append(len(data))
         if states:
@@ -103,11 +125,24 @@ def retrain_reference(world: FleetWorld, participants: dict[int, list[int]], cli
         model = copy.deepcopy(theta)
         kept = _kept(world, train_data)
         if len(kept):
-            train(model, task, kept, epochs=t.personal_epochs, lr=t.personal_lr, batch_size=t.batch_size,
-                  seed=sc.seed + pid, desc="re-personalize")
+            train(
+                model,
+                task,
+                kept,
+                epochs=t.personal_epochs,
+                lr=t.personal_lr,
+                batch_size=t.batch_size,
+                seed=sc.seed + pid,
+                desc="re-personalize",
+            )
         model.eval()
-        rows.append({"partition_id": pid, "profile": world.fleet[pid].profile,
-                     "retrain_forget_acc": accuracy(model, task, forget),
-                     "retrain_personalization_acc": accuracy(model, task, test) if len(test) else float("nan")})
+        rows.append(
+            {
+                "partition_id": pid,
+                "profile": world.fleet[pid].profile,
+                "retrain_forget_acc": accuracy(model, task, forget),
+                "retrain_personalization_acc": accuracy(model, task, test) if len(test) else float("nan"),
+            }
+        )
         tick("clients")
     return pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))

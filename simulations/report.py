@@ -6,6 +6,7 @@ both into a JSON-ready dict, :func:`plot_report` draws it, :func:`write_report` 
 (``ledger.csv``, ``clients.csv``, ``summary.json``, the plots and ``report.md``) to one folder.
 Client-reported ``client_*`` columns are research data only: they never decide a verdict.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,11 +23,26 @@ from zkapex_flwr.files import atomic_write
 from .scenario import HONEST_BEHAVIOURS  # late = honest but slow, not a cheat
 
 NO_RESPONSE = "no-response"
-LEDGER_COLUMNS = ("request_id", "node_id", "partition_id", "reason", "compliant", "verify_ms", "bundle_bytes",
-                  "quarantined")
-RESEARCH_COLUMNS = ("client_prove_s", "client_recovery", "client_forget_acc_before", "client_forget_acc_after",
-                    "client_personalization_acc_before", "client_personalization_acc_after",
-                    "client_device_s", "client_upload_s")  # optional: filled with NaN when absent
+LEDGER_COLUMNS = (
+    "request_id",
+    "node_id",
+    "partition_id",
+    "reason",
+    "compliant",
+    "verify_ms",
+    "bundle_bytes",
+    "quarantined",
+)
+RESEARCH_COLUMNS = (
+    "client_prove_s",
+    "client_recovery",
+    "client_forget_acc_before",
+    "client_forget_acc_after",
+    "client_personalization_acc_before",
+    "client_personalization_acc_after",
+    "client_device_s",
+    "client_upload_s",
+)  # optional: filled with NaN when absent
 CLIENT_COLUMNS = ("partition_id", "node_id", "behaviour", "profile")
 PLOTS = ("detection.png", "recovery.png", "proof_cost.png", "forgetting.png")
 REFERENCE_REQUIRED = ("partition_id", "retrain_forget_acc", "retrain_personalization_acc")
@@ -56,10 +72,17 @@ def _joined(ledger: pd.DataFrame, clients: pd.DataFrame) -> pd.DataFrame:
 
 def _per_client(rows: pd.DataFrame, clients: pd.DataFrame) -> pd.DataFrame:
     """One row per client: its ground truth and the flags its ledger rows earn (no rows: all False)."""
-    flags = rows.assign(caught=~rows["compliant"], rejected=~rows["compliant"] & (rows["reason"] != NO_RESPONSE),
-                        no_response=rows["reason"] == NO_RESPONSE)
-    per = flags.groupby("partition_id").agg(rows=("reason", "size"), caught=("caught", "any"),
-                                            rejected=("rejected", "any"), no_response=("no_response", "any"))
+    flags = rows.assign(
+        caught=~rows["compliant"],
+        rejected=~rows["compliant"] & (rows["reason"] != NO_RESPONSE),
+        no_response=rows["reason"] == NO_RESPONSE,
+    )
+    per = flags.groupby("partition_id").agg(
+        rows=("reason", "size"),
+        caught=("caught", "any"),
+        rejected=("rejected", "any"),
+        no_response=("no_response", "any"),
+    )
     out = clients.set_index("partition_id").join(per, how="left")
     out["rows"] = out["rows"].fillna(0).astype(int)
     for flag in ("caught", "rejected", "no_response"):
@@ -86,8 +109,13 @@ def _plain(value):
     return value
 
 
-def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra: dict | None = None,
-              reference: pd.DataFrame | None = None) -> dict:
+def summarize(
+    ledger: pd.DataFrame,
+    clients: pd.DataFrame,
+    wall_s: float,
+    extra: dict | None = None,
+    reference: pd.DataFrame | None = None,
+) -> dict:
     """Counts of caught/missed cheaters and accepted/rejected honest clients, plus cost and quality medians.
 
     Honest means ``behaviour`` in :data:`HONEST_BEHAVIOURS`. A client "accepted" or "missed" has at least
@@ -108,20 +136,30 @@ def summarize(ledger: pd.DataFrame, clients: pd.DataFrame, wall_s: float, extra:
     by_profile = {}
     for profile, group in honest.groupby("profile", sort=True):
         sel = rows[rows["honest"] & (rows["profile"] == profile)]
-        by_profile[profile] = {"n": len(group), "prove_s_median": _median(sel["client_prove_s"]),
-                               "proof_bytes_median": _median(sel.loc[sel["compliant"], "bundle_bytes"]),
-                               "device_s_median": _median(sel["client_device_s"]),
-                               "upload_s_median": _median(sel["client_upload_s"])}
+        by_profile[profile] = {
+            "n": len(group),
+            "prove_s_median": _median(sel["client_prove_s"]),
+            "proof_bytes_median": _median(sel.loc[sel["compliant"], "bundle_bytes"]),
+            "device_s_median": _median(sel["client_device_s"]),
+            "upload_s_median": _median(sel["client_upload_s"]),
+        }
     summary = {
-        "clients": len(per), "honest": len(honest), "dishonest": len(cheat),
-        "honest_accepted": int(honest["all_ok"].sum()), "honest_rejected": int(honest["rejected"].sum()),
+        "clients": len(per),
+        "honest": len(honest),
+        "dishonest": len(cheat),
+        "honest_accepted": int(honest["all_ok"].sum()),
+        "honest_rejected": int(honest["rejected"].sum()),
         "honest_no_response": int(honest["no_response"].sum()),
-        "cheaters_caught": int(cheat["caught"].sum()), "cheaters_missed": int(cheat["all_ok"].sum()),
+        "cheaters_caught": int(cheat["caught"].sum()),
+        "cheaters_missed": int(cheat["all_ok"].sum()),
         "cheaters_unprobed": int((cheat["rows"] == 0).sum()),
         "by_behaviour": by_behaviour,
         # a client at accuracy 0 before has no recovery ratio: NaN, not the 0 it reports
-        "recovery_median": _median(good["client_recovery"].where(
-            ~(pd.to_numeric(good["client_personalization_acc_before"], errors="coerce") <= 0))),
+        "recovery_median": _median(
+            good["client_recovery"].where(
+                ~(pd.to_numeric(good["client_personalization_acc_before"], errors="coerce") <= 0)
+            )
+        ),
         "forget_acc_before_median": _median(good["client_forget_acc_before"]),
         "forget_acc_after_median": _median(good["client_forget_acc_after"]),
         "prove_s_median": _median(rows.loc[rows["honest"], "client_prove_s"]),
@@ -145,27 +183,42 @@ def _reference_rows(rows: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
     good = rows[rows["honest"] & rows["compliant"]]
     if len(good):
         good = good[good["request_id"] == good["request_id"].iloc[0]]
-    mine = good[["partition_id", "profile", "client_forget_acc_before", "client_forget_acc_after",
-                 "client_personalization_acc_before", "client_personalization_acc_after"]]
-    joined = reference[list(REFERENCE_REQUIRED)].merge(mine.drop_duplicates("partition_id"), on="partition_id", how="left")
-    missing = joined.loc[joined["client_forget_acc_before"].isna() | joined["client_forget_acc_after"].isna(),
-                         "partition_id"].tolist()
+    mine = good[
+        [
+            "partition_id",
+            "profile",
+            "client_forget_acc_before",
+            "client_forget_acc_after",
+            "client_personalization_acc_before",
+            "client_personalization_acc_after",
+        ]
+    ]
+    joined = reference[list(REFERENCE_REQUIRED)].merge(
+        mine.drop_duplicates("partition_id"), on="partition_id", how="left"
+    )
+    missing = joined.loc[
+        joined["client_forget_acc_before"].isna() | joined["client_forget_acc_after"].isna(), "partition_id"
+    ].tolist()
     if missing:
-        raise ValueError(f"retrain reference names partition(s) {missing} without a compliant honest ledger row "
-                         "carrying its forget accuracy before and after")
+        raise ValueError(
+            f"retrain reference names partition(s) {missing} without a compliant honest ledger row "
+            "carrying its forget accuracy before and after"
+        )
     return joined
 
 
 def _reference_summary(rows: pd.DataFrame, reference: pd.DataFrame) -> dict:
     j = _reference_rows(rows, reference)
-    return {"clients": len(j),
-            "forget_acc_before_median": _median(j["client_forget_acc_before"]),
-            "forget_acc_after_median": _median(j["client_forget_acc_after"]),
-            "retrain_forget_acc_median": _median(j["retrain_forget_acc"]),
-            "forget_gap_to_retrain_median": _median(j["client_forget_acc_after"] - j["retrain_forget_acc"]),
-            "personalization_acc_after_median": _median(j["client_personalization_acc_after"]),
-            "retrain_personalization_acc_median": _median(j["retrain_personalization_acc"]),
-            "rows": j.to_dict(orient="records")}
+    return {
+        "clients": len(j),
+        "forget_acc_before_median": _median(j["client_forget_acc_before"]),
+        "forget_acc_after_median": _median(j["client_forget_acc_after"]),
+        "retrain_forget_acc_median": _median(j["retrain_forget_acc"]),
+        "forget_gap_to_retrain_median": _median(j["client_forget_acc_after"] - j["retrain_forget_acc"]),
+        "personalization_acc_after_median": _median(j["client_personalization_acc_after"]),
+        "retrain_personalization_acc_median": _median(j["retrain_personalization_acc"]),
+        "rows": j.to_dict(orient="records"),
+    }
 
 
 # Figures: the project's one style (zkapex_flwr.figures)
@@ -192,8 +245,9 @@ def detection_rates(per: pd.DataFrame) -> pd.DataFrame:
     if per.empty:
         return pd.DataFrame(columns=["n", "caught", "accepted", "honest", "k", "rate"])
     g = per.groupby("behaviour", sort=True)
-    frame = pd.DataFrame({"n": g.size(), "caught": g["caught"].sum().astype(int),
-                          "accepted": g["all_ok"].sum().astype(int)})
+    frame = pd.DataFrame(
+        {"n": g.size(), "caught": g["caught"].sum().astype(int), "accepted": g["all_ok"].sum().astype(int)}
+    )
     frame["honest"] = frame.index.isin(HONEST_BEHAVIOURS)
     frame["k"] = np.where(frame["honest"], frame["accepted"], frame["caught"]).astype(int)
     frame["rate"] = frame["k"] / frame["n"]
@@ -223,8 +277,15 @@ def detection_figure(rows: pd.DataFrame, clients: pd.DataFrame) -> Figure:
         left.barh(y, rates["rate"], height=0.7, color=colours)
         for yi, (rate, k, n) in enumerate(zip(rates["rate"], rates["k"], rates["n"])):
             inside = rate > 0.55
-            left.text(rate - 0.02 if inside else rate + 0.02, yi, f"{k}/{n}", va="center",
-                      ha="right" if inside else "left", fontsize=7, color="white" if inside else "black")
+            left.text(
+                rate - 0.02 if inside else rate + 0.02,
+                yi,
+                f"{k}/{n}",
+                va="center",
+                ha="right" if inside else "left",
+                fontsize=7,
+                color="white" if inside else "black",
+            )
         left.set_yticks(y, [_behaviour_label(b) for b in rates.index])
         left.invert_yaxis()
         left.set_xlim(0, 1)
@@ -234,17 +295,30 @@ def detection_figure(rows: pd.DataFrame, clients: pd.DataFrame) -> Figure:
         left.set_title("Detection rate per behaviour")
         from matplotlib.patches import Patch
 
-        left.legend(handles=[Patch(color=HONEST_COLOUR, label="honest behaviour: accepted / n"),
-                             Patch(color=CHEAT_COLOUR, label="cheating behaviour: caught / n")],
-                    loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1)
+        left.legend(
+            handles=[
+                Patch(color=HONEST_COLOUR, label="honest behaviour: accepted / n"),
+                Patch(color=CHEAT_COLOUR, label="cheating behaviour: caught / n"),
+            ],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            ncol=1,
+        )
         counts = reason_counts(rows, rates.index)
         totals = counts.sum(axis=1).replace(0, np.nan)
         share = counts.div(totals, axis=0).fillna(0.0)
         image = right.imshow(share.to_numpy(dtype=float), aspect="auto", vmin=0, vmax=1, cmap="Blues")
         for (i, j), c in np.ndenumerate(counts.to_numpy()):
             if c:
-                right.text(j, i, str(c), ha="center", va="center", fontsize=7,
-                           color="white" if share.iat[i, j] > 0.6 else "black")
+                right.text(
+                    j,
+                    i,
+                    str(c),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share.iat[i, j] > 0.6 else "black",
+                )
         right.set_xticks(np.arange(counts.shape[1]), counts.columns, rotation=40, ha="right")
         right.set_yticks(np.arange(counts.shape[0]), [_behaviour_label(b) for b in counts.index])
         right.set_xlabel("verdict reason code")
@@ -268,9 +342,17 @@ def recovery_values(rows: pd.DataFrame) -> pd.DataFrame:
     recovery = num("client_recovery").fillna(p_after / p_before.where(p_before > 0))
     recovery = recovery.where(~(p_before <= 0))  # NaN before (not reported) keeps the client's value
     f_before, f_after = num("client_forget_acc_before"), num("client_forget_acc_after")
-    return pd.DataFrame({"partition_id": sel["partition_id"], "profile": sel["profile"], "recovery": recovery,
-                         "recovery_undefined": (p_before <= 0), "forget_retained": f_after / f_before.where(f_before > 0),
-                         "forget_undefined": (f_before <= 0)}, index=sel.index)
+    return pd.DataFrame(
+        {
+            "partition_id": sel["partition_id"],
+            "profile": sel["profile"],
+            "recovery": recovery,
+            "recovery_undefined": (p_before <= 0),
+            "forget_retained": f_after / f_before.where(f_before > 0),
+            "forget_undefined": (f_before <= 0),
+        },
+        index=sel.index,
+    )
 
 
 def _histogram(ax, values: pd.Series, undefined: int, colour: str, xlabel: str, title: str) -> None:
@@ -295,23 +377,40 @@ def recovery_figure(rows: pd.DataFrame) -> Figure:
     with paper_style():
         fig = Figure(figsize=(9.5, 3.8))
         left, right = fig.subplots(1, 2)
-        _histogram(left, values["recovery"], int(values["recovery_undefined"].sum()), "tab:blue",
-                   "recovery = personalization accuracy after ÷ before (ratio)",
-                   "Personalization recovery (honest, compliant)")
-        _histogram(right, values["forget_retained"], int(values["forget_undefined"].sum()), "tab:orange",
-                   "forget accuracy after ÷ before (fraction retained)",
-                   "Forget accuracy retained (honest, compliant)")
+        _histogram(
+            left,
+            values["recovery"],
+            int(values["recovery_undefined"].sum()),
+            "tab:blue",
+            "recovery = personalization accuracy after ÷ before (ratio)",
+            "Personalization recovery (honest, compliant)",
+        )
+        _histogram(
+            right,
+            values["forget_retained"],
+            int(values["forget_undefined"].sum()),
+            "tab:orange",
+            "forget accuracy after ÷ before (fraction retained)",
+            "Forget accuracy retained (honest, compliant)",
+        )
     return fig
 
 
 def _plot_box(rows: pd.DataFrame, column: str, ax, title: str, ylabel: str, scale: float = 1.0) -> None:
     """Box plot of ``column`` × ``scale`` per device profile with every row as a dot (NaN dropped)."""
-    groups = {p: pd.to_numeric(g[column], errors="coerce").dropna() * scale for p, g in rows.groupby("profile", sort=True)}
+    groups = {
+        p: pd.to_numeric(g[column], errors="coerce").dropna() * scale for p, g in rows.groupby("profile", sort=True)
+    }
     groups = {p: v.to_numpy() for p, v in groups.items() if len(v)}
     if not groups:
         return _no_data(ax, title)
-    ax.boxplot(list(groups.values()), tick_labels=list(groups.keys()), widths=0.5, showfliers=False,
-               medianprops={"color": "black"})
+    ax.boxplot(
+        list(groups.values()),
+        tick_labels=list(groups.keys()),
+        widths=0.5,
+        showfliers=False,
+        medianprops={"color": "black"},
+    )
     rng = np.random.default_rng(0)  # jitter only, deterministic
     for i, v in enumerate(groups.values(), start=1):
         ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=6, alpha=0.4, color="tab:blue", linewidths=0)
@@ -329,8 +428,14 @@ def proof_cost_figure(rows: pd.DataFrame) -> Figure:
         fig = Figure(figsize=(9.5, 3.8))
         left, right = fig.subplots(1, 2)
         _plot_box(honest, "client_prove_s", left, "Client prove time per profile (honest)", "prove time (s)")
-        _plot_box(honest[honest["compliant"]], "bundle_bytes", right,
-                  "Proof bundle per profile (honest, compliant)", "proof bundle size (kB)", scale=1e-3)
+        _plot_box(
+            honest[honest["compliant"]],
+            "bundle_bytes",
+            right,
+            "Proof bundle per profile (honest, compliant)",
+            "proof bundle size (kB)",
+            scale=1e-3,
+        )
     return fig
 
 
@@ -345,11 +450,14 @@ def forgetting_figure(rows: pd.DataFrame, reference: pd.DataFrame | None) -> Fig
             return fig
         j = _reference_rows(rows, reference).sort_values("partition_id")
         x = np.arange(len(j))
-        for off, col, label, colour in ((-0.27, "client_forget_acc_before", "before (θp)", "lightgrey"),
-                                        (0.0, "client_forget_acc_after", "after verified update (θu)", "tab:blue"),
-                                        (0.27, "retrain_forget_acc", "retrain from scratch", "tab:orange")):
-            bars = ax.bar(x + off, j[col].astype(float), width=0.27, color=colour, label=label,
-                          edgecolor="black", linewidth=0.3)
+        for off, col, label, colour in (
+            (-0.27, "client_forget_acc_before", "before (θp)", "lightgrey"),
+            (0.0, "client_forget_acc_after", "after verified update (θu)", "tab:blue"),
+            (0.27, "retrain_forget_acc", "retrain from scratch", "tab:orange"),
+        ):
+            bars = ax.bar(
+                x + off, j[col].astype(float), width=0.27, color=colour, label=label, edgecolor="black", linewidth=0.3
+            )
             ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
         ax.set_xticks(x, [f"{int(p)}\n{prof}" for p, prof in zip(j["partition_id"], j["profile"])])
         ax.grid(axis="y")
@@ -361,17 +469,23 @@ def forgetting_figure(rows: pd.DataFrame, reference: pd.DataFrame | None) -> Fig
     return fig
 
 
-def report_figures(ledger: pd.DataFrame, clients: pd.DataFrame,
-                   reference: pd.DataFrame | None = None) -> dict[str, Figure]:
+def report_figures(
+    ledger: pd.DataFrame, clients: pd.DataFrame, reference: pd.DataFrame | None = None
+) -> dict[str, Figure]:
     """The report's figures by file name (:data:`PLOTS`), not yet saved."""
     rows = _joined(ledger, clients)
-    figures = (detection_figure(rows, clients), recovery_figure(rows), proof_cost_figure(rows),
-               forgetting_figure(rows, reference))
+    figures = (
+        detection_figure(rows, clients),
+        recovery_figure(rows),
+        proof_cost_figure(rows),
+        forgetting_figure(rows, reference),
+    )
     return dict(zip(PLOTS, figures))
 
 
-def plot_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path,
-                reference: pd.DataFrame | None = None) -> list[Path]:
+def plot_report(
+    ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, reference: pd.DataFrame | None = None
+) -> list[Path]:
     """Write :data:`PLOTS` to ``out_dir``; return their paths.
 
     Proof bytes are drawn over honest compliant rows only (a no-response row carries 0 bytes, not a proof).
@@ -399,51 +513,82 @@ def _fmt(value) -> str:
 def _markdown(summary: dict, scenario_name: str) -> str:
     """The human report: headline, per-behaviour and per-profile tables, quality medians, plots."""
     s = summary
-    lines = [f"# Fleet report: {scenario_name or 'unnamed scenario'}", "",
-             f"**{s['cheaters_caught']} of {s['dishonest']} cheaters caught** ({s['cheaters_missed']} missed, "
-             f"{s['cheaters_unprobed']} unprobed); **{s['honest_rejected']} of {s['honest']} honest clients "
-             f"rejected** ({s['honest_no_response']} without response); {s['requests']} request(s), "
-             f"{s['quarantined']} node(s) quarantined; wall time {s['wall_s']:.1f} s.", "",
-             "## Per behaviour", "", "| behaviour | n | caught | reasons (rows) |", "|---|---:|---:|---|"]
+    lines = [
+        f"# Fleet report: {scenario_name or 'unnamed scenario'}",
+        "",
+        f"**{s['cheaters_caught']} of {s['dishonest']} cheaters caught** ({s['cheaters_missed']} missed, "
+        f"{s['cheaters_unprobed']} unprobed); **{s['honest_rejected']} of {s['honest']} honest clients "
+        f"rejected** ({s['honest_no_response']} without response); {s['requests']} request(s), "
+        f"{s['quarantined']} node(s) quarantined; wall time {s['wall_s']:.1f} s.",
+        "",
+        "## Per behaviour",
+        "",
+        "| behaviour | n | caught | reasons (rows) |",
+        "|---|---:|---:|---|",
+    ]
     for behaviour, b in s["by_behaviour"].items():
         tag = " (honest)" if behaviour in HONEST_BEHAVIOURS and behaviour != "honest" else ""
         reasons = ", ".join(f"{r}: {c}" for r, c in b["reasons"].items()) or "—"
         lines.append(f"| {behaviour}{tag} | {b['n']} | {b['caught']} | {reasons} |")
-    lines += ["", "## Per device profile (honest clients)", "",
-              "| profile | n | median prove s | median proof bytes | median device s | median upload s |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Per device profile (honest clients)",
+        "",
+        "| profile | n | median prove s | median proof bytes | median device s | median upload s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for profile, p in s["by_profile"].items():
-        lines.append(f"| {profile} | {p['n']} | {_fmt(p['prove_s_median'])} | {_fmt(p['proof_bytes_median'])} "
-                     f"| {_fmt(p['device_s_median'])} | {_fmt(p['upload_s_median'])} |")
-    lines += ["", "## Unlearning quality (honest, compliant)", "",
-              f"- median recovery: {_fmt(s['recovery_median'])}",
-              f"- median forget accuracy: {_fmt(s['forget_acc_before_median'])} before, "
-              f"{_fmt(s['forget_acc_after_median'])} after",
-              f"- median verify time: {_fmt(s['verify_ms_median'])} ms", ""]
+        lines.append(
+            f"| {profile} | {p['n']} | {_fmt(p['prove_s_median'])} | {_fmt(p['proof_bytes_median'])} "
+            f"| {_fmt(p['device_s_median'])} | {_fmt(p['upload_s_median'])} |"
+        )
+    lines += [
+        "",
+        "## Unlearning quality (honest, compliant)",
+        "",
+        f"- median recovery: {_fmt(s['recovery_median'])}",
+        f"- median forget accuracy: {_fmt(s['forget_acc_before_median'])} before, "
+        f"{_fmt(s['forget_acc_after_median'])} after",
+        f"- median verify time: {_fmt(s['verify_ms_median'])} ms",
+        "",
+    ]
     ref = s.get("retrain_reference")
     if ref:
-        lines += ["## Forgetting against retrain-from-scratch", "",
-                  f"{ref['clients']} honest clients, sampled evenly by partition id, re-run without the forgotten data "
-                  "(θg pretrained without D_f, the FedAvg rounds before the request replayed with the same nodes "
-                  "on the data they keep, then re-personalized). Medians: forget accuracy "
-                  f"{_fmt(ref['forget_acc_before_median'])} before, {_fmt(ref['forget_acc_after_median'])} after the "
-                  f"verified update, {_fmt(ref['retrain_forget_acc_median'])} after retrain; personalization accuracy "
-                  f"{_fmt(ref['personalization_acc_after_median'])} after the update, "
-                  f"{_fmt(ref['retrain_personalization_acc_median'])} after retrain.", "",
-                  "| client | profile | forget acc before | after (verified) | retrain | pers. acc after | retrain |",
-                  "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Forgetting against retrain-from-scratch",
+            "",
+            f"{ref['clients']} honest clients, sampled evenly by partition id, re-run without the forgotten data "
+            "(θg pretrained without D_f, the FedAvg rounds before the request replayed with the same nodes "
+            "on the data they keep, then re-personalized). Medians: forget accuracy "
+            f"{_fmt(ref['forget_acc_before_median'])} before, {_fmt(ref['forget_acc_after_median'])} after the "
+            f"verified update, {_fmt(ref['retrain_forget_acc_median'])} after retrain; personalization accuracy "
+            f"{_fmt(ref['personalization_acc_after_median'])} after the update, "
+            f"{_fmt(ref['retrain_personalization_acc_median'])} after retrain.",
+            "",
+            "| client | profile | forget acc before | after (verified) | retrain | pers. acc after | retrain |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for r in ref["rows"]:
-            lines.append(f"| {r['partition_id']} | {r['profile']} | {_fmt(r['client_forget_acc_before'])} "
-                         f"| {_fmt(r['client_forget_acc_after'])} | {_fmt(r['retrain_forget_acc'])} "
-                         f"| {_fmt(r['client_personalization_acc_after'])} | {_fmt(r['retrain_personalization_acc'])} |")
+            lines.append(
+                f"| {r['partition_id']} | {r['profile']} | {_fmt(r['client_forget_acc_before'])} "
+                f"| {_fmt(r['client_forget_acc_after'])} | {_fmt(r['retrain_forget_acc'])} "
+                f"| {_fmt(r['client_personalization_acc_after'])} | {_fmt(r['retrain_personalization_acc'])} |"
+            )
         lines.append("")
     lines += ["## Plots", ""]
     lines += [f"![{name[:-4]}]({name})" for name in PLOTS]
     return "\n".join(lines) + "\n"
 
 
-def write_report(ledger: pd.DataFrame, clients: pd.DataFrame, out_dir: Path, wall_s: float,
-                 extra: dict | None = None, scenario_name: str = "", reference: pd.DataFrame | None = None) -> dict:
+def write_report(
+    ledger: pd.DataFrame,
+    clients: pd.DataFrame,
+    out_dir: Path,
+    wall_s: float,
+    extra: dict | None = None,
+    scenario_name: str = "",
+    reference: pd.DataFrame | None = None,
+) -> dict:
     """Write ledger/clients tables, ``summary.json``, the plots and ``report.md`` to ``out_dir``; return the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ the ready ClientApp (``simulations.client_app``) runs on every virtual SuperNode
 ``clients.csv``, ``summary.json``, ``report.md``, the plots, ``rounds.json`` (who trained in which
 round), ``replies.json`` (what every unlearning reply carried) and ``wiretap/`` (the honest bundles a replaying client could capture).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,33 +21,40 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from .scenario import (HONEST_BEHAVIOURS, PROJECT_ROOT, ScenarioError, effective_tables,  # noqa: F401
-                       load_scenario, resolve_scenario)
+from .scenario import HONEST_BEHAVIOURS, PROJECT_ROOT, ScenarioError, effective_tables, load_scenario, resolve_scenario  # noqa: F401
 
 log = logging.getLogger("zkapex_flwr.fleet")
-SUPERNODE_WAIT_S = 30.0   # grace for the scenario's SuperNodes to connect (run config 'supernode-wait-s')
+SUPERNODE_WAIT_S = 30.0  # grace for the scenario's SuperNodes to connect (run config 'supernode-wait-s')
 
 
 class FleetSizeError(RuntimeError):
     """Fewer SuperNodes connected than the scenario has clients."""
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout_s: float = SUPERNODE_WAIT_S, scenario: str = "",
-                   poll_s: float = 0.5) -> list[int]:
+def wait_for_nodes(
+    grid: Grid, n: int, timeout_s: float = SUPERNODE_WAIT_S, scenario: str = "", poll_s: float = 0.5
+) -> list[int]:
     """The connected node ids once ``n`` are there; :class:`FleetSizeError` if fewer come within ``timeout_s``."""
     end = time.monotonic() + timeout_s
     while True:
         nodes = list(grid.get_node_ids())
         if len(nodes) >= n:
             if len(nodes) > n:
-                log.warning("%s: %d SuperNodes connected, the scenario has clients = %d; the extra nodes "
-                            "(partition-id >= %d) are not part of the fleet", scenario, len(nodes), n, n)
+                log.warning(
+                    "%s: %d SuperNodes connected, the scenario has clients = %d; the extra nodes "
+                    "(partition-id >= %d) are not part of the fleet",
+                    scenario,
+                    len(nodes),
+                    n,
+                    n,
+                )
             return nodes
         if time.monotonic() > end:
             raise FleetSizeError(
                 f"{scenario or 'the scenario'} needs {n} SuperNodes (clients = {n}) but {len(nodes)} connected "
-                f"within {timeout_s:g} s: start the federation with --federation-config \"num-supernodes={n}\" "
-                f"(or run fewer clients: --run-config \"clients={len(nodes)}\"; more time: supernode-wait-s)")
+                f'within {timeout_s:g} s: start the federation with --federation-config "num-supernodes={n}" '
+                f'(or run fewer clients: --run-config "clients={len(nodes)}"; more time: supernode-wait-s)'
+            )
         time.sleep(poll_s)
 
 
@@ -78,8 +86,15 @@ def central_evaluation(world):
     return evaluate
 
 
-def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *, resume: bool = False,
-                  overrides: dict | None = None, supernode_wait_s: float = SUPERNODE_WAIT_S) -> dict:
+def provider_main(
+    grid: Grid,
+    scenario_path: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overrides: dict | None = None,
+    supernode_wait_s: float = SUPERNODE_WAIT_S,
+) -> dict:
     """The fleet provider: pretrain θg, run the verified-unlearning schedule, write the report.
 
     ``resume``: keep ``out/provider`` (registry and ledger) from an earlier run of this provider against
@@ -94,8 +109,8 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
-    from zkapex_flwr.tasks import ImageTask
     from zkapex_flwr.machine import describe_machine
+    from zkapex_flwr.tasks import ImageTask
     from zkapex_flwr.training import resolve_device, seed_everything, train
 
     from .fleet import fleet_world
@@ -104,19 +119,20 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
     t0 = time.perf_counter()
     path = resolve_scenario(scenario_path)
     sc = load_scenario(path, overrides)
-    wait_for_nodes(grid, sc.clients, supernode_wait_s, f"{path} ({sc.name})")   # fail fast, before any work
+    wait_for_nodes(grid, sc.clients, supernode_wait_s, f"{path} ({sc.name})")  # fail fast, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        for stale in ("provider", "wiretap"):   # a simulated fleet has fresh node ids: start a fresh provider
+        for stale in ("provider", "wiretap"):  # a simulated fleet has fresh node ids: start a fresh provider
             shutil.rmtree(out / stale, ignore_errors=True)
     seed_everything(sc.seed)
     world = fleet_world(path, overrides)
     t, u = sc.training, sc.unlearning
     console = Console(stderr=True)
     timings: dict[str, float] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         tasks: dict[str, int] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:
@@ -128,83 +144,162 @@ def provider_main(grid: Grid, scenario_path: str | Path, out_dir: str | Path, *,
         console.log(f"[{sc.name}] {len(nodes)} of {sc.clients} SuperNodes connected")
         s = time.perf_counter()
         model = world.model()
-        train(model, ImageTask(), world.provider_data(), epochs=t.pretrain_epochs, lr=t.pretrain_lr,
-              batch_size=t.batch_size, seed=sc.seed, progress=progress, desc="provider pretraining θg",
-              device=resolve_device(sc.resources.device))
+        train(
+            model,
+            ImageTask(),
+            world.provider_data(),
+            epochs=t.pretrain_epochs,
+            lr=t.pretrain_lr,
+            batch_size=t.batch_size,
+            seed=sc.seed,
+            progress=progress,
+            desc="provider pretraining θg",
+            device=resolve_device(sc.resources.device),
+        )
         model.cpu()
         timings["pretrain_s"] = time.perf_counter() - s
-        masker = SaliencyMasker(world.model, ImageTask(), world.provider_retain(), scope=u.scope,
-                                block_size=u.block_size, mask_fraction=u.mask_fraction, max_blocks=u.max_blocks,
-                                group=u.group, slots=u.slots)
-        requests = [DeletionRequest(r.id, world.forget_set(r.id), r.after_round,
-                                    f"{r.forget} {list(r.classes) if r.forget == 'class' else r.count}")
-                    for r in sc.requests]
-        cfg = UnlearningConfig(slots=u.slots, steps=tuple(u.steps), damping=u.damping, num_grads=u.num_grads,
-                               personal_epochs=t.personal_epochs, personal_lr=t.personal_lr, batch_size=t.batch_size,
-                               deadline_s=u.deadline_s, max_attempts=u.max_attempts, max_in_flight=u.max_in_flight)
-        fedavg = FedAvg(fraction_train=t.fraction_train, fraction_evaluate=0.0, min_train_nodes=2,
-                        min_available_nodes=2)
+        masker = SaliencyMasker(
+            world.model,
+            ImageTask(),
+            world.provider_retain(),
+            scope=u.scope,
+            block_size=u.block_size,
+            mask_fraction=u.mask_fraction,
+            max_blocks=u.max_blocks,
+            group=u.group,
+            slots=u.slots,
+        )
+        requests = [
+            DeletionRequest(
+                r.id,
+                world.forget_set(r.id),
+                r.after_round,
+                f"{r.forget} {list(r.classes) if r.forget == 'class' else r.count}",
+            )
+            for r in sc.requests
+        ]
+        cfg = UnlearningConfig(
+            slots=u.slots,
+            steps=tuple(u.steps),
+            damping=u.damping,
+            num_grads=u.num_grads,
+            personal_epochs=t.personal_epochs,
+            personal_lr=t.personal_lr,
+            batch_size=t.batch_size,
+            deadline_s=u.deadline_s,
+            max_attempts=u.max_attempts,
+            max_in_flight=u.max_in_flight,
+        )
+        fedavg = FedAvg(
+            fraction_train=t.fraction_train, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2
+        )
         s = time.perf_counter()
-        provider = VerifiedUnlearning(fedavg, masker=masker, requests=requests, state_dir=out / "provider",
-                                      config=cfg, on_progress=on_progress)
+        provider = VerifiedUnlearning(
+            fedavg, masker=masker, requests=requests, state_dir=out / "provider", config=cfg, on_progress=on_progress
+        )
         timings["circuit_setup_s"] = time.perf_counter() - s
         s = time.perf_counter()
-        result = provider.start(grid, ArrayRecord(model.state_dict()), num_rounds=t.rounds + t.rounds_after,
-                                evaluate_fn=central_evaluation(world),
-                                train_config=ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs,
-                                                           "batch-size": t.batch_size}))
+        result = provider.start(
+            grid,
+            ArrayRecord(model.state_dict()),
+            num_rounds=t.rounds + t.rounds_after,
+            evaluate_fn=central_evaluation(world),
+            train_config=ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs, "batch-size": t.batch_size}),
+        )
         timings["schedule_s"] = time.perf_counter() - s
-    result.save(out)   # result.json: Flower's per-round metrics, and θg evaluated before and after each deletion
+    result.save(out)  # result.json: Flower's per-round metrics, and θg evaluated before and after each deletion
     node_of = {pid: node for node, pid in provider.partitions.items()}
     import pandas as pd
 
-    clients = pd.DataFrame([{"partition_id": c.partition_id, "node_id": node_of.get(c.partition_id, -1),
-                             "behaviour": c.behaviour, "profile": c.profile} for c in world.fleet])
+    clients = pd.DataFrame(
+        [
+            {
+                "partition_id": c.partition_id,
+                "node_id": node_of.get(c.partition_id, -1),
+                "behaviour": c.behaviour,
+                "profile": c.profile,
+            }
+            for c in world.fleet
+        ]
+    )
     ledger = provider.ledger.frame()
     unattributed = int((ledger["partition_id"].astype(int) < 0).sum()) if len(ledger) else 0
     ledger = ledger[ledger["partition_id"].astype(int) >= 0] if len(ledger) else ledger
-    (out / "rounds.json").write_text(json.dumps({"participants": provider.participants,
-                                                 "quarantined_after": sorted(provider.quarantined())}, indent=1))
+    (out / "rounds.json").write_text(
+        json.dumps(
+            {"participants": provider.participants, "quarantined_after": sorted(provider.quarantined())}, indent=1
+        )
+    )
     (out / "replies.json").write_text(json.dumps(provider.reply_audit, indent=1))
-    masks = {rid: {"masked_weights": len(m), "touched_blocks": int(len(m.touched_blocks())),
-                   "scope_weights": m.layout.size} for rid, m in provider.masks.items()}
-    extra = {"scenario": sc.name, "scenario_file": str(path), "scenario_digest": sc.digest,
-             "scenario_overrides": dict(sc.overrides), "masks": masks,
-             "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
-             "unattributed_rows": unattributed, "timings_s": timings,
-             "machine": describe_machine()}
+    masks = {
+        rid: {"masked_weights": len(m), "touched_blocks": int(len(m.touched_blocks())), "scope_weights": m.layout.size}
+        for rid, m in provider.masks.items()
+    }
+    extra = {
+        "scenario": sc.name,
+        "scenario_file": str(path),
+        "scenario_digest": sc.digest,
+        "scenario_overrides": dict(sc.overrides),
+        "masks": masks,
+        "circuits": {c.spec.name(): {"logrows": c.logrows, "setup_s": c.setup_s} for c in provider.circuits.values()},
+        "unattributed_rows": unattributed,
+        "timings_s": timings,
+        "machine": describe_machine(),
+    }
     reference = None
     if sc.retrain_clients:
         from .reference import retrain_reference, sample_clients
 
         first = provider.requests[0].request_id
         honest_pids = {c.partition_id for c in world.fleet if c.behaviour in HONEST_BEHAVIOURS}
-        measured = []   # honest, compliant on the first request, with its own before/after metrics (not a resend)
+        measured = []  # honest, compliant on the first request, with its own before/after metrics (not a resend)
         if len(ledger) and "client_forget_acc_before" in ledger:
-            good = ledger[(ledger["request_id"] == first) & ledger["compliant"].astype(bool)
-                          & ledger["client_forget_acc_before"].notna() & ledger["client_forget_acc_after"].notna()]
+            good = ledger[
+                (ledger["request_id"] == first)
+                & ledger["compliant"].astype(bool)
+                & ledger["client_forget_acc_before"].notna()
+                & ledger["client_forget_acc_after"].notna()
+            ]
             measured = [int(p) for p in good["partition_id"] if int(p) in honest_pids]
         picked = sample_clients(measured, sc.retrain_clients)
-        rounds = {rnd: [provider.partitions[n] for n in nodes if n in provider.partitions]
-                  for rnd, nodes in provider.participants.items()}
+        rounds = {
+            rnd: [provider.partitions[n] for n in nodes if n in provider.partitions]
+            for rnd, nodes in provider.participants.items()
+        }
         s = time.perf_counter()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
             bar = progress.add_task("retrain reference", total=1 + len(picked))
-            reference = retrain_reference(world, rounds, picked,
-                                          on_progress=lambda phase, done, total: progress.update(
-                                              bar, description=phase, completed=done, total=total))
+            reference = retrain_reference(
+                world,
+                rounds,
+                picked,
+                on_progress=lambda phase, done, total: progress.update(
+                    bar, description=phase, completed=done, total=total
+                ),
+            )
         timings["retrain_reference_s"] = time.perf_counter() - s
-    summary = write_report(ledger, clients, out, time.perf_counter() - t0, extra=extra, scenario_name=sc.name,
-                           reference=reference)
-    console.log(f"[{sc.name}] {summary['cheaters_caught']} of {summary['dishonest']} cheaters caught, "
-                f"{summary['honest_rejected']} honest rejected, wall {summary['wall_s']:.0f} s → {out}")
+    summary = write_report(
+        ledger, clients, out, time.perf_counter() - t0, extra=extra, scenario_name=sc.name, reference=reference
+    )
+    console.log(
+        f"[{sc.name}] {summary['cheaters_caught']} of {summary['dishonest']} cheaters caught, "
+        f"{summary['honest_rejected']} honest rejected, wall {summary['wall_s']:.0f} s → {out}"
+    )
     return summary
 
 
-def simulate(scenario: str | Path, out: str | Path, *, overrides: dict | None = None,
-             cpus_per_client: float | None = None, num_gpus: float | None = None, device: str | None = None,
-             ray_address: str | None = None) -> dict:
+def simulate(
+    scenario: str | Path,
+    out: str | Path,
+    *,
+    overrides: dict | None = None,
+    cpus_per_client: float | None = None,
+    num_gpus: float | None = None,
+    device: str | None = None,
+    ray_address: str | None = None,
+) -> dict:
     """Run ``scenario`` on Flower's simulation engine (Ray) and return its ``summary.json``.
 
     ``overrides`` (dotted scenario keys) are applied on top of the file and validated before anything
@@ -218,12 +313,15 @@ def simulate(scenario: str | Path, out: str | Path, *, overrides: dict | None = 
     from simulations.client_app import build_client_app
 
     overrides = dict(overrides or {})
-    for key, value in (("resources.num_cpus", cpus_per_client), ("resources.num_gpus", num_gpus),
-                       ("resources.device", device)):
+    for key, value in (
+        ("resources.num_cpus", cpus_per_client),
+        ("resources.num_gpus", num_gpus),
+        ("resources.device", device),
+    ):
         if value is not None:
             overrides[key] = value
     path = resolve_scenario(scenario)
-    sc = load_scenario(path, overrides)   # every error before Ray starts
+    sc = load_scenario(path, overrides)  # every error before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if overrides:
@@ -233,7 +331,7 @@ def simulate(scenario: str | Path, out: str | Path, *, overrides: dict | None = 
         given = " ".join(f"{k}={v!r}" for k, v in overrides.items())
         effective.write_text(f"# {path} with overrides: {given}\n" + tomli_w.dumps(tables), encoding="utf-8")
         path = effective
-        load_scenario(path)   # the written file is the same scenario
+        load_scenario(path)  # the written file is the same scenario
     summary_file = out / "summary.json"
     summary_file.unlink(missing_ok=True)
     server = ServerApp()
@@ -247,8 +345,12 @@ def simulate(scenario: str | Path, out: str | Path, *, overrides: dict | None = 
     if ray_address:
         backend["init_args"] = {"address": ray_address}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    run_simulation(server_app=server, client_app=build_client_app(str(path), str(out)), num_supernodes=sc.clients,
-                   backend_config=backend)
+    run_simulation(
+        server_app=server,
+        client_app=build_client_app(str(path), str(out)),
+        num_supernodes=sc.clients,
+        backend_config=backend,
+    )
     if not summary_file.exists():
         raise RuntimeError(f"the simulation of {path} ended without writing {summary_file}; see the log above")
     return json.loads(summary_file.read_text())

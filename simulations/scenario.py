@@ -13,6 +13,7 @@ one-line :class:`ScenarioError` naming the file and the key). ``zkapex simulate 
 ``flwr run . --run-config "KEY=VALUE"`` (keys declared in pyproject's ``[tool.flwr.app.config]``) both
 go through :func:`load_scenario`'s ``overrides``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,7 @@ from zkapex_flwr.unlearning.scope import VERIFIED_SCOPE
 
 from .behaviours import BUILTIN_BEHAVIOURS, HONEST_BEHAVIOURS, BehaviourError, resolve_behaviour
 
-FLEET_BEHAVIOURS = BUILTIN_BEHAVIOURS   # the pre-registered names (simulations.behaviours adds more)
+FLEET_BEHAVIOURS = BUILTIN_BEHAVIOURS  # the pre-registered names (simulations.behaviours adds more)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_DATASETS = ("digits", "mnist")
 PARTITIONERS = ("dirichlet", "iid", "pathological", "shard", "linear", "square", "exponential")
@@ -68,38 +69,38 @@ def _int_tuple(value: Any) -> Any:
 
 
 class ModelSpec(_Spec):
-    kind: Str = "vit"                # vit (a small timm ViT built from config) | timm:<model name>
+    kind: Str = "vit"  # vit (a small timm ViT built from config) | timm:<model name>
     embed_dim: Int = 32
     depth: Int = 2
     num_heads: Int = 2
     mlp_ratio: Float = 2.0
-    patch_size: Int | None = None    # vit: default 2 on 8×8 digits, 4 on 28×28 MNIST
-    pretrained: Bool = False         # timm: load the hub weights (needs the Hugging Face Hub)
-    options: dict[str, Scalar] = Field(default_factory=dict)   # timm: more timm.create_model keyword arguments
+    patch_size: Int | None = None  # vit: default 2 on 8×8 digits, 4 on 28×28 MNIST
+    pretrained: Bool = False  # timm: load the hub weights (needs the Hugging Face Hub)
+    options: dict[str, Scalar] = Field(default_factory=dict)  # timm: more timm.create_model keyword arguments
 
 
 class DataSpec(_Spec):
-    dataset: Str = "digits"          # digits | mnist (both ship inside a package) | hf:<hub dataset>
-    provider_fraction: Float = 0.3   # the provider's own pool: pretrains θg, holds D_f and retain data
-    test_fraction: Float = 0.15      # shared test pool: client test sets (in each client's domain), MIA non-members
-    partitioner: Str = "dirichlet"   # flwr-datasets partitioner of each profile's clients (PARTITIONERS)
-    partitioner_options: dict[str, Scalar] = Field(default_factory=dict)   # e.g. num_classes_per_partition
-    alpha: Float | None = None       # Dirichlet α of every profile that sets none of its own
+    dataset: Str = "digits"  # digits | mnist (both ship inside a package) | hf:<hub dataset>
+    provider_fraction: Float = 0.3  # the provider's own pool: pretrains θg, holds D_f and retain data
+    test_fraction: Float = 0.15  # shared test pool: client test sets (in each client's domain), MIA non-members
+    partitioner: Str = "dirichlet"  # flwr-datasets partitioner of each profile's clients (PARTITIONERS)
+    partitioner_options: dict[str, Scalar] = Field(default_factory=dict)  # e.g. num_classes_per_partition
+    alpha: Float | None = None  # Dirichlet α of every profile that sets none of its own
     num_classes: Int = 10
     # hf: datasets only (loaded through flwr-datasets' FederatedDataset)
     subset: Str | None = None
     split: Str = "train"
     image_key: Str = "image"
     label_key: Str = "label"
-    image_size: Int | None = None    # resize to image_size × image_size (default: as stored)
-    max_samples: Int | None = None   # a seeded sample of the split (default: all of it)
+    image_size: Int | None = None  # resize to image_size × image_size (default: as stored)
+    max_samples: Int | None = None  # a seeded sample of the split (default: all of it)
 
 
 class TrainingSpec(_Spec):
-    pretrain_epochs: Int = 20        # provider pretraining of the initial θg on its own pool
+    pretrain_epochs: Int = 20  # provider pretraining of the initial θg on its own pool
     pretrain_lr: Float = 2e-3
-    rounds: Int = 2                  # FedAvg rounds before personalize-and-commit
-    rounds_after: Int = 1            # FedAvg rounds after the unlearning round(s) (quarantine in force)
+    rounds: Int = 2  # FedAvg rounds before personalize-and-commit
+    rounds_after: Int = 1  # FedAvg rounds after the unlearning round(s) (quarantine in force)
     fraction_train: Float = 0.25
     local_epochs: Int = 1
     lr: Float = 1e-3
@@ -109,14 +110,14 @@ class TrainingSpec(_Spec):
 
 
 class UnlearningSpec(_Spec):
-    scope: Str = VERIFIED_SCOPE      # every block's fc1 and the classifier head (the verified default)
+    scope: Str = VERIFIED_SCOPE  # every block's fc1 and the classifier head (the verified default)
     block_size: Int = 16
     mask_fraction: Float = 0.01
-    max_blocks: Int | None = None    # block budget (with group > 1: counts every block of a touched unit)
-    group: Int = 1                   # G: Fisher blocks per proof unit (G > 1: column-structured mask)
-    slots: Int = 2                   # K: masked columns per proof step
-    steps: tuple[Int, ...] = (1,)    # B choices offered to clients; each picks by its memory budget
-    damping: Float = 1.0             # λ in units of each block's mean Fisher diagonal
+    max_blocks: Int | None = None  # block budget (with group > 1: counts every block of a touched unit)
+    group: Int = 1  # G: Fisher blocks per proof unit (G > 1: column-structured mask)
+    slots: Int = 2  # K: masked columns per proof step
+    steps: tuple[Int, ...] = (1,)  # B choices offered to clients; each picks by its memory budget
+    damping: Float = 1.0  # λ in units of each block's mean Fisher diagonal
     num_grads: Int = 64
     deadline_s: Float = 60.0
     max_attempts: Int = 2
@@ -126,15 +127,15 @@ class UnlearningSpec(_Spec):
 
 
 class ResourcesSpec(_Spec):
-    device: Str = "auto"             # client-side torch device: auto (cuda when available) | cpu | cuda[:N]
-    num_cpus: Float = 1.0            # Ray CPUs per ClientApp (zkapex simulate)
-    num_gpus: Float = 0.0            # Ray GPUs per ClientApp (zkapex simulate; a fraction shares a GPU)
+    device: Str = "auto"  # client-side torch device: auto (cuda when available) | cpu | cuda[:N]
+    num_cpus: Float = 1.0  # Ray CPUs per ClientApp (zkapex simulate)
+    num_gpus: Float = 0.0  # Ray GPUs per ClientApp (zkapex simulate; a fraction shares a GPU)
 
 
 class RequestSpec(_Spec):
     id: Str
     after_round: Int
-    forget: Str = "class"            # class | samples
+    forget: Str = "class"  # class | samples
     classes: tuple[Int, ...] = (3,)
     count: Int = 30
 
@@ -143,14 +144,14 @@ class RequestSpec(_Spec):
 
 class ProfileSpec(_Spec):
     name: Str
-    share: Float = 1.0               # fraction of the fleet
-    data_weight: Float = 1.0         # relative data size per client
-    alpha: Float = 1.0               # Dirichlet label skew (smaller = more skewed)
-    shift: Str = "style"             # style | mild | geometric | none (DomainShift.KINDS)
-    speed: Float = 1.0               # compute speed relative to this machine (modelled device time)
-    memory_mb: Float = 64.0          # prover working-set budget: picks the steps per proof B
-    uplink_mbps: Float = 10.0        # modelled upload time of the proof bundle
-    availability: Float = 1.0        # probability that the node answers a given message
+    share: Float = 1.0  # fraction of the fleet
+    data_weight: Float = 1.0  # relative data size per client
+    alpha: Float = 1.0  # Dirichlet label skew (smaller = more skewed)
+    shift: Str = "style"  # style | mild | geometric | none (DomainShift.KINDS)
+    speed: Float = 1.0  # compute speed relative to this machine (modelled device time)
+    memory_mb: Float = 64.0  # prover working-set budget: picks the steps per proof B
+    uplink_mbps: Float = 10.0  # modelled upload time of the proof bundle
+    availability: Float = 1.0  # probability that the node answers a given message
 
 
 class ClientSpec(_Spec):
@@ -164,7 +165,7 @@ class Scenario(_Spec):
     clients: int
     seed: int = 0
     description: str = ""
-    plugins: tuple[str, ...] = ()    # modules imported at load time (e.g. ones that register behaviours)
+    plugins: tuple[str, ...] = ()  # modules imported at load time (e.g. ones that register behaviours)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -173,12 +174,12 @@ class Scenario(_Spec):
     requests: tuple[RequestSpec, ...] = ()
     profiles: tuple[ProfileSpec, ...] = (ProfileSpec(name="default"),)
     behaviours: tuple[tuple[str, float], ...] = (("honest", 1.0),)
-    replay_wait_s: float = 20.0      # a replaying client waits this long for a bundle to capture
-    retrain_clients: Any = 8         # honest clients given a retrain-from-scratch reference in the report (0: none;
-                                     # a file without the key: min(8, clients))
-    overrides: tuple[tuple[str, Any], ...] = ()   # the overrides applied on top of the file (key, value)
-    source: str = ""                 # the file it was loaded from
-    digest: str = ""                 # sha256 of the file's bytes (and of the overrides, if any)
+    replay_wait_s: float = 20.0  # a replaying client waits this long for a bundle to capture
+    retrain_clients: Any = 8  # honest clients given a retrain-from-scratch reference in the report (0: none;
+    # a file without the key: min(8, clients))
+    overrides: tuple[tuple[str, Any], ...] = ()  # the overrides applied on top of the file (key, value)
+    source: str = ""  # the file it was loaded from
+    digest: str = ""  # sha256 of the file's bytes (and of the overrides, if any)
 
     def profile(self, name: str) -> ProfileSpec:
         for p in self.profiles:
@@ -224,8 +225,13 @@ class _ScenarioFile(_Spec):
     retrain_clients: Any = None
 
 
-_SECTIONS = {"model": ModelSpec, "data": DataSpec, "training": TrainingSpec, "unlearning": UnlearningSpec,
-             "resources": ResourcesSpec}
+_SECTIONS = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "training": TrainingSpec,
+    "unlearning": UnlearningSpec,
+    "resources": ResourcesSpec,
+}
 
 
 def _counts(mix: list[tuple[str, float]], total: int) -> list[tuple[str, int]]:
@@ -235,7 +241,7 @@ def _counts(mix: list[tuple[str, float]], total: int) -> list[tuple[str, int]]:
     s = sum(w for _, w in mix)
     raw = [(n, total * w / s) for n, w in mix]
     counts = {n: math.floor(r) for n, r in raw}
-    for n, r in sorted(raw, key=lambda t: t[1] - math.floor(t[1]), reverse=True)[:total - sum(counts.values())]:
+    for n, r in sorted(raw, key=lambda t: t[1] - math.floor(t[1]), reverse=True)[: total - sum(counts.values())]:
         counts[n] += 1
     return [(n, counts[n]) for n, _ in mix]
 
@@ -290,7 +296,7 @@ def _split_pairs(item: str) -> list[str]:
         cur += ch
     if cur:
         parts.append(cur)
-    if len(parts) > 1 and any("=" not in p for p in parts):   # "key = value" with spaces around '='
+    if len(parts) > 1 and any("=" not in p for p in parts):  # "key = value" with spaces around '='
         return [item]
     return parts
 
@@ -309,11 +315,13 @@ def key_parts(key: str, src: str = "") -> list[str]:
     try:
         node = tomllib.loads(f"{key} = 0")
     except tomllib.TOMLDecodeError:
-        raise ScenarioError(f"{src + ': ' if src else ''}override key '{key}' is not a dotted key "
-                            "(quote a part holding dots or ':', e.g. behaviours.\"my.cheats:flip\")") from None
+        raise ScenarioError(
+            f"{src + ': ' if src else ''}override key '{key}' is not a dotted key "
+            "(quote a part holding dots or ':', e.g. behaviours.\"my.cheats:flip\")"
+        ) from None
     parts = []
     while isinstance(node, dict) and len(node) == 1:
-        (k, node), = node.items()
+        ((k, node),) = node.items()
         parts.append(k)
     return parts
 
@@ -326,7 +334,7 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any], src: str) -> dict:
     """``raw`` (a scenario file's tables) with dotted-key overrides applied: ``training.rounds``,
     ``unlearning.mask-fraction`` (dashes or underscores), ``profiles.phone.availability``,
     ``behaviours.garbage-proof``, ``requests.0.after_round``."""
-    raw = json.loads(json.dumps(raw))   # a deep copy (TOML values are JSON values)
+    raw = json.loads(json.dumps(raw))  # a deep copy (TOML values are JSON values)
     for key, value in overrides.items():
         parts = key_parts(str(key), src)
         node: Any = raw
@@ -337,8 +345,10 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any], src: str) -> dict:
             last = i == len(parts) - 1
             if isinstance(node, list):
                 if not name.isdigit() or int(name) >= len(node):
-                    raise ScenarioError(f"{src}: override '{key}': '{parent}' has {len(node)} entries, "
-                                        f"'{part}' is not one of their indices 0..{len(node) - 1}")
+                    raise ScenarioError(
+                        f"{src}: override '{key}': '{parent}' has {len(node)} entries, "
+                        f"'{part}' is not one of their indices 0..{len(node) - 1}"
+                    )
                 name = int(name)
             elif not isinstance(node, dict):
                 raise ScenarioError(f"{src}: override '{key}': '{parent}' is not a table")
@@ -385,8 +395,9 @@ def _one_line(err: ValidationError, src: str, overrides: Mapping[str, Any]) -> s
     first = errors[0]
     loc = tuple(first["loc"])
     if first["type"] == "extra_forbidden":
-        unknown = sorted(str(e["loc"][-1]) for e in errors
-                         if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == loc[:-1])
+        unknown = sorted(
+            str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == loc[:-1]
+        )
         what, model = _owner(loc)
         allowed = sorted(k for k in model.model_fields if not (model is ProfileSpec and k == "name"))
         msg = f"{src} {what} {unknown}; allowed: {allowed}".replace(f"{src} unknown", f"{src}: unknown")
@@ -402,6 +413,7 @@ def _one_line(err: ValidationError, src: str, overrides: Mapping[str, Any]) -> s
             return ".".join(_normal(p) for p in key_parts(k))
         except ScenarioError:
             return k
+
     hit = [k for k in overrides if norm(str(k)) in (dotted, _normal(dotted))]
     if hit:
         msg += f" (set by override {hit[0]}={overrides[hit[0]]!r})"
@@ -448,13 +460,18 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     raw, raw_bytes = read_scenario_file(path)
     src = str(path)
     raw = apply_overrides(raw, overrides, src)
-    _check("clients" in raw and isinstance(raw["clients"], int) and not isinstance(raw["clients"], bool)
-           and raw["clients"] >= 2, src, "'clients' must be an integer >= 2"
-           + (f" (got {raw['clients']!r})" if "clients" in raw else ""))
+    _check(
+        "clients" in raw
+        and isinstance(raw["clients"], int)
+        and not isinstance(raw["clients"], bool)
+        and raw["clients"] >= 2,
+        src,
+        "'clients' must be an integer >= 2" + (f" (got {raw['clients']!r})" if "clients" in raw else ""),
+    )
     for module in raw.get("plugins", []) if isinstance(raw.get("plugins"), list) else []:
         try:
             importlib.import_module(str(module))
-        except Exception as err:   # noqa: BLE001 - any failure is a bad plugin entry
+        except Exception as err:  # noqa: BLE001 - any failure is a bad plugin entry
             raise ScenarioError(f"{src}: plugins: cannot import '{module}' ({type(err).__name__}: {err})") from None
     profiles = raw.get("profiles")
     if isinstance(profiles, dict):
@@ -462,8 +479,10 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             _check(isinstance(t, dict), src, f"[profiles.{n}] must be a table")
             _check("name" not in t, src, f"[profiles.{n}]: unknown key(s) ['name']; the table's name is the profile's")
         alpha = raw.get("data", {}).get("alpha") if isinstance(raw.get("data"), dict) else None
-        raw["profiles"] = {n: {"name": n, **({"alpha": alpha} if alpha is not None and "alpha" not in t else {}), **t}
-                           for n, t in profiles.items()}
+        raw["profiles"] = {
+            n: {"name": n, **({"alpha": alpha} if alpha is not None and "alpha" not in t else {}), **t}
+            for n, t in profiles.items()
+        }
     try:
         f = _ScenarioFile.model_validate(raw)
     except ValidationError as err:
@@ -475,19 +494,34 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             resolve_behaviour(b)
         except BehaviourError as err:
             raise ScenarioError(f"{src}: [behaviours] {err}") from None
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, src,
-               f"[behaviours] {b} must be a non-negative number")
+        _check(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0,
+            src,
+            f"[behaviours] {b} must be a non-negative number",
+        )
     digest = hashlib.sha256(raw_bytes)
     if overrides:
         digest.update(json.dumps(overrides, sort_keys=True, default=str).encode())
-    sc = Scenario(name=f.name if f.name is not None else path.stem, clients=f.clients, seed=f.seed,
-                  description=f.description, plugins=f.plugins, model=f.model, data=f.data, training=f.training,
-                  unlearning=f.unlearning, resources=f.resources, requests=f.requests,
-                  profiles=tuple(f.profiles.values()) if f.profiles is not None else (ProfileSpec(name="default"),),
-                  behaviours=tuple((b, float(w)) for b, w in behaviours.items() if w > 0),
-                  replay_wait_s=f.replay_wait_s,
-                  retrain_clients=f.retrain_clients if f.retrain_clients is not None else min(8, f.clients),
-                  overrides=tuple(overrides.items()), source=src, digest=digest.hexdigest())
+    sc = Scenario(
+        name=f.name if f.name is not None else path.stem,
+        clients=f.clients,
+        seed=f.seed,
+        description=f.description,
+        plugins=f.plugins,
+        model=f.model,
+        data=f.data,
+        training=f.training,
+        unlearning=f.unlearning,
+        resources=f.resources,
+        requests=f.requests,
+        profiles=tuple(f.profiles.values()) if f.profiles is not None else (ProfileSpec(name="default"),),
+        behaviours=tuple((b, float(w)) for b, w in behaviours.items() if w > 0),
+        replay_wait_s=f.replay_wait_s,
+        retrain_clients=f.retrain_clients if f.retrain_clients is not None else min(8, f.clients),
+        overrides=tuple(overrides.items()),
+        source=src,
+        digest=digest.hexdigest(),
+    )
     _validate(sc)
     return sc
 
@@ -496,73 +530,142 @@ def summary_line(sc: Scenario) -> str:
     """A short description of a scenario (``zkapex scenario check``)."""
     fleet = sc.behaviour_counts()
     counts = {b: fleet[b] for b, _ in sc.behaviours if b in fleet}
-    reqs = ", ".join(f"{r.id} after round {r.after_round}: {r.forget} "
-                     f"{list(r.classes) if r.forget == 'class' else r.count}" for r in sc.requests)
-    return (f"{sc.name}: {sc.clients} clients ({sum(n for b, n in counts.items() if b in HONEST_BEHAVIOURS)} honest, "
-            f"{sum(n for b, n in counts.items() if b not in HONEST_BEHAVIOURS)} dishonest); behaviours "
-            + ", ".join(f"{b} {n}" for b, n in counts.items()) + f"; requests: {reqs}")
+    reqs = ", ".join(
+        f"{r.id} after round {r.after_round}: {r.forget} {list(r.classes) if r.forget == 'class' else r.count}"
+        for r in sc.requests
+    )
+    return (
+        f"{sc.name}: {sc.clients} clients ({sum(n for b, n in counts.items() if b in HONEST_BEHAVIOURS)} honest, "
+        f"{sum(n for b, n in counts.items() if b not in HONEST_BEHAVIOURS)} dishonest); behaviours "
+        + ", ".join(f"{b} {n}" for b, n in counts.items())
+        + f"; requests: {reqs}"
+    )
 
 
 def _validate(sc: Scenario) -> None:
     src, t, u = sc.source, sc.training, sc.unlearning
     m, d = sc.model, sc.data
-    _check(m.kind == "vit" or m.kind.startswith("timm:"), src,
-           f"[model] kind '{m.kind}': fleets run image models, 'vit' or 'timm:<model name>' "
-           "(transformers language models run in `zkapex local`)")
+    _check(
+        m.kind == "vit" or m.kind.startswith("timm:"),
+        src,
+        f"[model] kind '{m.kind}': fleets run image models, 'vit' or 'timm:<model name>' "
+        "(transformers language models run in `zkapex local`)",
+    )
     if m.kind.startswith("timm:"):
         from zkapex_flwr.models import timm_model_known
 
-        _check(timm_model_known(m.kind.removeprefix("timm:")), src,
-               f"[model] kind '{m.kind}': timm has no model named '{m.kind.removeprefix('timm:')}'")
-    _check(d.dataset in OFFLINE_DATASETS or (d.dataset.startswith("hf:") and len(d.dataset) > 3), src,
-           f"[data] dataset '{d.dataset}': choose digits, mnist or hf:<Hugging Face dataset> (e.g. hf:uoft-cs/cifar10)")
-    _check(d.partitioner in PARTITIONERS, src,
-           f"[data] partitioner '{d.partitioner}': choose one of {', '.join(PARTITIONERS)}")
+        _check(
+            timm_model_known(m.kind.removeprefix("timm:")),
+            src,
+            f"[model] kind '{m.kind}': timm has no model named '{m.kind.removeprefix('timm:')}'",
+        )
+    _check(
+        d.dataset in OFFLINE_DATASETS or (d.dataset.startswith("hf:") and len(d.dataset) > 3),
+        src,
+        f"[data] dataset '{d.dataset}': choose digits, mnist or hf:<Hugging Face dataset> (e.g. hf:uoft-cs/cifar10)",
+    )
+    _check(
+        d.partitioner in PARTITIONERS,
+        src,
+        f"[data] partitioner '{d.partitioner}': choose one of {', '.join(PARTITIONERS)}",
+    )
     _check(d.num_classes >= 2 and (d.alpha is None or d.alpha > 0), src, "[data] num_classes >= 2 and alpha > 0")
-    _check((d.image_size is None or d.image_size >= 1) and (d.max_samples is None or d.max_samples >= 2), src,
-           "[data] image_size >= 1 and max_samples >= 2")
+    _check(
+        (d.image_size is None or d.image_size >= 1) and (d.max_samples is None or d.max_samples >= 2),
+        src,
+        "[data] image_size >= 1 and max_samples >= 2",
+    )
     res = sc.resources
-    _check(res.device in DEVICES or (res.device.startswith("cuda:") and res.device[5:].isdigit()), src,
-           f"[resources] device '{res.device}': choose auto, cpu, cuda or cuda:<index>")
+    _check(
+        res.device in DEVICES or (res.device.startswith("cuda:") and res.device[5:].isdigit()),
+        src,
+        f"[resources] device '{res.device}': choose auto, cpu, cuda or cuda:<index>",
+    )
     _check(res.num_cpus > 0 and res.num_gpus >= 0, src, "[resources] num_cpus > 0 and num_gpus >= 0")
     _check(sc.seed >= 0 and sc.replay_wait_s >= 0, src, "'seed' and 'replay_wait_s' must be >= 0")
-    _check(min(t.pretrain_epochs, t.local_epochs, t.personal_epochs) >= 0 and t.batch_size >= 1
-           and min(t.pretrain_lr, t.lr, t.personal_lr) > 0, src,
-           "[training] epochs must be >= 0, batch_size >= 1 and learning rates > 0")
-    _check(min(u.block_size, u.group, u.slots, u.num_grads) >= 1 and (u.max_blocks is None or u.max_blocks >= 1)
-           and u.damping >= 0, src,
-           "[unlearning] block_size, group, slots, num_grads and max_blocks must be >= 1 and damping >= 0")
-    _check(0 < sc.data.provider_fraction < 1 and 0 < sc.data.test_fraction < 1
-           and sc.data.provider_fraction + sc.data.test_fraction < 1, src,
-           "[data] provider_fraction and test_fraction must be in (0, 1) and sum below 1")
-    _check(t.rounds >= 0 and t.rounds_after >= 0 and 0 < t.fraction_train <= 1, src,
-           "[training] rounds >= 0, rounds_after >= 0 and 0 < fraction_train <= 1")
+    _check(
+        min(t.pretrain_epochs, t.local_epochs, t.personal_epochs) >= 0
+        and t.batch_size >= 1
+        and min(t.pretrain_lr, t.lr, t.personal_lr) > 0,
+        src,
+        "[training] epochs must be >= 0, batch_size >= 1 and learning rates > 0",
+    )
+    _check(
+        min(u.block_size, u.group, u.slots, u.num_grads) >= 1
+        and (u.max_blocks is None or u.max_blocks >= 1)
+        and u.damping >= 0,
+        src,
+        "[unlearning] block_size, group, slots, num_grads and max_blocks must be >= 1 and damping >= 0",
+    )
+    _check(
+        0 < sc.data.provider_fraction < 1
+        and 0 < sc.data.test_fraction < 1
+        and sc.data.provider_fraction + sc.data.test_fraction < 1,
+        src,
+        "[data] provider_fraction and test_fraction must be in (0, 1) and sum below 1",
+    )
+    _check(
+        t.rounds >= 0 and t.rounds_after >= 0 and 0 < t.fraction_train <= 1,
+        src,
+        "[training] rounds >= 0, rounds_after >= 0 and 0 < fraction_train <= 1",
+    )
     _check(sc.requests, src, "at least one [[requests]] entry is needed")
-    _check(isinstance(sc.retrain_clients, int) and not isinstance(sc.retrain_clients, bool)
-           and 0 <= sc.retrain_clients <= sc.clients, src,
-           f"'retrain_clients' must be an integer in 0..clients={sc.clients}, got {sc.retrain_clients!r}")
+    _check(
+        isinstance(sc.retrain_clients, int)
+        and not isinstance(sc.retrain_clients, bool)
+        and 0 <= sc.retrain_clients <= sc.clients,
+        src,
+        f"'retrain_clients' must be an integer in 0..clients={sc.clients}, got {sc.retrain_clients!r}",
+    )
     ids = [r.id for r in sc.requests]
     _check(len(set(ids)) == len(ids), src, f"[[requests]] ids must be unique, got {ids}")
     for r in sc.requests:
         _check(r.forget in ("class", "samples"), src, f"request '{r.id}': forget must be 'class' or 'samples'")
-        _check(0 <= r.after_round <= t.rounds, src,
-               f"request '{r.id}': after_round {r.after_round} must be within 0..rounds={t.rounds} "
-               "(clients personalize and commit after the last training round before it)")
-        _check(r.forget != "class" or (r.classes and all(0 <= c < d.num_classes for c in r.classes)), src,
-               f"request '{r.id}': classes must be in 0..{d.num_classes - 1}")
+        _check(
+            0 <= r.after_round <= t.rounds,
+            src,
+            f"request '{r.id}': after_round {r.after_round} must be within 0..rounds={t.rounds} "
+            "(clients personalize and commit after the last training round before it)",
+        )
+        _check(
+            r.forget != "class" or (r.classes and all(0 <= c < d.num_classes for c in r.classes)),
+            src,
+            f"request '{r.id}': classes must be in 0..{d.num_classes - 1}",
+        )
         _check(r.forget != "samples" or r.count >= 1, src, f"request '{r.id}': count must be >= 1")
     _check(0 < u.mask_fraction < 1, src, "[unlearning] mask_fraction must be in (0, 1)")
-    _check(u.steps and all(isinstance(b, int) and b >= 1 for b in u.steps), src,
-           "[unlearning] steps must be a list of integers >= 1")
-    _check(u.deadline_s > 0 and u.max_attempts >= 1 and u.max_in_flight >= 1, src,
-           "[unlearning] deadline_s > 0, max_attempts >= 1 and max_in_flight >= 1")
+    _check(
+        u.steps and all(isinstance(b, int) and b >= 1 for b in u.steps),
+        src,
+        "[unlearning] steps must be a list of integers >= 1",
+    )
+    _check(
+        u.deadline_s > 0 and u.max_attempts >= 1 and u.max_in_flight >= 1,
+        src,
+        "[unlearning] deadline_s > 0, max_attempts >= 1 and max_in_flight >= 1",
+    )
     names = [p.name for p in sc.profiles]
     _check(len(set(names)) == len(names), src, "profile names must be unique")
     for p in sc.profiles:
-        _check(p.share > 0 and p.data_weight > 0 and p.alpha > 0 and p.speed > 0 and p.memory_mb > 0
-               and p.uplink_mbps > 0 and 0 < p.availability <= 1, src,
-               f"[profiles.{p.name}]: share, data_weight, alpha, speed, memory_mb, uplink_mbps must be > 0 and "
-               "availability in (0, 1]")
-        _check(p.shift in DomainShift.KINDS, src, f"[profiles.{p.name}] shift must be one of {', '.join(DomainShift.KINDS)}")
-    _check(any(b in HONEST_BEHAVIOURS for b, _ in sc.behaviours), src,
-           "[behaviours] needs honest clients: a replaying client captures an honest client's bundle")
+        _check(
+            p.share > 0
+            and p.data_weight > 0
+            and p.alpha > 0
+            and p.speed > 0
+            and p.memory_mb > 0
+            and p.uplink_mbps > 0
+            and 0 < p.availability <= 1,
+            src,
+            f"[profiles.{p.name}]: share, data_weight, alpha, speed, memory_mb, uplink_mbps must be > 0 and "
+            "availability in (0, 1]",
+        )
+        _check(
+            p.shift in DomainShift.KINDS,
+            src,
+            f"[profiles.{p.name}] shift must be one of {', '.join(DomainShift.KINDS)}",
+        )
+    _check(
+        any(b in HONEST_BEHAVIOURS for b, _ in sc.behaviours),
+        src,
+        "[behaviours] needs honest clients: a replaying client captures an honest client's bundle",
+    )

@@ -10,6 +10,7 @@ Every key of ``[tool.flwr.app.config]`` other than ``scenario``, ``out``, ``resu
 ``supernode-wait-s`` is a scenario key; its value there is "" (the scenario file's value) unless
 ``--run-config`` sets it. The ClientApps read the same run config, so they build the same fleet.
 """
+
 from __future__ import annotations
 
 from flwr.app import Context
@@ -27,5 +28,11 @@ def main(grid: Grid, context: Context) -> None:
     path = resolve_scenario(str(rc["scenario"]))
     overrides = run_config_overrides(rc)
     out = str(rc.get("out", "") or PROJECT_ROOT / "runs" / load_scenario(path, overrides).name)
-    provider_main(grid, path, out, resume=bool(rc.get("resume", False)), overrides=overrides,
-                  supernode_wait_s=float(rc.get("supernode-wait-s", SUPERNODE_WAIT_S)))
+    provider_main(
+        grid,
+        path,
+        out,
+        resume=bool(rc.get("resume", False)),
+        overrides=overrides,
+        supernode_wait_s=float(rc.get("supernode-wait-s", SUPERNODE_WAIT_S)),
+    )

@@ -6,6 +6,7 @@
 * the durable state — :mod:`.store` (one SQLite file), :mod:`.registry` (commitments), :mod:`.ledger` (verdicts);
 * :class:`UnlearningResult` — what :meth:`VerifiedUnlearning.start` returns, :mod:`.result`.
 """
+
 from .dispatch import Outcome, dispatch
 from .ledger import Ledger
 from .masking import DeletionRequest, SaliencyMasker
@@ -13,5 +14,15 @@ from .registry import Registry
 from .result import DeletionRecord, UnlearningResult
 from .verified_unlearning import UnlearningConfig, VerifiedUnlearning
 
-__all__ = ["VerifiedUnlearning", "UnlearningConfig", "DeletionRequest", "SaliencyMasker", "dispatch", "Outcome",
-           "UnlearningResult", "DeletionRecord", "Ledger", "Registry"]
+__all__ = [
+    "VerifiedUnlearning",
+    "UnlearningConfig",
+    "DeletionRequest",
+    "SaliencyMasker",
+    "dispatch",
+    "Outcome",
+    "UnlearningResult",
+    "DeletionRecord",
+    "Ledger",
+    "Registry",
+]

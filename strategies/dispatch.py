@@ -6,6 +6,7 @@ pushed, and sends a node a new attempt when its deadline passes or it answers wi
 ``max_attempts``. A reply that arrives after its deadline is ignored (the node was already retried or
 given up on). Each node ends in exactly one :class:`Outcome`.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,13 +22,21 @@ from flwr.serverapp import Grid
 class Outcome:
     node_id: int
     attempts: int
-    reply: Message | None        # the accepted reply (None: no answer in time / errors only)
-    detail: str = ""             # why there is no reply (every attempt's deadline or error)
+    reply: Message | None  # the accepted reply (None: no answer in time / errors only)
+    detail: str = ""  # why there is no reply (every attempt's deadline or error)
 
 
-def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Message], *, deadline_s: float,
-             max_attempts: int = 2, max_in_flight: int = 0, poll_s: float = 0.1,
-             on_outcome: Callable[[Outcome], None] | None = None) -> dict[int, Outcome]:
+def dispatch(
+    grid: Grid,
+    nodes: list[int],
+    make_message: Callable[[int, int], Message],
+    *,
+    deadline_s: float,
+    max_attempts: int = 2,
+    max_in_flight: int = 0,
+    poll_s: float = 0.1,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> dict[int, Outcome]:
     """Send ``make_message(node, attempt)`` to every node; return each node's outcome.
 
     ``on_outcome`` is called as soon as a node's outcome is final (the provider verifies while the
@@ -37,7 +46,7 @@ def dispatch(grid: Grid, nodes: list[int], make_message: Callable[[int, int], Me
         raise ValueError(f"deadline_s must be > 0 and max_attempts >= 1, got {deadline_s}, {max_attempts}")
     window = max_in_flight if max_in_flight > 0 else max(len(nodes), 1)
     pending: deque[tuple[int, int]] = deque((int(n), 1) for n in nodes)
-    inflight: dict[str, tuple[int, int, float]] = {}   # message id -> (node, attempt, pushed at)
+    inflight: dict[str, tuple[int, int, float]] = {}  # message id -> (node, attempt, pushed at)
     errors: dict[int, str] = {}
     outcomes: dict[int, Outcome] = {}
 

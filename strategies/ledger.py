@@ -9,12 +9,13 @@ registry's move to θu in one transaction. :meth:`Ledger.frame` gives the rows t
 :meth:`Ledger.export` writes CSV or Parquet for reports. Columns starting with ``client_`` are what the
 client reported about itself: research data, never used in a verdict.
 """
+
 from __future__ import annotations
 
 import math
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +25,30 @@ from zkapex_flwr.protocol import CLIENT_METRICS, REASONS, metric_column
 
 from .store import ProviderStore, StoreError, open_store
 
-COLUMNS = ("request_id", "node_id", "partition_id", "server_round", "nonce", "reason", "detail", "compliant",
-           "attempts", "verify_ms", "proofs", "bundle_bytes", "circuit", "quarantined", "recorded_at")
+COLUMNS = (
+    "request_id",
+    "node_id",
+    "partition_id",
+    "server_round",
+    "nonce",
+    "reason",
+    "detail",
+    "compliant",
+    "attempts",
+    "verify_ms",
+    "proofs",
+    "bundle_bytes",
+    "circuit",
+    "quarantined",
+    "recorded_at",
+)
 CLIENT_COLUMNS = tuple(metric_column(k) for k in CLIENT_METRICS)
 ALL = COLUMNS + CLIENT_COLUMNS
 # the latest row of every (request, node) pair
-_LATEST = "SELECT * FROM ledger l WHERE seq = (SELECT MAX(seq) FROM ledger WHERE request_id = l.request_id " \
-          "AND node_id = l.node_id)"
+_LATEST = (
+    "SELECT * FROM ledger l WHERE seq = (SELECT MAX(seq) FROM ledger WHERE request_id = l.request_id "
+    "AND node_id = l.node_id)"
+)
 
 
 @dataclass
@@ -50,8 +68,8 @@ class LedgerRow:
     bundle_bytes: int = 0
     circuit: str = ""
     quarantined: bool = False
-    recorded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-    client: dict[str, float] = field(default_factory=dict)   # CLIENT_METRICS key -> value (reported, unverified)
+    recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    client: dict[str, float] = field(default_factory=dict)  # CLIENT_METRICS key -> value (reported, unverified)
 
     @property
     def compliant(self) -> bool:
@@ -83,7 +101,7 @@ class Ledger:
         except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:
             raise self.store._damaged(err) from None
         df = df.drop(columns=["seq"], errors="ignore").reindex(columns=list(ALL))
-        floats = {c: "float64" for c in ("verify_ms",) + CLIENT_COLUMNS}   # missing values read as NaN, never None
+        floats = {c: "float64" for c in ("verify_ms",) + CLIENT_COLUMNS}  # missing values read as NaN, never None
         return df.astype({"node_id": "uint64", "compliant": bool, "quarantined": bool, **floats})
 
     def frame(self) -> pd.DataFrame:
@@ -133,12 +151,16 @@ class Ledger:
         with self.store.transaction() as db:
             for i, values in enumerate(clean):
                 try:
-                    db.execute(f"INSERT INTO ledger ({cols}) VALUES ({', '.join('?' * (len(ALL) + 1))})",
-                               tuple(values[c] for c in ALL) + (self.store.next_epoch(),))
+                    db.execute(
+                        f"INSERT INTO ledger ({cols}) VALUES ({', '.join('?' * (len(ALL) + 1))})",
+                        tuple(values[c] for c in ALL) + (self.store.next_epoch(),),
+                    )
                 except sqlite3.IntegrityError:
-                    raise LedgerError(f"ledger row {i}: request {values['request_id']!r}, node {values['node_id']}, "
-                                      f"nonce {values['nonce']!r} already has a verdict (a client is never counted "
-                                      "twice)") from None
+                    raise LedgerError(
+                        f"ledger row {i}: request {values['request_id']!r}, node {values['node_id']}, "
+                        f"nonce {values['nonce']!r} already has a verdict (a client is never counted "
+                        "twice)"
+                    ) from None
 
     def outcomes(self) -> pd.DataFrame:
         """The latest row of every (request, node) pair."""
@@ -146,30 +168,41 @@ class Ledger:
 
     def decided(self, request_id: str) -> set[int]:
         """Nodes with a recorded outcome for ``request_id``."""
-        return {int(r[0]) for r in self.store.query("SELECT DISTINCT node_id FROM ledger WHERE request_id = ?",
-                                                    (request_id,))}
+        return {
+            int(r[0])
+            for r in self.store.query("SELECT DISTINCT node_id FROM ledger WHERE request_id = ?", (request_id,))
+        }
 
     def decided_at(self, request_id: str) -> dict[int, int]:
         """Node → epoch of its latest row for ``request_id``."""
-        return {int(n): int(e or 0) for n, e in self.store.query(
-            "SELECT node_id, MAX(epoch) FROM ledger WHERE request_id = ? GROUP BY node_id", (request_id,))}
+        return {
+            int(n): int(e or 0)
+            for n, e in self.store.query(
+                "SELECT node_id, MAX(epoch) FROM ledger WHERE request_id = ? GROUP BY node_id", (request_id,)
+            )
+        }
 
     # ------------------------------------------------------------------------------ broadcasts
     def record_broadcast(self, request_id: str, layout_digest: str, mask: bytes) -> tuple[int, bytes]:
         """The request's first broadcast: (epoch, mask). Recorded once; later calls return the first."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         with self.store.transaction() as db:
-            known = db.execute("SELECT epoch, layout, mask FROM broadcasts WHERE request_id = ?", (request_id,)).fetchone()
+            known = db.execute(
+                "SELECT epoch, layout, mask FROM broadcasts WHERE request_id = ?", (request_id,)
+            ).fetchone()
             if known:
                 if known[1] != layout_digest:
-                    raise LedgerError(f"request {request_id!r} was broadcast for another block layout "
-                                      f"({known[1][:12]}…, this provider has {layout_digest[:12]}…)")
+                    raise LedgerError(
+                        f"request {request_id!r} was broadcast for another block layout "
+                        f"({known[1][:12]}…, this provider has {layout_digest[:12]}…)"
+                    )
                 return int(known[0]), bytes(known[2])
             epoch = self.store.next_epoch()
-            db.execute("INSERT INTO broadcasts (request_id, epoch, layout, mask, recorded_at) VALUES (?, ?, ?, ?, ?)",
-                       (request_id, epoch, layout_digest, mask,
-                        datetime.now(timezone.utc).isoformat(timespec="milliseconds")))
+            db.execute(
+                "INSERT INTO broadcasts (request_id, epoch, layout, mask, recorded_at) VALUES (?, ?, ?, ?, ?)",
+                (request_id, epoch, layout_digest, mask, datetime.now(UTC).isoformat(timespec="milliseconds")),
+            )
         return epoch, mask
 
     def broadcast(self, request_id: str) -> tuple[int, bytes] | None:
@@ -182,5 +215,10 @@ class Ledger:
         return {int(r[0]) for r in self.store.query(f"SELECT DISTINCT node_id FROM ({_LATEST}) WHERE compliant = 0")}
 
     def failed_requests(self, node_id: int) -> list[str]:
-        return [r[0] for r in self.store.query(f"SELECT request_id FROM ({_LATEST}) WHERE compliant = 0 AND node_id = ? "
-                                               "ORDER BY seq", (str(int(node_id)),))]
+        return [
+            r[0]
+            for r in self.store.query(
+                f"SELECT request_id FROM ({_LATEST}) WHERE compliant = 0 AND node_id = ? ORDER BY seq",
+                (str(int(node_id)),),
+            )
+        ]

@@ -5,6 +5,7 @@ A :class:`DeletionRequest` names the data to forget (D_f, samples or classes the
 normalised on the provider's retain data, and keeps the top ``mask_fraction`` — column-structured per
 proof unit when ``group`` > 1, and within the block budget ``max_blocks`` when set.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from zkapex_flwr.unlearning import BlockLayout, UnlearningMask, saliency_scores,
 @dataclass
 class DeletionRequest:
     request_id: str
-    forget: TensorData          # D_f as the provider can name it
-    after_round: int = 0        # the request arrives after this training round (0: before training)
+    forget: TensorData  # D_f as the provider can name it
+    after_round: int = 0  # the request arrives after this training round (0: before training)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -36,9 +37,22 @@ class DeletionRequest:
 class SaliencyMasker:
     """``masker(arrays, request) -> UnlearningMask``, scored on θg = ``arrays`` loaded into ``model_fn()``."""
 
-    def __init__(self, model_fn: Callable[[], nn.Module], task, retain: TensorData, *, scope: str, block_size: int,
-                 mask_fraction: float = 0.04, max_blocks: int | None = None, group: int = 1, slots: int = 2,
-                 saliency: str = "margin", gamma: float = 0.1, max_samples: int = 512):
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        task,
+        retain: TensorData,
+        *,
+        scope: str,
+        block_size: int,
+        mask_fraction: float = 0.04,
+        max_blocks: int | None = None,
+        group: int = 1,
+        slots: int = 2,
+        saliency: str = "margin",
+        gamma: float = 0.1,
+        max_samples: int = 512,
+    ):
         self.model_fn, self.task, self.retain = model_fn, task, retain
         self.scope, self.block_size = scope, block_size
         self.mask_fraction, self.max_blocks, self.group, self.slots = mask_fraction, max_blocks, group, slots
@@ -52,7 +66,15 @@ class SaliencyMasker:
         model.load_state_dict(arrays.to_torch_state_dict())
         model.eval()
         layout = BlockLayout.from_model(model, self.block_size, self.scope)
-        scores = saliency_scores(model, self.task, request.forget, self.retain, layout, method=self.saliency,
-                                 gamma=self.gamma, max_samples=self.max_samples)
+        scores = saliency_scores(
+            model,
+            self.task,
+            request.forget,
+            self.retain,
+            layout,
+            method=self.saliency,
+            gamma=self.gamma,
+            max_samples=self.max_samples,
+        )
         group = (self.group, self.slots) if self.group > 1 else None
         return select_mask(scores, layout, self.mask_fraction, self.max_blocks, group)

@@ -6,6 +6,7 @@ each request served, when it ran, how many weights it masked, the verdict counts
 after it, and the evaluation of θg right before and right after the deletion. :meth:`save` writes
 it as JSON (and θg as a torch state dict), so a run's outcome outlives the process.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,14 +30,16 @@ class DeletionRecord:
     after_round: int
     description: str = ""
     masked_weights: int = 0
-    verdicts: dict[str, int] = field(default_factory=dict)          # reason code -> nodes (latest outcome)
-    quarantined: list[int] = field(default_factory=list)            # nodes quarantined after it
-    evaluate_before: dict[str, MetricRecord] = field(default_factory=dict)   # "serverapp" / "clientapp"
+    verdicts: dict[str, int] = field(default_factory=dict)  # reason code -> nodes (latest outcome)
+    quarantined: list[int] = field(default_factory=list)  # nodes quarantined after it
+    evaluate_before: dict[str, MetricRecord] = field(default_factory=dict)  # "serverapp" / "clientapp"
     evaluate_after: dict[str, MetricRecord] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = asdict(self) | {"evaluate_before": {k: _record(v) for k, v in self.evaluate_before.items()},
-                              "evaluate_after": {k: _record(v) for k, v in self.evaluate_after.items()}}
+        out = asdict(self) | {
+            "evaluate_before": {k: _record(v) for k, v in self.evaluate_before.items()},
+            "evaluate_after": {k: _record(v) for k, v in self.evaluate_after.items()},
+        }
         out["quarantined"] = [int(n) for n in self.quarantined]
         return out
 
@@ -47,9 +50,10 @@ class UnlearningResult(Result):
 
     def to_dict(self) -> dict:
         """Everything but the arrays, as JSON-ready values (round numbers become string keys)."""
-        per_round = {name: {str(r): _record(m) for r, m in getattr(self, name).items()}
-                     for name in ("train_metrics_clientapp", "evaluate_metrics_clientapp",
-                                  "evaluate_metrics_serverapp")}
+        per_round = {
+            name: {str(r): _record(m) for r, m in getattr(self, name).items()}
+            for name in ("train_metrics_clientapp", "evaluate_metrics_clientapp", "evaluate_metrics_serverapp")
+        }
         return per_round | {"deletions": [d.to_dict() for d in self.deletions]}
 
     def save(self, folder: str | Path, *, arrays: bool = True) -> Path:
@@ -69,6 +73,8 @@ class UnlearningResult(Result):
         text.write(super().__repr__())
         text.write("\nDeletions:\n")
         for d in self.deletions:
-            text.write(f"\t{d.request_id} after round {d.after_round}: {d.masked_weights} masked weights, "
-                       f"verdicts {d.verdicts}\n")
+            text.write(
+                f"\t{d.request_id} after round {d.after_round}: {d.masked_weights} masked weights, "
+                f"verdicts {d.verdicts}\n"
+            )
         return text.getvalue()

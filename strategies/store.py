@@ -15,16 +15,15 @@ Opening never repairs or recreates anything silently. A file that is not a SQLit
 SQLite's integrity check, is empty, or has another schema raises :class:`StoreError` naming the file
 and what is wrong, and the file is left untouched for the operator to restore from a backup.
 """
+
 from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
-
-
-SCHEMA_VERSION = 3   # v2: registration epochs, commit failures, broadcasts; v3: node identities
-APPLICATION_ID = 0x5A4B4150   # "ZKAP": marks the file as a zkapex-flwr provider store
+SCHEMA_VERSION = 3  # v2: registration epochs, commit failures, broadcasts; v3: node identities
+APPLICATION_ID = 0x5A4B4150  # "ZKAP": marks the file as a zkapex-flwr provider store
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,8 +68,10 @@ class ProviderStore:
             raise StoreError(f"provider store '{self.path}' is a directory; give the path of the database file")
         fresh = not self.path.exists()
         if not fresh and self.path.stat().st_size == 0:
-            raise StoreError(f"provider store {self.path} is empty (0 bytes): it was truncated or never written. "
-                             "It was left as it is; restore it from a backup or remove it to start a new provider")
+            raise StoreError(
+                f"provider store {self.path} is empty (0 bytes): it was truncated or never written. "
+                "It was left as it is; restore it from a backup or remove it to start a new provider"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._depth = 0
         try:
@@ -86,12 +87,14 @@ class ProviderStore:
             raise self._damaged(err) from None
 
     def _damaged(self, err: Exception) -> StoreError:
-        return StoreError(f"provider store {self.path} is damaged ({err}). It was left as it is; restore it from a "
-                          "backup or move it away to start a new provider (registered clients must then commit again)")
+        return StoreError(
+            f"provider store {self.path} is damaged ({err}). It was left as it is; restore it from a "
+            "backup or move it away to start a new provider (registered clients must then commit again)"
+        )
 
     def _create(self) -> None:
         with self.transaction():
-            for statement in filter(str.strip, SCHEMA.split(";")):   # executescript would commit early
+            for statement in filter(str.strip, SCHEMA.split(";")):  # executescript would commit early
                 self.conn.execute(statement)
             self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -100,8 +103,10 @@ class ProviderStore:
     def _check(self) -> None:
         (app_id,) = self.conn.execute("PRAGMA application_id").fetchone()
         if app_id != APPLICATION_ID:
-            raise StoreError(f"{self.path} is a SQLite database but not a zkapex-flwr provider store "
-                             f"(application id {app_id:#x}); it was left as it is")
+            raise StoreError(
+                f"{self.path} is a SQLite database but not a zkapex-flwr provider store "
+                f"(application id {app_id:#x}); it was left as it is"
+            )
         problems = [row[0] for row in self.conn.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise self._damaged(RuntimeError("integrity check: " + "; ".join(problems[:3])))
@@ -110,7 +115,7 @@ class ProviderStore:
         if missing:
             raise self._damaged(RuntimeError(f"tables {missing} are missing"))
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] == "2":   # v2 -> v3: identity columns, empty for entries made before
+        if row is not None and row[0] == "2":  # v2 -> v3: identity columns, empty for entries made before
             with self.transaction() as db:
                 db.execute("ALTER TABLE registry ADD COLUMN identity TEXT")
                 db.execute("ALTER TABLE commit_failures ADD COLUMN identity TEXT")
@@ -118,8 +123,10 @@ class ProviderStore:
                 db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
             row = ("3",)
         if row is None or row[0] != str(SCHEMA_VERSION):
-            raise StoreError(f"provider store {self.path} has schema version {row[0] if row else None}, this "
-                             f"zkapex-flwr reads version {SCHEMA_VERSION}")
+            raise StoreError(
+                f"provider store {self.path} has schema version {row[0] if row else None}, this "
+                f"zkapex-flwr reads version {SCHEMA_VERSION}"
+            )
 
     @contextmanager
     def transaction(self):
@@ -169,5 +176,5 @@ class ProviderStore:
         self.conn.close()
 
 
-def open_store(where: "ProviderStore | str | Path") -> ProviderStore:
+def open_store(where: ProviderStore | str | Path) -> ProviderStore:
     return where if isinstance(where, ProviderStore) else ProviderStore(where)

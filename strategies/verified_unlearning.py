@@ -21,6 +21,7 @@ SQLite store, ``state_dir/provider.db``; a verdict's ledger row and registry upd
 transaction, and a restarted provider skips nodes already registered and (request, node) pairs
 already decided.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,53 +31,62 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from logging import INFO
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from logging import INFO
-
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
-from .ledger import Ledger, LedgerRow
 from zkapex_flwr.proof import Verifier, get_circuit
 from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.commitments import BlockCommitments
 from zkapex_flwr.proof.statement import Binding
 from zkapex_flwr.proof.verifier import Verdict
-from zkapex_flwr.protocol import (CLIENT_METRICS, COMMIT, UNLEARN, CommitReply, CommitRequest, ProtocolError, UnlearnReply,
-                                  UnlearnRequest, reply_metrics)
-from .registry import Registry
-from .store import ProviderStore
+from zkapex_flwr.protocol import (
+    CLIENT_METRICS,
+    COMMIT,
+    UNLEARN,
+    CommitReply,
+    CommitRequest,
+    ProtocolError,
+    UnlearnReply,
+    UnlearnRequest,
+    reply_metrics,
+)
 from zkapex_flwr.unlearning import UnlearningMask
 
 from .dispatch import Outcome, dispatch
+from .ledger import Ledger, LedgerRow
 from .masking import DeletionRequest, SaliencyMasker
+from .registry import Registry
 from .result import DeletionRecord, UnlearningResult
+from .store import ProviderStore
 
 log = logging.getLogger("zkapex_flwr.provider")
+
 
 @dataclass
 class UnlearningConfig:
     """The provider's unlearning settings (scope, circuit menu, personalization budget, deadlines)."""
 
-    slots: int = 2                       # K masked columns per proof step
-    scale: int = 16                      # fixed-point bits S
-    steps: tuple[int, ...] = (1,)        # circuit menu: steps per proof B (each node picks by memory)
+    slots: int = 2  # K masked columns per proof step
+    scale: int = 16  # fixed-point bits S
+    steps: tuple[int, ...] = (1,)  # circuit menu: steps per proof B (each node picks by memory)
     damping: float = 0.01
     num_grads: int = 64
     personal_epochs: int = 5
     personal_lr: float = 1e-3
     batch_size: int = 32
-    deadline_s: float = 600.0            # per attempt, from the moment the message is pushed
+    deadline_s: float = 600.0  # per attempt, from the moment the message is pushed
     max_attempts: int = 2
-    max_in_flight: int = 0               # 0: every node at once
+    max_in_flight: int = 0  # 0: every node at once
     commit_deadline_s: float | None = None  # default: 2 × deadline_s
-    makeup: bool = True                  # re-send failed requests to quarantined nodes
+    makeup: bool = True  # re-send failed requests to quarantined nodes
 
 
 @dataclass(frozen=True)
@@ -120,9 +130,17 @@ class VerifiedUnlearning(Strategy):
     requests name; :meth:`serve_requests` serves them for users who run their own loop.
     """
 
-    def __init__(self, strategy: Strategy | None = None, *, masker: SaliencyMasker,
-                 requests: list[DeletionRequest], state_dir: str | Path, config: UnlearningConfig | None = None,
-                 store_name: str = "provider.db", on_progress: Callable[[str, int, int], None] | None = None):
+    def __init__(
+        self,
+        strategy: Strategy | None = None,
+        *,
+        masker: SaliencyMasker,
+        requests: list[DeletionRequest],
+        state_dir: str | Path,
+        config: UnlearningConfig | None = None,
+        store_name: str = "provider.db",
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.masker = masker
         self.requests = sorted(requests, key=lambda r: r.after_round)
@@ -131,22 +149,26 @@ class VerifiedUnlearning(Strategy):
             raise ValueError(f"deletion request ids must be unique, got {ids}")
         self.cfg = config or UnlearningConfig()
         self.state_dir = Path(state_dir)
-        self.store = ProviderStore(self.state_dir / store_name)   # registry + ledger, one transaction per verdict
+        self.store = ProviderStore(self.state_dir / store_name)  # registry + ledger, one transaction per verdict
         self.registry = Registry(self.store)
         self.ledger = Ledger(self.store)
         self.on_progress = on_progress
         self.layout = masker.layout()
-        self.menu = [CircuitSpec(d=masker.block_size, slots=self.cfg.slots, scale=self.cfg.scale, steps=b,
-                                 group=masker.group) for b in sorted(set(self.cfg.steps))]
+        self.menu = [
+            CircuitSpec(d=masker.block_size, slots=self.cfg.slots, scale=self.cfg.scale, steps=b, group=masker.group)
+            for b in sorted(set(self.cfg.steps))
+        ]
         self.circuits = {c.circuit_id: c for c in (get_circuit(s) for s in self.menu)}
         self.verifiers = {cid: Verifier(c) for cid, c in self.circuits.items()}
         # node -> (reason, detail) of its failed commit; persisted, so a restarted provider does not ask again
-        self.commit_failures: dict[int, tuple[str, str]] = {n: (r, d) for n, (r, d, _) in self.registry.failures().items()}
+        self.commit_failures: dict[int, tuple[str, str]] = {
+            n: (r, d) for n, (r, d, _) in self.registry.failures().items()
+        }
         self.masks: dict[str, UnlearningMask] = {}
         self.nonces: dict[tuple[str, int], str] = {}
-        self.participants: dict[int, list[int]] = {}           # training round -> nodes sent a train message
-        self.partitions = self.registry.partitions()           # node -> partition id (client-reported, bookkeeping)
-        self.reply_audit: list[dict] = []                      # what each unlearning reply carried (no weights)
+        self.participants: dict[int, list[int]] = {}  # training round -> nodes sent a train message
+        self.partitions = self.registry.partitions()  # node -> partition id (client-reported, bookkeeping)
+        self.reply_audit: list[dict] = []  # what each unlearning reply carried (no weights)
 
     # ------------------------------------------------------------- the wrapped strategy
     def nodes_needed(self, phase: str) -> int:
@@ -157,8 +179,10 @@ class VerifiedUnlearning(Strategy):
         A phase whose fraction is 0 needs none."""
         if getattr(self.strategy, f"fraction_{phase}", None) == 0.0:
             return 0
-        return max(int(getattr(self.strategy, "min_available_nodes", 0) or 0),
-                   int(getattr(self.strategy, f"min_{phase}_nodes", 0) or 0))
+        return max(
+            int(getattr(self.strategy, "min_available_nodes", 0) or 0),
+            int(getattr(self.strategy, f"min_{phase}_nodes", 0) or 0),
+        )
 
     def _sampleable(self, grid: Grid, phase: str, server_round: int) -> _GridView | None:
         view = grid if isinstance(grid, _GridView) else _GridView(grid)
@@ -166,53 +190,87 @@ class VerifiedUnlearning(Strategy):
         visible = len(list(view.get_node_ids()))
         need = self.nodes_needed(phase)
         if visible < need:
-            log.warning("round %d: %s skipped: %d nodes outside quarantine, %s needs %d", server_round, phase,
-                        visible, type(self.strategy).__name__, need)
+            log.warning(
+                "round %d: %s skipped: %d nodes outside quarantine, %s needs %d",
+                server_round,
+                phase,
+                visible,
+                type(self.strategy).__name__,
+                need,
+            )
             return None
         return view
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """The wrapped strategy's training messages, to nodes outside quarantine, with θg's deletions applied."""
         view = self._sampleable(grid, "train", server_round)
-        msgs = [] if view is None else [
-            m for m in self.strategy.configure_train(server_round, self.forget_in_global(arrays), config, view)
-            if m.metadata.dst_node_id not in view.hidden]   # never trust a strategy's sampling
+        msgs = (
+            []
+            if view is None
+            else [
+                m
+                for m in self.strategy.configure_train(server_round, self.forget_in_global(arrays), config, view)
+                if m.metadata.dst_node_id not in view.hidden
+            ]
+        )  # never trust a strategy's sampling
         self.participants[server_round] = sorted(m.metadata.dst_node_id for m in msgs)
         return msgs
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The wrapped strategy's aggregate; deleted weights stay deleted, whatever the clients sent."""
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         return (self.forget_in_global(arrays) if arrays is not None else None), metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         view = self._sampleable(grid, "evaluate", server_round)
         if view is None:
             return []
-        return [m for m in self.strategy.configure_evaluate(server_round, self.forget_in_global(arrays), config, view)
-                if m.metadata.dst_node_id not in view.hidden]
+        return [
+            m
+            for m in self.strategy.configure_evaluate(server_round, self.forget_in_global(arrays), config, view)
+            if m.metadata.dst_node_id not in view.hidden
+        ]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
         flwr_log(INFO, "\t├──> Verified unlearning (ZK-APEX):")
-        flwr_log(INFO, "\t│\t├── Requests: %s", ", ".join(f"{r.request_id} after round {r.after_round}"
-                                                         for r in self.requests) or "none")
-        flwr_log(INFO, "\t│\t├── Scope: %s (%d weights in %d blocks of %d)", self.masker.scope, self.layout.size,
-                 self.layout.n_blocks, self.masker.block_size)
+        flwr_log(
+            INFO,
+            "\t│\t├── Requests: %s",
+            ", ".join(f"{r.request_id} after round {r.after_round}" for r in self.requests) or "none",
+        )
+        flwr_log(
+            INFO,
+            "\t│\t├── Scope: %s (%d weights in %d blocks of %d)",
+            self.masker.scope,
+            self.layout.size,
+            self.layout.n_blocks,
+            self.masker.block_size,
+        )
         flwr_log(INFO, "\t│\t├── Circuits: %s", ", ".join(c.spec.name() for c in self.circuits.values()))
         flwr_log(INFO, "\t│\t└── Store: %s", self.store.path)
         flwr_log(INFO, "\t└──> Wrapped strategy: %s", type(self.strategy).__name__)
         self.strategy.summary()
 
     # ------------------------------------------------------------------------------- schedule
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
-              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> UnlearningResult:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> UnlearningResult:
         """Flower's round loop (same logs, same :class:`Result`) with the unlearning phases added.
 
         After round r (r = 0: before the first), every request with ``after_round == r`` is served by
@@ -229,7 +287,7 @@ class VerifiedUnlearning(Strategy):
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         result = UnlearningResult()
         t_start = time.time()
-        arrays = result.arrays = self.forget_in_global(initial_arrays)   # a restarted provider keeps earlier deletions
+        arrays = result.arrays = self.forget_in_global(initial_arrays)  # a restarted provider keeps earlier deletions
         if evaluate_fn:
             res = evaluate_fn(0, arrays)
             flwr_log(INFO, "Initial global evaluation results: %s", res)
@@ -271,34 +329,53 @@ class VerifiedUnlearning(Strategy):
         flwr_log(INFO, "")
         return result
 
-    def _federated_evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
-                            timeout: float) -> MetricRecord | None:
+    def _federated_evaluate(
+        self, grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
+    ) -> MetricRecord | None:
         msgs = list(self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid))
         return self.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout)) if msgs else None
 
-    def _deletion_phase(self, grid: Grid, arrays: ArrayRecord, rnd: int, result: UnlearningResult, timeout: float,
-                        evaluate_config: ConfigRecord, evaluate_fn) -> ArrayRecord:
+    def _deletion_phase(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        rnd: int,
+        result: UnlearningResult,
+        timeout: float,
+        evaluate_config: ConfigRecord,
+        evaluate_fn,
+    ) -> ArrayRecord:
         due = [r for r in self.requests if r.after_round == rnd]
         if not due:
             return arrays
         flwr_log(INFO, "")
         flwr_log(INFO, "[UNLEARNING after round %s: %s]", rnd, ", ".join(r.request_id for r in due))
-        before = {"serverapp": result.evaluate_metrics_serverapp.get(rnd),
-                  "clientapp": result.evaluate_metrics_clientapp.get(rnd)}
+        before = {
+            "serverapp": result.evaluate_metrics_serverapp.get(rnd),
+            "clientapp": result.evaluate_metrics_clientapp.get(rnd),
+        }
         after_arrays = self.serve_requests(grid, arrays, rnd)
-        after = {"serverapp": evaluate_fn(rnd, after_arrays) if evaluate_fn else None,
-                 "clientapp": self._federated_evaluate(grid, rnd, after_arrays, evaluate_config, timeout)}
+        after = {
+            "serverapp": evaluate_fn(rnd, after_arrays) if evaluate_fn else None,
+            "clientapp": self._federated_evaluate(grid, rnd, after_arrays, evaluate_config, timeout),
+        }
         outcomes = self.ledger.outcomes()
         for req in due:
             rows = outcomes[outcomes["request_id"] == req.request_id] if len(outcomes) else outcomes
             verdicts = {str(k): int(v) for k, v in rows["reason"].value_counts().items()} if len(rows) else {}
             mask = self.masks.get(req.request_id)
-            result.deletions.append(DeletionRecord(
-                request_id=req.request_id, after_round=rnd, description=req.description,
-                masked_weights=len(mask) if mask is not None else 0, verdicts=verdicts,
-                quarantined=sorted(self.ledger.quarantined()),
-                evaluate_before={k: v for k, v in before.items() if v is not None},
-                evaluate_after={k: v for k, v in after.items() if v is not None}))
+            result.deletions.append(
+                DeletionRecord(
+                    request_id=req.request_id,
+                    after_round=rnd,
+                    description=req.description,
+                    masked_weights=len(mask) if mask is not None else 0,
+                    verdicts=verdicts,
+                    quarantined=sorted(self.ledger.quarantined()),
+                    evaluate_before={k: v for k, v in before.items() if v is not None},
+                    evaluate_after={k: v for k, v in after.items() if v is not None},
+                )
+            )
             flwr_log(INFO, "\t└──> %s: %s", req.request_id, ", ".join(f"{n} {r}" for r, n in verdicts.items()))
         if after["serverapp"] is not None:
             flwr_log(INFO, "\t└──> Global evaluation after the deletion: %s", after["serverapp"])
@@ -340,29 +417,50 @@ class VerifiedUnlearning(Strategy):
             entry, spec, part, identity = accepted
             holder = self.registry.identity_holder(identity)
             if holder is not None and holder != out.node_id:
-                self._commit_failed(out.node_id, "duplicate-identity", f"commit reply: identity {identity[:80]!r} is "
-                                    f"node {holder}'s (a node does not start afresh under a new node id)")
+                self._commit_failed(
+                    out.node_id,
+                    "duplicate-identity",
+                    f"commit reply: identity {identity[:80]!r} is "
+                    f"node {holder}'s (a node does not start afresh under a new node id)",
+                )
                 return
             other = self.registry.duplicate_of(out.node_id, entry)
             if other is not None:
-                self._commit_failed(out.node_id, "duplicate-commitment", f"commit reply: the commitments are node "
-                                    f"{other}'s, copied", identity)
+                self._commit_failed(
+                    out.node_id,
+                    "duplicate-commitment",
+                    f"commit reply: the commitments are node {other}'s, copied",
+                    identity,
+                )
                 return
             if part is not None:
                 self.partitions[out.node_id] = part
             self.registry.register(out.node_id, entry, spec, partition_id=part, identity=identity)
 
-        dispatch(grid, nodes, lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
-                 deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
-                 max_in_flight=self.cfg.max_in_flight, on_outcome=on_outcome)
+        dispatch(
+            grid,
+            nodes,
+            lambda n, a: Message(content, dst_node_id=n, message_type=COMMIT),
+            deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s,
+            max_attempts=self.cfg.max_attempts,
+            max_in_flight=self.cfg.max_in_flight,
+            on_outcome=on_outcome,
+        )
         log.info("commit: %d nodes registered, %d failed", len(self.registry), len(self.commit_failures))
 
     def _commit_request(self) -> CommitRequest:
-        return CommitRequest(scope=self.masker.scope, block_size=self.masker.block_size,
-                             layout_digest=self.layout.digest(), circuits=self.menu, damping=self.cfg.damping,
-                             num_grads=self.cfg.num_grads, personal_epochs=self.cfg.personal_epochs,
-                             personal_lr=self.cfg.personal_lr, batch_size=self.cfg.batch_size,
-                             deleted=active.to_bytes() if (active := self.deleted()) is not None else b"")
+        return CommitRequest(
+            scope=self.masker.scope,
+            block_size=self.masker.block_size,
+            layout_digest=self.layout.digest(),
+            circuits=self.menu,
+            damping=self.cfg.damping,
+            num_grads=self.cfg.num_grads,
+            personal_epochs=self.cfg.personal_epochs,
+            personal_lr=self.cfg.personal_lr,
+            batch_size=self.cfg.batch_size,
+            deleted=active.to_bytes() if (active := self.deleted()) is not None else b"",
+        )
 
     def deleted(self) -> UnlearningMask | None:
         """The union of every request's mask broadcast so far (None before the first)."""
@@ -398,8 +496,10 @@ class VerifiedUnlearning(Strategy):
             if rep.circuit_id not in self.circuits:
                 raise ProtocolError(f"circuit {rep.circuit_id} is not in the provider's circuit menu")
             if entry.circuit_id != rep.circuit_id and entry.circuit_id not in self.circuits:
-                raise ProtocolError(f"the registry entry names circuit {entry.circuit_id[:80]!r}, which is not "
-                                    "in the provider's circuit menu")
+                raise ProtocolError(
+                    f"the registry entry names circuit {entry.circuit_id[:80]!r}, which is not "
+                    "in the provider's circuit menu"
+                )
             if rep.circuit != self.circuits[rep.circuit_id].spec:
                 raise ProtocolError(f"'circuit' {rep.circuit} is not the shape of circuit {rep.circuit_id}")
             spec = self.circuits[entry.circuit_id].spec
@@ -411,12 +511,16 @@ class VerifiedUnlearning(Strategy):
         except (ProtocolError, ValueError, KeyError) as err:
             return _Refusal("malformed", f"commit reply: {err}")
         if entry.circuit_id != rep.circuit_id:
-            return _Refusal("wrong-circuit", f"the registry entry was made for circuit {entry.circuit_id[:12]}…, the reply "
-                                     f"names {rep.circuit_id[:12]}…")
+            return _Refusal(
+                "wrong-circuit",
+                f"the registry entry was made for circuit {entry.circuit_id[:12]}…, the reply "
+                f"names {rep.circuit_id[:12]}…",
+            )
         if rep.layout_digest != self.layout.digest() or entry.layout_digest != self.layout.digest():
             return _Refusal("wrong-mask", "committed to another block layout")
-        return _Accepted(entry, self.circuits[rep.circuit_id].spec, int(part) if part is not None else None,
-                         rep.identity)
+        return _Accepted(
+            entry, self.circuits[rep.circuit_id].spec, int(part) if part is not None else None, rep.identity
+        )
 
     def repersonalize(self, grid: Grid, arrays: ArrayRecord, node: int, *, reason: str, rnd: int = -1) -> bool:
         """Let a registered node personalize again from ``arrays`` and replace its entry (logged).
@@ -427,22 +531,34 @@ class VerifiedUnlearning(Strategy):
         if node not in self.registry:
             raise ValueError(f"node {node} is not registered: a first personalization goes through the commit round")
         outcome: list[Outcome] = []
-        dispatch(grid, [node], lambda n, a: Message(self._commit_request().to_content(arrays), dst_node_id=n,
-                                                    message_type=COMMIT),
-                 deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
-                 max_in_flight=1, on_outcome=outcome.append)
+        dispatch(
+            grid,
+            [node],
+            lambda n, a: Message(self._commit_request().to_content(arrays), dst_node_id=n, message_type=COMMIT),
+            deadline_s=self.cfg.commit_deadline_s or 2 * self.cfg.deadline_s,
+            max_attempts=self.cfg.max_attempts,
+            max_in_flight=1,
+            on_outcome=outcome.append,
+        )
         accepted = self._commit_reply(outcome[0]) if outcome else _Refusal("no-response", "commit round: no outcome")
         if isinstance(accepted, _Refusal):
-            log.warning("node %d: re-personalization refused (%s: %s); its entry is unchanged", node, accepted.reason,
-                        accepted.detail)
+            log.warning(
+                "node %d: re-personalization refused (%s: %s); its entry is unchanged",
+                node,
+                accepted.reason,
+                accepted.detail,
+            )
             return False
         entry, spec, _, identity = accepted
         if identity != (self.registry.record(node)["identity"] or ""):
-            log.warning("node %d: re-personalization refused (it reports another identity); its entry is unchanged",
-                        node)
+            log.warning(
+                "node %d: re-personalization refused (it reports another identity); its entry is unchanged", node
+            )
             return False
         if self.registry.duplicate_of(node, entry) is not None:
-            log.warning("node %d: re-personalization refused (another node's commitments); its entry is unchanged", node)
+            log.warning(
+                "node %d: re-personalization refused (another node's commitments); its entry is unchanged", node
+            )
             return False
         self.registry.repersonalize(node, entry, spec, reason=reason)
         for req in self.requests:
@@ -452,15 +568,16 @@ class VerifiedUnlearning(Strategy):
         return True
 
     # ------------------------------------------------------------------ phase 4/5: unlearn
-    def unlearn_round(self, grid: Grid, arrays: ArrayRecord, request: DeletionRequest, rnd: int,
-                      nodes: list[int] | None = None) -> None:
+    def unlearn_round(
+        self, grid: Grid, arrays: ArrayRecord, request: DeletionRequest, rnd: int, nodes: list[int] | None = None
+    ) -> None:
         """Mask on θg, ``train.unlearn`` with deadline and retry, verification and ledger rows."""
         rid = request.request_id
-        if rid not in self.masks:   # the first broadcast fixes the mask; a restarted provider sends it again
+        if rid not in self.masks:  # the first broadcast fixes the mask; a restarted provider sends it again
             known = self.ledger.broadcast(rid)
             if known is not None:
                 mask = UnlearningMask.from_bytes(known[1], self.layout)
-            else:   # a node's obligation is every active deletion: the new mask joins the earlier ones
+            else:  # a node's obligation is every active deletion: the new mask joins the earlier ones
                 mask = self.masker(arrays, request)
                 active = self.deleted()
                 if active is not None:
@@ -471,9 +588,12 @@ class VerifiedUnlearning(Strategy):
         mask = self.masks[rid]
         broadcast_epoch = self.ledger.broadcast(rid)[0]
         connected = sorted(grid.get_node_ids()) if nodes is None else nodes
-        if nodes is None:   # a restarted provider does not ask twice; a re-personalized node is asked again
-            decided = {n for n, at in self.ledger.decided_at(rid).items()
-                       if n not in self.registry or at > self.registry.registration(n)[0]}
+        if nodes is None:  # a restarted provider does not ask twice; a re-personalized node is asked again
+            decided = {
+                n
+                for n, at in self.ledger.decided_at(rid).items()
+                if n not in self.registry or at > self.registry.registration(n)[0]
+            }
         else:
             decided = set()
         failures = self.registry.failures()
@@ -490,10 +610,17 @@ class VerifiedUnlearning(Strategy):
                 if n in failures and failures[n][2] < broadcast_epoch and self._latest_reason(rid, n) != "late-commit":
                     # it failed to commit before the mask went out and registered after seeing it
                     self.nonces[(rid, n)] = secrets.token_hex(16)
-                    self._record(rid, n, rnd, "late-commit", f"registered at epoch {epoch}, after this request's "
-                                 f"mask was broadcast (epoch {broadcast_epoch}); its commit had failed at epoch "
-                                 f"{failures[n][2]}", attempts=0)
-                continue   # a node that joined after the broadcast inherits the deletion through θg
+                    self._record(
+                        rid,
+                        n,
+                        rnd,
+                        "late-commit",
+                        f"registered at epoch {epoch}, after this request's "
+                        f"mask was broadcast (epoch {broadcast_epoch}); its commit had failed at epoch "
+                        f"{failures[n][2]}",
+                        attempts=0,
+                    )
+                continue  # a node that joined after the broadcast inherits the deletion through θg
             targets.append(n)
         layout_json = json.dumps(self.layout.to_dict())
         mask_bytes = mask.to_bytes()
@@ -502,8 +629,9 @@ class VerifiedUnlearning(Strategy):
         def make(node: int, attempt: int) -> Message:
             nonce = self.nonces.setdefault((rid, node), secrets.token_hex(16))
             _, cid = self.registry.circuit_of(node)
-            req = UnlearnRequest(rid, nonce, mask_bytes, layout_json, self.layout.digest(), cid, attempt,
-                                 float(self.cfg.deadline_s))
+            req = UnlearnRequest(
+                rid, nonce, mask_bytes, layout_json, self.layout.digest(), cid, attempt, float(self.cfg.deadline_s)
+            )
             return Message(req.to_content(), dst_node_id=node, message_type=UNLEARN)
 
         def on_outcome(out: Outcome) -> None:
@@ -511,8 +639,15 @@ class VerifiedUnlearning(Strategy):
             self._progress(f"unlearn {rid}", done[0], len(targets))
             self._verify_outcome(rid, rnd, mask, out)
 
-        dispatch(grid, targets, make, deadline_s=self.cfg.deadline_s, max_attempts=self.cfg.max_attempts,
-                 max_in_flight=self.cfg.max_in_flight, on_outcome=on_outcome)
+        dispatch(
+            grid,
+            targets,
+            make,
+            deadline_s=self.cfg.deadline_s,
+            max_attempts=self.cfg.max_attempts,
+            max_in_flight=self.cfg.max_in_flight,
+            on_outcome=on_outcome,
+        )
 
     def _verify_outcome(self, rid: str, rnd: int, mask: UnlearningMask, out: Outcome) -> None:
         node = out.node_id
@@ -522,11 +657,16 @@ class VerifiedUnlearning(Strategy):
         metrics = reply_metrics(out.reply)
         try:
             content_bytes = sum(r.count_bytes() for r in out.reply.content.values())
-        except (ValueError, IndexError):   # Flower's count_bytes fails on an empty str/bytes/list value
+        except (ValueError, IndexError):  # Flower's count_bytes fails on an empty str/bytes/list value
             content_bytes = sum(len(r.deflate()) for r in out.reply.content.values())
-        self.reply_audit.append({"request_id": rid, "node_id": int(node),
-                                 "array_records": len(out.reply.content.array_records),
-                                 "content_bytes": content_bytes})
+        self.reply_audit.append(
+            {
+                "request_id": rid,
+                "node_id": int(node),
+                "array_records": len(out.reply.content.array_records),
+                "content_bytes": content_bytes,
+            }
+        )
         try:
             rep = UnlearnReply.from_message(out.reply)
         except ProtocolError as err:
@@ -534,24 +674,46 @@ class VerifiedUnlearning(Strategy):
             return
         if rep.request_id != rid or rep.nonce != self.nonces[(rid, node)]:
             bad = "request-id" if rep.request_id != rid else "nonce"
-            self._record(rid, node, rnd, "malformed", f"{UNLEARN} reply: '{bad}' "
-                         f"{getattr(rep, bad.replace('-', '_'))[:80]!r} does not echo this round's request",
-                         attempts=out.attempts, metrics=metrics)
+            self._record(
+                rid,
+                node,
+                rnd,
+                "malformed",
+                f"{UNLEARN} reply: '{bad}' "
+                f"{getattr(rep, bad.replace('-', '_'))[:80]!r} does not echo this round's request",
+                attempts=out.attempts,
+                metrics=metrics,
+            )
             return
         spec, cid = self.registry.circuit_of(node)
         try:
-            verdict = self.verifiers[cid].verify(rep.bundle, self.registry.get(node), mask, menu=self.circuits,
-                                                 request_id=rid,
-                                                 binding=Binding.for_node(rid, self.nonces[(rid, node)], node))
-        except Exception as err:   # a bundle that crashes the verifier is refused; the round goes on
+            verdict = self.verifiers[cid].verify(
+                rep.bundle,
+                self.registry.get(node),
+                mask,
+                menu=self.circuits,
+                request_id=rid,
+                binding=Binding.for_node(rid, self.nonces[(rid, node)], node),
+            )
+        except Exception as err:  # a bundle that crashes the verifier is refused; the round goes on
             log.exception("request %s: verifying node %d's bundle raised", rid, node)
             verdict = Verdict("malformed", f"the bundle could not be verified ({type(err).__name__}: {err})")
-        with self.store.transaction():   # the ledger row and the move to θu: both or neither
+        with self.store.transaction():  # the ledger row and the move to θu: both or neither
             if verdict.compliant:
                 self.registry.update_theta(node, verdict.new_theta)
-            self._record(rid, node, rnd, verdict.reason, verdict.detail, attempts=out.attempts, metrics=metrics,
-                         verify_ms=verdict.verify_ms, proofs=verdict.steps_verified, bundle_bytes=len(rep.bundle),
-                         circuit=spec.name())
+            self._record(
+                rid,
+                node,
+                rnd,
+                verdict.reason,
+                verdict.detail,
+                attempts=out.attempts,
+                metrics=metrics,
+                verify_ms=verdict.verify_ms,
+                proofs=verdict.steps_verified,
+                bundle_bytes=len(rep.bundle),
+                circuit=spec.name(),
+            )
 
     def _makeup(self, grid: Grid) -> None:
         """Quarantined nodes get their failed requests again; a compliant answer releases them."""
@@ -565,22 +727,47 @@ class VerifiedUnlearning(Strategy):
                     self.unlearn_round(grid, ArrayRecord(), req, -1, nodes=[node])
 
     # ---------------------------------------------------------------------------- records
-    def _record(self, rid: str, node: int, rnd: int, reason: str, detail: str, *, attempts: int,
-                metrics: dict | None = None, verify_ms: float | None = None, proofs: int = 0, bundle_bytes: int = 0,
-                circuit: str = "") -> None:
+    def _record(
+        self,
+        rid: str,
+        node: int,
+        rnd: int,
+        reason: str,
+        detail: str,
+        *,
+        attempts: int,
+        metrics: dict | None = None,
+        verify_ms: float | None = None,
+        proofs: int = 0,
+        bundle_bytes: int = 0,
+        circuit: str = "",
+    ) -> None:
         failed_elsewhere = [r for r in self.ledger.failed_requests(node) if r != rid]
-        row = LedgerRow(rid, int(node), reason, detail, partition_id=self.partitions.get(node, -1), server_round=rnd,
-                        nonce=self.nonces.get((rid, node), ""), attempts=attempts, verify_ms=verify_ms, proofs=proofs,
-                        bundle_bytes=bundle_bytes, circuit=circuit,
-                        quarantined=reason != "compliant" or bool(failed_elsewhere),
-                        client={k: v for k, v in (metrics or {}).items() if k in CLIENT_METRICS})
+        row = LedgerRow(
+            rid,
+            int(node),
+            reason,
+            detail,
+            partition_id=self.partitions.get(node, -1),
+            server_round=rnd,
+            nonce=self.nonces.get((rid, node), ""),
+            attempts=attempts,
+            verify_ms=verify_ms,
+            proofs=proofs,
+            bundle_bytes=bundle_bytes,
+            circuit=circuit,
+            quarantined=reason != "compliant" or bool(failed_elsewhere),
+            client={k: v for k, v in (metrics or {}).items() if k in CLIENT_METRICS},
+        )
         self.ledger.append([row])
         if reason != "compliant":
             log.info("request %s: node %d %s (%s)", rid, node, reason, detail)
 
     def _latest_reason(self, rid: str, node: int) -> str | None:
-        rows = self.store.query("SELECT reason FROM ledger WHERE request_id = ? AND node_id = ? ORDER BY seq DESC "
-                                "LIMIT 1", (rid, str(int(node))))
+        rows = self.store.query(
+            "SELECT reason FROM ledger WHERE request_id = ? AND node_id = ? ORDER BY seq DESC LIMIT 1",
+            (rid, str(int(node))),
+        )
         return rows[0][0] if rows else None
 
     def _progress(self, phase: str, done: int, total: int) -> None:
@@ -589,4 +776,3 @@ class VerifiedUnlearning(Strategy):
 
     def quarantined(self) -> set[int]:
         return self.ledger.quarantined()
-

@@ -31,6 +31,7 @@ Each SuperNode has its own ``FLWR_HOME`` (where the FAB is unpacked) and a node 
 started, even the ones Flower detached into their own sessions; the components also get SIGKILL if
 the test process dies (Linux ``PR_SET_PDEATHSIG``).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -46,16 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent          # the venv's flwr, flower-superlink, flower-supernode
-CONNECTION = "deploy"                      # the SuperLink connection's name in $FLWR_HOME/config.toml
-FINISHED = "finished:"                     # `flwr ls` statuses: pending, starting, running, finished:<sub-status>
+BIN = Path(sys.executable).parent  # the venv's flwr, flower-superlink, flower-supernode
+CONNECTION = "deploy"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+FINISHED = "finished:"  # `flwr ls` statuses: pending, starting, running, finished:<sub-status>
 
 
 def _die_with_parent() -> None:
     """Popen preexec_fn (Linux): SIGKILL the component if the test process dies without cleaning up."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -103,30 +105,43 @@ def make_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zkapex test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     sans = []
     for h in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             sans.append(x509.DNSName(h))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     files = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    files["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return files
 
 
@@ -142,11 +157,15 @@ def make_node_key(folder: Path) -> tuple[Path, Path]:
     private, public = folder / "node_key", folder / "node_key.pub"
     if not private.exists():
         key = ec.generate_private_key(ec.SECP384R1())
-        private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                              serialization.NoEncryption()))
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
         private.chmod(0o600)
-        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                         serialization.PublicFormat.OpenSSH))
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        )
     return private, public
 
 
@@ -218,13 +237,14 @@ def write_ping_app(folder: Path) -> Path:
 
 # ---- the process table (Linux /proc; no psutil in the venv) ---------------------------------------------
 
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of a process, or None when it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rfind(")") + 2:].split()
+    fields = raw[raw.rfind(")") + 2 :].split()
     return fields[0], int(fields[1])
 
 
@@ -267,10 +287,11 @@ def program(pid: int) -> str:
 @dataclass
 class Proc:
     """A component started by the deployment: its Popen, its log file, and its whole process tree."""
+
     name: str
     popen: subprocess.Popen
     log: Path
-    port: int = 0                # the API port it serves (SuperLink: all APIs; SuperNode: its Runtime API)
+    port: int = 0  # the API port it serves (SuperLink: all APIs; SuperNode: its Runtime API)
 
     @property
     def pid(self) -> int:
@@ -317,38 +338,53 @@ class Proc:
 class RunResult:
     run_id: int | None
     returncode: int
-    status: str                  # `flwr ls` status, e.g. finished:completed / finished:failed; '' if unknown
-    info: dict                   # the run's `flwr ls --format json` entry
-    log: Path                    # the `flwr run` output
+    status: str  # `flwr ls` status, e.g. finished:completed / finished:failed; '' if unknown
+    info: dict  # the run's `flwr ls --format json` entry
+    log: Path  # the `flwr run` output
     wall_s: float
 
 
 class Deployment:
     """SuperLink + SuperNodes as real processes on loopback (insecure, or ``tls=True``), and ``flwr`` against them."""
 
-    def __init__(self, root: Path, supernodes: int = 3, node_config=None, env: dict | None = None,
-                 node_env: dict | None = None, isolation: str = "subprocess", tls: bool = False,
-                 auth: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        supernodes: int = 3,
+        node_config=None,
+        env: dict | None = None,
+        node_env: dict | None = None,
+        isolation: str = "subprocess",
+        tls: bool = False,
+        auth: bool = False,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.home = self.root / "flwr-home"            # FLWR_HOME of the flwr CLI and the SuperLink
+        self.home = self.root / "flwr-home"  # FLWR_HOME of the flwr CLI and the SuperLink
         self.n = supernodes
-        self.node_config = node_config or (lambda i: f"partition-id={i} zkapex-state-dir='{self.root / f'supernode-{i}' / 'state'}'")
+        self.node_config = node_config or (
+            lambda i: f"partition-id={i} zkapex-state-dir='{self.root / f'supernode-{i}' / 'state'}'"
+        )
         self.isolation = isolation
-        self.certs = make_certificates(self.root / "certs") if tls else None   # None: --insecure everywhere
+        self.certs = make_certificates(self.root / "certs") if tls else None  # None: --insecure everywhere
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses it with --insecure)")
-        self.auth = auth                       # --enable-supernode-auth: only registered keys may connect
-        self.registered: dict[int, int] = {}   # SuperNode index -> node id the SuperLink gave its public key
+        self.auth = auth  # --enable-supernode-auth: only registered keys may connect
+        self.registered: dict[int, int] = {}  # SuperNode index -> node id the SuperLink gave its public key
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.superlink: Proc | None = None
         self.supernodes: list[Proc] = []
         self.runs: list[RunResult] = []
         self._flwr_logs: list[Path] = []
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "FLWR_HOME": str(self.home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.env.pop("RAY_ADDRESS", None)
         # SuperNodes (and the ClientApp processes they start) share the machine: one torch thread each
         self.node_env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if node_env is None else node_env
@@ -359,9 +395,16 @@ class Deployment:
     def _spawn(self, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> Proc:
         log = self.root / f"{name}.log"
         f = open(log, "ab")
-        popen = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env or self.env, cwd=cwd or self.root,
-                                 start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        popen = subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or self.env,
+            cwd=cwd or self.root,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         f.close()
         return Proc(name, popen, log)
 
@@ -369,25 +412,46 @@ class Deployment:
         """``$FLWR_HOME/config.toml`` with the connection ``deploy`` (also the default) to this SuperLink."""
         self.home.mkdir(parents=True, exist_ok=True)
         cfg = self.home / "config.toml"
-        security = (f'root-certificates = "{self.certs["ca"]}"' if self.certs else "insecure = true")
-        cfg.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-                       f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n')
+        security = f'root-certificates = "{self.certs["ca"]}"' if self.certs else "insecure = true"
+        cfg.write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n'
+        )
         return cfg
 
     def _tls_args(self, server: bool) -> list[str]:
         if self.certs is None:
             return ["--insecure"]
         if server:
-            return ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
-                    "--ssl-keyfile", str(self.certs["key"])]
+            return [
+                "--ssl-ca-certfile",
+                str(self.certs["ca"]),
+                "--ssl-certfile",
+                str(self.certs["cert"]),
+                "--ssl-keyfile",
+                str(self.certs["key"]),
+            ]
         return ["--root-certificates", str(self.certs["ca"])]
 
-    def start(self, timeout_s: float = 90.0) -> "Deployment":
+    def start(self, timeout_s: float = 90.0) -> Deployment:
         self.write_connection()
-        self.superlink = self._spawn("superlink", [
-            "flower-superlink", *self._tls_args(server=True), "--host", "127.0.0.1", "--port", str(self.port),
-            "--isolation", self.isolation, "--disable-runtime-dependency-installation",
-            "--database", str(self.root / "superlink.db"), *(["--enable-supernode-auth"] if self.auth else [])])
+        self.superlink = self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                *self._tls_args(server=True),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--isolation",
+                self.isolation,
+                "--disable-runtime-dependency-installation",
+                "--database",
+                str(self.root / "superlink.db"),
+                *(["--enable-supernode-auth"] if self.auth else []),
+            ],
+        )
         self.superlink.port = self.port
         wait_for_port(self.port, self.superlink.popen, timeout_s)
         for i in range(self.n):
@@ -402,8 +466,9 @@ class Deployment:
         try:
             node_id = int(json.loads(out.stdout)["node-id"])
         except (ValueError, KeyError, TypeError):
-            raise RuntimeError(f"flwr supernode register failed (rc {out.returncode}):\n{out.stdout}\n{out.stderr}"
-                               ) from None
+            raise RuntimeError(
+                f"flwr supernode register failed (rc {out.returncode}):\n{out.stdout}\n{out.stderr}"
+            ) from None
         self.registered[i] = node_id
         return node_id
 
@@ -423,10 +488,25 @@ class Deployment:
                 self.register_supernode(i)
             auth = ["--auth-supernode-private-key", str(make_node_key(home / "auth")[0])]
         port = free_port()
-        proc = self._spawn(f"supernode-{i}", [
-            "flower-supernode", *self._tls_args(server=False), "--superlink", self.address, "--host", "127.0.0.1",
-            "--port", str(port), "--isolation", self.isolation, "--node-config", self.node_config(i), *auth],
-            env={**self.env, "FLWR_HOME": str(home / "flwr-home"), **self.node_env})
+        proc = self._spawn(
+            f"supernode-{i}",
+            [
+                "flower-supernode",
+                *self._tls_args(server=False),
+                "--superlink",
+                self.address,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--isolation",
+                self.isolation,
+                "--node-config",
+                self.node_config(i),
+                *auth,
+            ],
+            env={**self.env, "FLWR_HOME": str(home / "flwr-home"), **self.node_env},
+        )
         proc.port = port
         wait_for_port(port, proc.popen, 60.0)
         self.supernodes = [s for s in self.supernodes if s.name != proc.name] + [proc]
@@ -451,7 +531,7 @@ class Deployment:
         for p in reversed(self.processes()):
             p.stop()
 
-    def __enter__(self) -> "Deployment":
+    def __enter__(self) -> Deployment:
         try:
             return self.start()
         except BaseException:
@@ -464,11 +544,18 @@ class Deployment:
     # ---- flwr ---------------------------------------------------------------------------------------------
 
     def flwr(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flwr"), *args], cwd=PROJECT_ROOT, env=self.env, capture_output=True,
-                              text=True, timeout=timeout_s)
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
-    def start_run(self, run_config: dict | None = None, app: str | Path = PROJECT_ROOT,
-                  stream: bool = True) -> tuple[subprocess.Popen, Path]:
+    def start_run(
+        self, run_config: dict | None = None, app: str | Path = PROJECT_ROOT, stream: bool = True
+    ) -> tuple[subprocess.Popen, Path]:
         """``flwr run APP deploy [--stream] --run-config ...`` without waiting: (Popen, its log file)."""
         log = self.root / f"flwr-run-{len(self._flwr_logs)}.log"
         self._flwr_logs.append(log)
@@ -478,8 +565,15 @@ class Deployment:
         if run_config:
             argv += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
         f = open(log, "wb")
-        popen = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         f.close()
         return popen, log
 
@@ -515,7 +609,9 @@ class Deployment:
             time.sleep(poll_s)
         raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s\n{self.logs()}")
 
-    def run(self, run_config: dict | None = None, app: str | Path = PROJECT_ROOT, timeout_s: float = 600.0) -> RunResult:
+    def run(
+        self, run_config: dict | None = None, app: str | Path = PROJECT_ROOT, timeout_s: float = 600.0
+    ) -> RunResult:
         """``flwr run --stream`` to the end, then the run's final status from ``flwr ls``."""
         t0 = time.monotonic()
         popen, log = self.start_run(run_config, app=app)
@@ -526,7 +622,7 @@ class Deployment:
             popen.wait()
             raise TimeoutError(f"flwr run did not return within {timeout_s:.0f} s\n{self.logs()}") from None
         run_id = self.run_id_of(log, timeout_s=1.0)
-        status = self.wait_for_run(run_id, timeout_s=60.0)   # the stream ends when the run's logs do
+        status = self.wait_for_run(run_id, timeout_s=60.0)  # the stream ends when the run's logs do
         result = RunResult(run_id, rc, status, self.run_info(run_id), log, time.monotonic() - t0)
         self.runs.append(result)
         return result
@@ -567,4 +663,4 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return "'" + str(value) + "'"      # a TOML literal string: paths keep their backslashes
+    return "'" + str(value) + "'"  # a TOML literal string: paths keep their backslashes

@@ -1,9 +1,17 @@
 """Offline data: splits, partitions, domain shift, code corpus, forget-set builders."""
+
 import pytest
 import torch
 
-from zkapex_flwr.data import (DomainShift, code_splits, dirichlet_partitions, forget_classes, forget_package,
-                              forget_samples, image_splits)
+from zkapex_flwr.data import (
+    DomainShift,
+    code_splits,
+    dirichlet_partitions,
+    forget_classes,
+    forget_package,
+    forget_samples,
+    image_splits,
+)
 
 
 def test_image_splits_roles_are_consistent():
@@ -100,8 +108,13 @@ def test_users_data_comes_in_as_torch_dataset_dataloader_or_hugging_face_dataset
     with pytest.raises(TypeError, match="must be a TensorData, a torch Dataset"):
         as_tensor_data(42)
 
-    setup = UnlearningSetup(model=torch.nn.Linear(64, 3), task=ImageTask(),
-                            data=DataLoader(TensorDataset(x, y), batch_size=3), test=hf, columns=("image", "label"))
+    setup = UnlearningSetup(
+        model=torch.nn.Linear(64, 3),
+        task=ImageTask(),
+        data=DataLoader(TensorDataset(x, y), batch_size=3),
+        test=hf,
+        columns=("image", "label"),
+    )
     assert isinstance(setup.data, TensorData) and isinstance(setup.test, TensorData) and len(setup.test) == 10
 
     class NoLoss:

@@ -8,13 +8,13 @@ proofs, 1 sending a garbage proof) and verification all cross the network betwee
 with SuperNode authentication (each SuperNode's key registered with ``flwr supernode register``)
 (``simulations/deploy.toml``; about 3 minutes on 2 cores, a minimal TLS run 50 s more). Helpers: ``tests/deployment.py``.
 """
+
 import json
 import re
 import time
 
 import pandas as pd
 import pytest
-
 from deployment import PROJECT_ROOT, Deployment, alive
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -27,11 +27,11 @@ EXPECTED = {"honest": "compliant", "garbage-proof": "invalid-proof"}
 def deployed(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     out = root / "out"
-    with Deployment(root, supernodes=3, tls=True, auth=True) as dep:   # TLS, and only registered SuperNode keys
+    with Deployment(root, supernodes=3, tls=True, auth=True) as dep:  # TLS, and only registered SuperNode keys
         t0 = time.monotonic()
         popen, log = dep.start_run({"scenario": str(SCENARIO), "out": str(out)})
         seen = {"serverapp": set(), "clientapp": set(), "all_alive": True}
-        while popen.poll() is None and time.monotonic() - t0 < 900:   # watch the process tree while it runs
+        while popen.poll() is None and time.monotonic() - t0 < 900:  # watch the process tree while it runs
             seen["serverapp"].update(dep.serverapp_pids())
             seen["clientapp"].update(dep.clientapp_pids())
             seen["all_alive"] &= all(p.alive() for p in dep.processes())
@@ -47,9 +47,19 @@ def deployed(tmp_path_factory):
             m = re.search(r"SuperNode ID: (\d+)", s.log.read_text(errors="replace"))
             node_ids[int(s.name.rsplit("-", 1)[1])] = int(m.group(1)) if m else None
         auth = _restart_and_intrude(dep)
-        yield {"dep": dep, "out": out, "rc": popen.returncode, "run_id": run_id, "status": status, "info": info,
-               "seen": seen, "node_ids": node_ids, "wall_s": time.monotonic() - t0, "auth": auth,
-               "pids": {p.name: p.pid for p in dep.processes()}}
+        yield {
+            "dep": dep,
+            "out": out,
+            "rc": popen.returncode,
+            "run_id": run_id,
+            "status": status,
+            "info": info,
+            "seen": seen,
+            "node_ids": node_ids,
+            "wall_s": time.monotonic() - t0,
+            "auth": auth,
+            "pids": {p.name: p.pid for p in dep.processes()},
+        }
 
 
 def _restart_and_intrude(dep) -> dict:
@@ -67,16 +77,27 @@ def _restart_and_intrude(dep) -> dict:
     dep.supernodes.remove(stranger)
     if stranger.alive():
         stranger.stop()
-        return {"before": before, "after": dep.node_id_of(0), "stranger_exited": False, "stranger_id": None,
-                "stranger_log": stranger.log.read_text(errors="replace")}
-    return {"before": before, "after": dep.node_id_of(0), "stranger_exited": True,
-            "stranger_id": dep.node_id_of(dep.n), "stranger_log": stranger.log.read_text(errors="replace")}
+        return {
+            "before": before,
+            "after": dep.node_id_of(0),
+            "stranger_exited": False,
+            "stranger_id": None,
+            "stranger_log": stranger.log.read_text(errors="replace"),
+        }
+    return {
+        "before": before,
+        "after": dep.node_id_of(0),
+        "stranger_exited": True,
+        "stranger_id": dep.node_id_of(dep.n),
+        "stranger_log": stranger.log.read_text(errors="replace"),
+    }
 
 
 def test_run_completed(deployed):
     d, dep = deployed, deployed["dep"]
-    assert d["rc"] == 0 and d["status"] == "finished:completed", \
+    assert d["rc"] == 0 and d["status"] == "finished:completed", (
         f"flwr run rc={d['rc']}, run {d['run_id']} status {d['status']!r}\n{dep.logs()}"
+    )
     assert (d["out"] / "summary.json").is_file(), f"the ServerApp wrote no summary.json\n{dep.logs()}"
 
 
@@ -109,6 +130,7 @@ def test_every_node_committed_and_was_verified(deployed):
 
     # every node committed (a registry entry), and an honest node's commitments moved to θu after verification
     from strategies.registry import Registry
+
     registry = Registry(out / "provider" / "provider.db")
     assert set(registry.nodes()) == set(d["node_ids"].values()), msg
 
@@ -132,8 +154,9 @@ def test_unlearning_replies_crossed_the_network(deployed):
     for s in dep.supernodes:
         text = s.log.read_text(errors="replace")
         for kind in ("train.commit", "train.unlearn"):
-            assert f"Receiving: {kind} message" in text and f"Sending: {kind} message" in text, \
+            assert f"Receiving: {kind} message" in text and f"Sending: {kind} message" in text, (
                 f"{s.name} did not answer {kind}\n{dep.logs()}"
+            )
     link = dep.superlink.log.read_text(errors="replace")
     for node in d["node_ids"].values():
         assert f"Push replies from node_id={node}" in link, f"node {node}\n{dep.logs()}"
@@ -173,7 +196,7 @@ def _ledger_rows(db) -> int:
             return con.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
         finally:
             con.close()
-    except sqlite3.OperationalError:   # the schema is being created
+    except sqlite3.OperationalError:  # the schema is being created
         return 0
 
 
@@ -181,7 +204,7 @@ def _received(dep, kind: str, offsets: dict | None = None) -> dict[str, int]:
     """How many ``kind`` messages each SuperNode received (after ``offsets``: byte offsets into its log)."""
     out = {}
     for s in dep.supernodes:
-        text = s.log.read_bytes()[(offsets or {}).get(s.name, 0):].decode(errors="replace")
+        text = s.log.read_bytes()[(offsets or {}).get(s.name, 0) :].decode(errors="replace")
         out[s.name] = text.count(f"Receiving: {kind} message")
     return out
 
@@ -194,7 +217,7 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
     from strategies.ledger import Ledger
     from strategies.registry import Registry
 
-    scenario = tmp_path / "deploy-serial.toml"   # one unlearning message in flight at a time
+    scenario = tmp_path / "deploy-serial.toml"  # one unlearning message in flight at a time
     text = SCENARIO.read_text()
     assert "max_in_flight = 3" in text
     scenario.write_text(text.replace("max_in_flight = 3", "max_in_flight = 1"))
@@ -210,7 +233,7 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
         assert 1 <= rows_at_kill < 3, f"not mid-request: {rows_at_kill} ledger rows\n{dep.logs()}"
         killed = dep.kill_serverapp()
         offsets = {s.name: s.log.stat().st_size for s in dep.supernodes}
-        dep.flwr("stop", str(run1), "deploy")        # what an operator does: the dead run is marked finished
+        dep.flwr("stop", str(run1), "deploy")  # what an operator does: the dead run is marked finished
         assert not alive(killed)
         before = Ledger(db).frame()
         assert len(before) == rows_at_kill
@@ -223,8 +246,8 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
         assert status == "finished:completed", f"run {run2}: {status}\n{dep.logs()}"
         ledger = Ledger(db).frame()
         msg = f"\n{ledger[['node_id', 'reason', 'attempts', 'detail']].to_string()}\n{dep.logs()}"
-        pd.testing.assert_frame_equal(ledger.iloc[:len(before)], before, check_dtype=False)   # nothing lost or changed
-        assert len(ledger) == 3 and not ledger.duplicated(["request_id", "node_id"]).any(), msg   # each node once
+        pd.testing.assert_frame_equal(ledger.iloc[: len(before)], before, check_dtype=False)  # nothing lost or changed
+        assert len(ledger) == 3 and not ledger.duplicated(["request_id", "node_id"]).any(), msg  # each node once
         decided = {int(n) for n in before["node_id"]}
         node_of = {s.name: int(re.search(r"SuperNode ID: (\d+)", s.log.read_text()).group(1)) for s in dep.supernodes}
         commits, unlearns = _received(dep, "train.commit", offsets), _received(dep, "train.unlearn", offsets)
@@ -238,6 +261,6 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
             assert r["reason"] == EXPECTED[r["behaviour"]], f"{r['behaviour']}: {r['reason']} {r['detail']}" + msg
         registry = Registry(db)
         for _, r in rows[rows["behaviour"] == "honest"].iterrows():
-            assert registry.versions(int(r["node_id"])) == [1, 2], msg   # exactly one move to θu per node
+            assert registry.versions(int(r["node_id"])) == [1, 2], msg  # exactly one move to θu per node
         summary = json.loads((out / "summary.json").read_text())
         assert summary["honest_accepted"] == 2 and summary["cheaters_caught"] == 1, summary

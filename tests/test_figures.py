@@ -1,5 +1,6 @@
 """Figures fit for a paper: labelled axes, a title, legends for several series, no line across categorical x,
 rates in [0, 1], and NaN (not a drawn 0) where a ratio is undefined. No proofs, no Ray: tiny frames only."""
+
 import math
 
 import numpy as np
@@ -21,42 +22,73 @@ from simulations.report import (
 NAN = math.nan
 
 # partition_id -> (behaviour, profile)
-CLIENTS = {0: ("honest", "phone"), 1: ("honest", "laptop"), 2: ("honest", "phone"), 3: ("late", "laptop"),
-           4: ("garbage-proof", "phone"), 5: ("garbage-proof", "laptop"), 6: ("wrong-mask", "phone"),
-           7: ("late", "phone"), 8: ("late", "laptop")}  # late: honest, slow
+CLIENTS = {
+    0: ("honest", "phone"),
+    1: ("honest", "laptop"),
+    2: ("honest", "phone"),
+    3: ("late", "laptop"),
+    4: ("garbage-proof", "phone"),
+    5: ("garbage-proof", "laptop"),
+    6: ("wrong-mask", "phone"),
+    7: ("late", "phone"),
+    8: ("late", "laptop"),
+}  # late: honest, slow
 # (partition, reason, personalization before/after, forget before/after, client recovery)
-ROWS = [(0, "compliant", 0.9, 0.9, 0.8, 0.0, 1.0),
-        (1, "compliant", 0.8, 0.88, 0.5, 0.1, 1.1),
-        (2, "no-response", NAN, NAN, NAN, NAN, NAN),
-        (3, "compliant", 0.5, 0.45, 0.4, 0.2, 0.9),
-        (4, "invalid-proof", 0.9, 0.9, 0.8, 0.8, 1.0),
-        (5, "invalid-proof", 0.9, 0.9, 0.8, 0.8, 1.0),
-        (6, "compliant", 0.9, 0.9, 0.8, 0.8, 1.0),   # a cheater the verifier missed
-        (7, "compliant", 0.0, 0.0, 0.0, 0.0, 0.0),   # accuracy 0 before and after: ratios undefined
-        (8, "compliant", 0.0, 0.0, 0.0, 0.0, 0.0)]
+ROWS = [
+    (0, "compliant", 0.9, 0.9, 0.8, 0.0, 1.0),
+    (1, "compliant", 0.8, 0.88, 0.5, 0.1, 1.1),
+    (2, "no-response", NAN, NAN, NAN, NAN, NAN),
+    (3, "compliant", 0.5, 0.45, 0.4, 0.2, 0.9),
+    (4, "invalid-proof", 0.9, 0.9, 0.8, 0.8, 1.0),
+    (5, "invalid-proof", 0.9, 0.9, 0.8, 0.8, 1.0),
+    (6, "compliant", 0.9, 0.9, 0.8, 0.8, 1.0),  # a cheater the verifier missed
+    (7, "compliant", 0.0, 0.0, 0.0, 0.0, 0.0),  # accuracy 0 before and after: ratios undefined
+    (8, "compliant", 0.0, 0.0, 0.0, 0.0, 0.0),
+]
 
 
 @pytest.fixture
 def clients():
-    return pd.DataFrame([{"partition_id": p, "node_id": 100 + p, "behaviour": b, "profile": f}
-                         for p, (b, f) in CLIENTS.items()])
+    return pd.DataFrame(
+        [{"partition_id": p, "node_id": 100 + p, "behaviour": b, "profile": f} for p, (b, f) in CLIENTS.items()]
+    )
 
 
 @pytest.fixture
 def ledger():
-    return pd.DataFrame([{
-        "request_id": "r1", "node_id": 100 + p, "partition_id": p, "reason": reason,
-        "compliant": reason == "compliant", "verify_ms": NAN if reason == "no-response" else 10.0 + p,
-        "bundle_bytes": 0 if reason == "no-response" else 30_000 + p, "quarantined": False,
-        "client_prove_s": NAN if reason == "no-response" else 2.0 + p / 10, "client_recovery": rec,
-        "client_personalization_acc_before": pb, "client_personalization_acc_after": pa,
-        "client_forget_acc_before": fb, "client_forget_acc_after": fa} for p, reason, pb, pa, fb, fa, rec in ROWS])
+    return pd.DataFrame(
+        [
+            {
+                "request_id": "r1",
+                "node_id": 100 + p,
+                "partition_id": p,
+                "reason": reason,
+                "compliant": reason == "compliant",
+                "verify_ms": NAN if reason == "no-response" else 10.0 + p,
+                "bundle_bytes": 0 if reason == "no-response" else 30_000 + p,
+                "quarantined": False,
+                "client_prove_s": NAN if reason == "no-response" else 2.0 + p / 10,
+                "client_recovery": rec,
+                "client_personalization_acc_before": pb,
+                "client_personalization_acc_after": pa,
+                "client_forget_acc_before": fb,
+                "client_forget_acc_after": fa,
+            }
+            for p, reason, pb, pa, fb, fa, rec in ROWS
+        ]
+    )
 
 
 @pytest.fixture
 def reference():
-    return pd.DataFrame({"partition_id": [0, 1], "profile": ["phone", "laptop"], "retrain_forget_acc": [0.0, 0.05],
-                         "retrain_personalization_acc": [0.85, 0.8]})
+    return pd.DataFrame(
+        {
+            "partition_id": [0, 1],
+            "profile": ["phone", "laptop"],
+            "retrain_forget_acc": [0.0, 0.05],
+            "retrain_personalization_acc": [0.85, 0.8],
+        }
+    )
 
 
 def _visible(fig):
@@ -93,7 +125,7 @@ def _no_line_across_categories(ax):
 def test_recovery_is_nan_where_accuracy_was_zero_before(ledger, clients):
     values = recovery_values(_joined(ledger, clients))
     zero = values["partition_id"].isin([7, 8])
-    assert values.loc[zero, "recovery"].isna().all()        # not the client's after / 1e-12 = 0
+    assert values.loc[zero, "recovery"].isna().all()  # not the client's after / 1e-12 = 0
     assert values.loc[zero, "forget_retained"].isna().all()
     assert values.loc[~zero, "recovery"].notna().all()
     assert values.loc[values["partition_id"] == 1, "forget_retained"].iloc[0] == pytest.approx(0.2)
@@ -114,10 +146,10 @@ def test_detection_rates_are_fractions_with_counts(ledger, clients):
     rows = _joined(ledger, clients)
     rates = detection_rates(_per_client(rows, clients))
     assert rates["rate"].between(0, 1).all()
-    assert rates.loc["honest", ["k", "n"]].tolist() == [2, 3]        # one honest client silent
+    assert rates.loc["honest", ["k", "n"]].tolist() == [2, 3]  # one honest client silent
     assert rates.loc["late", ["k", "n"]].tolist() == [3, 3]
     assert rates.loc["garbage-proof", ["k", "n"]].tolist() == [2, 2]  # caught
-    assert rates.loc["wrong-mask", ["k", "n"]].tolist() == [0, 1]     # missed
+    assert rates.loc["wrong-mask", ["k", "n"]].tolist() == [0, 1]  # missed
     assert list(rates.index[rates["honest"]]) == ["honest", "late"]  # honest behaviours first
     counts = reason_counts(rows, rates.index)
     assert counts.loc["garbage-proof", "invalid-proof"] == 2 and counts.loc["honest", "no-response"] == 1
@@ -162,16 +194,37 @@ def test_replot_rerenders_from_saved_tables(ledger, clients, reference, tmp_path
 def _quality_frames():
     rng = np.random.default_rng(0)
     methods = ["verified", "no-op", "retrain"]
-    agg = pd.DataFrame([{"setting": s, "method": m, "runs": 3,
-                         **{f"{k}_{stat}": rng.uniform(0, 0.1 if stat == "std" else 1)
-                            for k in ("recovery", "forget_acc_after", "mia_auc_after", "mia_tpr_at_1pct_fpr_after")
-                            for stat in ("mean", "std")}}
-                        for s in ("vit-mnist-class", "vit-mnist-samples", "opt-code") for m in methods])
-    frontier = pd.DataFrame([{"setting": s, "method": m, "point": point, "recovery": rng.uniform(0.9, 1.0),
-                              "forget_acc_after": rng.uniform(), "mia_auc_after": rng.uniform(0.4, 0.6)}
-                             for s in ("vit-mnist-class", "vit-mnist-samples") for m in methods
-                             for point in (["default", "mask_fraction=0.1|damping=1"] if m == "verified"
-                                           else ["default"])])
+    agg = pd.DataFrame(
+        [
+            {
+                "setting": s,
+                "method": m,
+                "runs": 3,
+                **{
+                    f"{k}_{stat}": rng.uniform(0, 0.1 if stat == "std" else 1)
+                    for k in ("recovery", "forget_acc_after", "mia_auc_after", "mia_tpr_at_1pct_fpr_after")
+                    for stat in ("mean", "std")
+                },
+            }
+            for s in ("vit-mnist-class", "vit-mnist-samples", "opt-code")
+            for m in methods
+        ]
+    )
+    frontier = pd.DataFrame(
+        [
+            {
+                "setting": s,
+                "method": m,
+                "point": point,
+                "recovery": rng.uniform(0.9, 1.0),
+                "forget_acc_after": rng.uniform(),
+                "mia_auc_after": rng.uniform(0.4, 0.6),
+            }
+            for s in ("vit-mnist-class", "vit-mnist-samples")
+            for m in methods
+            for point in (["default", "mask_fraction=0.1|damping=1"] if m == "verified" else ["default"])
+        ]
+    )
     return agg, frontier
 
 
@@ -195,8 +248,17 @@ def test_quality_figures():
 def test_proof_cost_figure():
     from benchmarks.proof_cost import plot
 
-    rows = [{"d": 16, "slots": 2, "blocks_per_proof": b, "unit_blocks": u, "prove_ms_per_masked_weight": 100 / b,
-             "proof_bytes_per_masked_weight": 2000 / b} for b, u in ((1, 1), (2, 1), (4, 4), (16, 16))]
+    rows = [
+        {
+            "d": 16,
+            "slots": 2,
+            "blocks_per_proof": b,
+            "unit_blocks": u,
+            "prove_ms_per_masked_weight": 100 / b,
+            "proof_bytes_per_masked_weight": 2000 / b,
+        }
+        for b, u in ((1, 1), (2, 1), (4, 4), (16, 16))
+    ]
     fig = plot(rows)
     _check_labels(fig, "proof_cost.png")
     assert fig.legends
@@ -208,8 +270,10 @@ def test_proof_cost_figure():
 def test_latency_figure():
     from benchmarks.verify_load import plot
 
-    rows = [{"reason": r, "latency_ms": v} for r, v in (("compliant", 20.0), ("compliant", 25.0),
-                                                         ("incomplete", 0.3), ("malformed", 0.1))]
+    rows = [
+        {"reason": r, "latency_ms": v}
+        for r, v in (("compliant", 20.0), ("compliant", 25.0), ("incomplete", 0.3), ("malformed", 0.1))
+    ]
     writes = [{"registry_write": True, "latency_ms": 1.0}, {"registry_write": False, "latency_ms": 0.2}]
     fig = plot(rows, writes)
     _check_labels(fig, "latency.png")
@@ -220,10 +284,19 @@ def test_latency_figure():
 def test_local_metrics_figure(tmp_path):
     from zkapex_flwr.pipeline import plot_local
 
-    base = {"personalization_acc_before": 0.9, "personalization_acc_after": 0.88, "forget_acc_after": 0.1,
-            "mia_auc_after": 0.5}  # no TPR recorded: left out, not drawn as 0
-    result = {**base, "baselines": {"no-op": {**base, "forget_acc_after": 0.9}, "retrain": dict(base)},
-              "config": {"model": "vit", "dataset": "digits"}, "masked_weights": 10, "touched_blocks": 2}
+    base = {
+        "personalization_acc_before": 0.9,
+        "personalization_acc_after": 0.88,
+        "forget_acc_after": 0.1,
+        "mia_auc_after": 0.5,
+    }  # no TPR recorded: left out, not drawn as 0
+    result = {
+        **base,
+        "baselines": {"no-op": {**base, "forget_acc_after": 0.9}, "retrain": dict(base)},
+        "config": {"model": "vit", "dataset": "digits"},
+        "masked_weights": 10,
+        "touched_blocks": 2,
+    }
     fig = plot_local(result, tmp_path / "metrics.png")
     _check_labels(fig, "metrics.png")
     (ax,) = _visible(fig)

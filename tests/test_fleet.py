@@ -3,6 +3,7 @@
 20 virtual SuperNodes run the ready ClientApp; one of every dishonest behaviour of docs/protocol.md §5 runs
 its real code path against the real verifier inside the provider strategy.
 """
+
 import json
 
 import pandas as pd
@@ -11,16 +12,28 @@ import pytest
 from simulations.report import HONEST_BEHAVIOURS
 from zkapex_flwr.proof.cheats import BEHAVIOURS
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+]
 
 # the reason code each behaviour must be caught with (replay: another node's bundle opens another θp,
 # or was proven with another circuit when the victim's device picked a different proof size)
-EXPECTED = {"ignore": {"incomplete"}, "garbage-proof": {"invalid-proof"}, "mask-only": {"kkt-violation"},
-            "partial-mask": {"wrong-mask"}, "stale-model": {"stale-model"}, "fake-fisher": {"fisher-mismatch"},
-            "replay": {"invalid-proof", "wrong-circuit"}, "tamper-instances": {"invalid-proof"},
-            "wrong-mask": {"wrong-mask"}, "drop-blocks": {"incomplete"}, "duplicate-block": {"incomplete"},
-            "hide-in-padding": {"incomplete"}}
+EXPECTED = {
+    "ignore": {"incomplete"},
+    "garbage-proof": {"invalid-proof"},
+    "mask-only": {"kkt-violation"},
+    "partial-mask": {"wrong-mask"},
+    "stale-model": {"stale-model"},
+    "fake-fisher": {"fisher-mismatch"},
+    "replay": {"invalid-proof", "wrong-circuit"},
+    "tamper-instances": {"invalid-proof"},
+    "wrong-mask": {"wrong-mask"},
+    "drop-blocks": {"incomplete"},
+    "duplicate-block": {"incomplete"},
+    "hide-in-padding": {"incomplete"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +50,22 @@ def smoke(tmp_path_factory):
 
 def test_summary_has_every_key(smoke):
     _, s, _, clients = smoke
-    for key in ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected", "cheaters_caught",
-                "cheaters_missed", "by_behaviour", "recovery_median", "forget_acc_after_median", "prove_s_median",
-                "proof_bytes_median", "verify_ms_median", "wall_s"):
+    for key in (
+        "clients",
+        "honest",
+        "dishonest",
+        "honest_accepted",
+        "honest_rejected",
+        "cheaters_caught",
+        "cheaters_missed",
+        "by_behaviour",
+        "recovery_median",
+        "forget_acc_after_median",
+        "prove_s_median",
+        "proof_bytes_median",
+        "verify_ms_median",
+        "wall_s",
+    ):
         assert key in s, key
     assert s["clients"] == 20 and set(clients["behaviour"]) == set(BEHAVIOURS) | {"late"}
     assert s["prove_s_median"] > 0 and s["proof_bytes_median"] > 0 and s["verify_ms_median"] > 0
@@ -70,12 +96,12 @@ def test_no_honest_client_rejected(smoke):
 def test_forgetting_measurable_and_matched_by_retrain(smoke):
     """The request forgets something the clients knew, as far as retrain-from-scratch does."""
     out, s, rows, _ = smoke
-    assert s["forget_acc_before_median"] > 0.5                  # θp knows the class before the request
+    assert s["forget_acc_before_median"] > 0.5  # θp knows the class before the request
     ref = s["retrain_reference"]
     good = rows[rows["behaviour"].isin(HONEST_BEHAVIOURS) & (rows["reason"] == "compliant")].set_index("partition_id")
     measured = good.dropna(subset=["client_forget_acc_before", "client_forget_acc_after"])
-    assert ref["clients"] == min(8, len(measured)) >= 7           # retrain_clients = 8; a resent reply has no metrics
-    assert ref["retrain_forget_acc_median"] < 0.1               # retrain forgets in this setting
+    assert ref["clients"] == min(8, len(measured)) >= 7  # retrain_clients = 8; a resent reply has no metrics
+    assert ref["retrain_forget_acc_median"] < 0.1  # retrain forgets in this setting
     assert ref["forget_acc_after_median"] <= ref["retrain_forget_acc_median"] + 0.05
     assert ref["forget_acc_before_median"] - ref["forget_acc_after_median"] > 0.5
     assert ref["personalization_acc_after_median"] >= 0.95 * ref["retrain_personalization_acc_median"]
@@ -97,16 +123,16 @@ def test_quarantined_clients_excluded_from_next_training_round(smoke):
     quarantined = set(rounds["quarantined_after"])
     cheater_nodes = {int(n) for n in clients.loc[~clients["behaviour"].isin(HONEST_BEHAVIOURS), "node_id"]}
     assert quarantined == cheater_nodes
-    after = set(rounds["participants"]["2"])   # the FedAvg round after the unlearning round
+    after = set(rounds["participants"]["2"])  # the FedAvg round after the unlearning round
     assert after and not after & quarantined
-    assert len(rounds["participants"]["1"]) == 10   # fraction_train 0.5 of 20, before any verdict
-    assert len(after) == 4                           # 0.5 of the 8 nodes left after quarantine
+    assert len(rounds["participants"]["1"]) == 10  # fraction_train 0.5 of 20, before any verdict
+    assert len(after) == 4  # 0.5 of the 8 nodes left after quarantine
 
 
 def test_unlearning_replies_carry_no_weights(smoke):
     out, s, rows, _ = smoke
     audit = json.loads((out / "replies.json").read_text())
-    assert len(audit) >= len(rows) - 1   # every reply that arrived (ignore's empty bundle included)
+    assert len(audit) >= len(rows) - 1  # every reply that arrived (ignore's empty bundle included)
     assert all(a["array_records"] == 0 for a in audit)
     # the reply is proofs, their public values and residuals, one proof step per K masked columns of a
     # block: its size follows the mask (≈ 1.3 KB per step of 6 committed inputs), not the model
@@ -117,8 +143,16 @@ def test_unlearning_replies_carry_no_weights(smoke):
 def test_report_is_written(smoke):
     out, _, _, _ = smoke
     report = (out / "report.md").read_text()
-    for name in ("summary.json", "ledger.csv", "clients.csv", "detection.png", "recovery.png", "proof_cost.png",
-                 "forgetting.png", "reference.csv"):
+    for name in (
+        "summary.json",
+        "ledger.csv",
+        "clients.csv",
+        "detection.png",
+        "recovery.png",
+        "proof_cost.png",
+        "forgetting.png",
+        "reference.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
     for b in EXPECTED:
         assert b in report

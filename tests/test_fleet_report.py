@@ -1,4 +1,5 @@
 """Fleet report: summary counts against ground truth, NaN-safe medians, written files, input validation."""
+
 import importlib.util
 import json
 import math
@@ -12,34 +13,44 @@ from simulations.report import HONEST_BEHAVIOURS, plot_report, summarize, write_
 NAN = math.nan
 
 # partition_id -> (behaviour, profile); node_id = 100 + partition_id
-CLIENTS = {0: ("honest", "phone"), 1: ("honest", "laptop"), 2: ("late", "phone"), 3: ("honest", "phone"),
-           4: ("garbage-proof", "phone"), 5: ("stale-model", "laptop"), 6: ("wrong-mask", "laptop"),
-           7: ("hide-in-padding", "phone"), 8: ("ignore", "phone"), 9: ("replay", "laptop"),
-           10: ("honest", "laptop")}
+CLIENTS = {
+    0: ("honest", "phone"),
+    1: ("honest", "laptop"),
+    2: ("late", "phone"),
+    3: ("honest", "phone"),
+    4: ("garbage-proof", "phone"),
+    5: ("stale-model", "laptop"),
+    6: ("wrong-mask", "laptop"),
+    7: ("hide-in-padding", "phone"),
+    8: ("ignore", "phone"),
+    9: ("replay", "laptop"),
+    10: ("honest", "laptop"),
+}
 
 # (request, partition, reason, attempts, quarantined, prove_s, recovery, forget_after, bundle_bytes)
 ROWS = [
     ("r1", 0, "compliant", 1, False, 10.0, 0.90, 0.1, 1000),
     ("r1", 1, "compliant", 1, False, 20.0, 0.80, 0.2, 2000),
-    ("r1", 2, "compliant", 2, False, 30.0, NAN, NAN, 3000),       # late: answered on the retry
-    ("r1", 3, "no-response", 3, False, NAN, NAN, NAN, 0),          # honest but silent
+    ("r1", 2, "compliant", 2, False, 30.0, NAN, NAN, 3000),  # late: answered on the retry
+    ("r1", 3, "no-response", 3, False, NAN, NAN, NAN, 0),  # honest but silent
     ("r1", 4, "invalid-proof", 1, True, 5.0, 0.5, 0.5, 900),
     ("r1", 5, "stale-model", 1, False, 5.0, 0.5, 0.5, 900),
     ("r1", 6, "wrong-mask", 1, True, 5.0, 0.5, 0.5, 900),
-    ("r1", 7, "compliant", 1, False, 5.0, 0.1, 0.9, 900),          # the missed cheater
+    ("r1", 7, "compliant", 1, False, 5.0, 0.1, 0.9, 900),  # the missed cheater
     ("r1", 8, "no-response", 3, True, NAN, NAN, NAN, 0),
     ("r1", 10, "fisher-mismatch", 1, False, 40.0, 0.0, 0.9, 500),  # honest but rejected (false positive)
     ("r2", 0, "compliant", 1, False, 12.0, 0.95, 0.3, 1100),
     ("r2", 1, "compliant", 1, False, 22.0, 0.85, 0.4, 2100),
-    ("r2", 5, "stale-model", 1, True, 5.0, 0.5, 0.5, 900),         # quarantined on its latest row
-    ("r2", 6, "compliant", 1, False, 5.0, 0.5, 0.5, 900),          # released on its latest row
+    ("r2", 5, "stale-model", 1, True, 5.0, 0.5, 0.5, 900),  # quarantined on its latest row
+    ("r2", 6, "compliant", 1, False, 5.0, 0.5, 0.5, 900),  # released on its latest row
 ]
 
 
 @pytest.fixture
 def clients():
-    return pd.DataFrame([{"partition_id": p, "node_id": 100 + p, "behaviour": b, "profile": f}
-                         for p, (b, f) in CLIENTS.items()])
+    return pd.DataFrame(
+        [{"partition_id": p, "node_id": 100 + p, "behaviour": b, "profile": f} for p, (b, f) in CLIENTS.items()]
+    )
 
 
 @pytest.fixture
@@ -47,16 +58,31 @@ def ledger():
     records = []
     for req, pid, reason, attempts, quarantined, prove_s, recovery, forget_after, size in ROWS:
         silent = reason == "no-response"
-        records.append({
-            "request_id": req, "node_id": 100 + pid, "partition_id": pid, "reason": reason, "detail": "",
-            "compliant": reason == "compliant", "attempts": attempts,
-            "verify_ms": NAN if silent else (100.0 if pid == 4 else 5.0), "proofs": 0 if silent else 3,
-            "bundle_bytes": size, "circuit": "" if silent else "c1", "quarantined": quarantined,
-            "client_prove_s": prove_s, "client_recovery": recovery,
-            "client_personalization_acc_before": 0.9, "client_personalization_acc_after": 0.88,
-            "client_forget_acc_before": NAN if silent else 0.9, "client_forget_acc_after": forget_after,
-            "client_masked_weights": 42, "client_device_s": prove_s + 1.0, "client_upload_s": NAN,
-        })
+        records.append(
+            {
+                "request_id": req,
+                "node_id": 100 + pid,
+                "partition_id": pid,
+                "reason": reason,
+                "detail": "",
+                "compliant": reason == "compliant",
+                "attempts": attempts,
+                "verify_ms": NAN if silent else (100.0 if pid == 4 else 5.0),
+                "proofs": 0 if silent else 3,
+                "bundle_bytes": size,
+                "circuit": "" if silent else "c1",
+                "quarantined": quarantined,
+                "client_prove_s": prove_s,
+                "client_recovery": recovery,
+                "client_personalization_acc_before": 0.9,
+                "client_personalization_acc_after": 0.88,
+                "client_forget_acc_before": NAN if silent else 0.9,
+                "client_forget_acc_after": forget_after,
+                "client_masked_weights": 42,
+                "client_device_s": prove_s + 1.0,
+                "client_upload_s": NAN,
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -66,12 +92,34 @@ def test_honest_behaviours():
 
 def test_summary_counts_against_ground_truth(ledger, clients):
     s = summarize(ledger, clients, wall_s=12.5, extra={"seed": np.int64(3), "scenario": "mixed"})
-    assert {k: s[k] for k in ("clients", "honest", "dishonest", "honest_accepted", "honest_rejected",
-                              "honest_no_response", "cheaters_caught", "cheaters_missed", "cheaters_unprobed",
-                              "requests", "quarantined")} == {
-        "clients": 11, "honest": 5, "dishonest": 6, "honest_accepted": 3, "honest_rejected": 1,
-        "honest_no_response": 1, "cheaters_caught": 4, "cheaters_missed": 1, "cheaters_unprobed": 1,
-        "requests": 2, "quarantined": 3}
+    assert {
+        k: s[k]
+        for k in (
+            "clients",
+            "honest",
+            "dishonest",
+            "honest_accepted",
+            "honest_rejected",
+            "honest_no_response",
+            "cheaters_caught",
+            "cheaters_missed",
+            "cheaters_unprobed",
+            "requests",
+            "quarantined",
+        )
+    } == {
+        "clients": 11,
+        "honest": 5,
+        "dishonest": 6,
+        "honest_accepted": 3,
+        "honest_rejected": 1,
+        "honest_no_response": 1,
+        "cheaters_caught": 4,
+        "cheaters_missed": 1,
+        "cheaters_unprobed": 1,
+        "requests": 2,
+        "quarantined": 3,
+    }
     assert s["by_behaviour"] == {
         "honest": {"n": 4, "caught": 2, "reasons": {"compliant": 4, "fisher-mismatch": 1, "no-response": 1}},
         "late": {"n": 1, "caught": 0, "reasons": {"compliant": 1}},
@@ -95,10 +143,20 @@ def test_medians_ignore_nan_and_the_wrong_population(ledger, clients):
     assert s["proof_bytes_median"] == pytest.approx(2000.0)
     assert s["verify_ms_median"] == pytest.approx(5.0)
     assert s["by_profile"] == {
-        "laptop": {"n": 2, "prove_s_median": 22.0, "proof_bytes_median": 2050.0, "device_s_median": 23.0,
-                   "upload_s_median": None},
-        "phone": {"n": 3, "prove_s_median": 12.0, "proof_bytes_median": 1100.0, "device_s_median": 13.0,
-                  "upload_s_median": None},
+        "laptop": {
+            "n": 2,
+            "prove_s_median": 22.0,
+            "proof_bytes_median": 2050.0,
+            "device_s_median": 23.0,
+            "upload_s_median": None,
+        },
+        "phone": {
+            "n": 3,
+            "prove_s_median": 12.0,
+            "proof_bytes_median": 1100.0,
+            "device_s_median": 13.0,
+            "upload_s_median": None,
+        },
     }
     assert all(type(v) is float for v in (s["recovery_median"], s["proof_bytes_median"], s["wall_s"]))
 
@@ -107,8 +165,14 @@ def test_empty_ledger_gives_none_medians_and_all_unprobed(ledger, clients):
     s = summarize(ledger.iloc[0:0], clients, wall_s=0.0)
     assert s["cheaters_unprobed"] == 6 and s["cheaters_caught"] == 0 and s["honest_accepted"] == 0
     assert s["requests"] == 0 and s["quarantined"] == 0
-    for key in ("recovery_median", "forget_acc_before_median", "forget_acc_after_median", "prove_s_median",
-                "proof_bytes_median", "verify_ms_median"):
+    for key in (
+        "recovery_median",
+        "forget_acc_before_median",
+        "forget_acc_after_median",
+        "prove_s_median",
+        "proof_bytes_median",
+        "verify_ms_median",
+    ):
         assert s[key] is None, key
     assert s["by_profile"]["phone"]["prove_s_median"] is None
     json.dumps(s, allow_nan=False)
@@ -122,8 +186,15 @@ def test_research_columns_are_optional(ledger, clients):
 def test_write_report_writes_every_file(ledger, clients, tmp_path):
     out = tmp_path / "run"
     s = write_report(ledger, clients, out, wall_s=12.5, extra={"seed": 3}, scenario_name="mixed-fleet")
-    names = {"ledger.csv", "clients.csv", "summary.json", "report.md", "detection.png", "recovery.png",
-             "proof_cost.png"}
+    names = {
+        "ledger.csv",
+        "clients.csv",
+        "summary.json",
+        "report.md",
+        "detection.png",
+        "recovery.png",
+        "proof_cost.png",
+    }
     if importlib.util.find_spec("pyarrow") is not None:
         names.add("ledger.parquet")
     assert names <= {p.name for p in out.iterdir()}
@@ -159,8 +230,14 @@ def test_unknown_partition_is_named(ledger, clients, tmp_path):
     assert not (tmp_path / "bad" / "ledger.csv").exists()
 
 
-REFERENCE = pd.DataFrame({"partition_id": [0, 1], "profile": ["phone", "laptop"], "retrain_forget_acc": [0.0, 0.05],
-                          "retrain_personalization_acc": [0.91, 0.89]})
+REFERENCE = pd.DataFrame(
+    {
+        "partition_id": [0, 1],
+        "profile": ["phone", "laptop"],
+        "retrain_forget_acc": [0.0, 0.05],
+        "retrain_personalization_acc": [0.91, 0.89],
+    }
+)
 
 
 def test_retrain_reference_sits_beside_the_clients_own_metrics(ledger, clients, tmp_path):
@@ -190,9 +267,11 @@ def test_reference_client_without_measurements_is_named(ledger, clients, tmp_pat
 
 
 def test_a_client_at_zero_accuracy_before_has_no_recovery_not_a_zero(ledger, clients):
-    honest_ok = ledger.index[ledger["compliant"] & ledger["partition_id"].isin(
-        [p for p, (b, _) in CLIENTS.items() if b in HONEST_BEHAVIOURS])]
+    honest_ok = ledger.index[
+        ledger["compliant"]
+        & ledger["partition_id"].isin([p for p, (b, _) in CLIENTS.items() if b in HONEST_BEHAVIOURS])
+    ]
     changed = ledger.copy()
-    changed.loc[honest_ok, "client_personalization_acc_before"] = 0.0   # every honest client at 0 before ...
-    changed.loc[honest_ok, "client_recovery"] = 0.0                    # ... reports after / 1e-12 = 0
+    changed.loc[honest_ok, "client_personalization_acc_before"] = 0.0  # every honest client at 0 before ...
+    changed.loc[honest_ok, "client_recovery"] = 0.0  # ... reports after / 1e-12 = 0
     assert summarize(changed, clients, wall_s=1.0)["recovery_median"] is None

@@ -3,6 +3,7 @@
 Fast counterparts of the Ray fleet test (tests/test_fleet.py): the same protocol messages, the real
 EZKL prover and verifier, the persistent registry and ledger, deadline and retry, quarantine.
 """
+
 import json
 import time
 import uuid
@@ -15,20 +16,22 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
-from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning, dispatch
+from strategies.ledger import Ledger
+from strategies.registry import Registry
 from zkapex_flwr.client import MissingState
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
-from strategies.ledger import Ledger
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
-from strategies.registry import Registry
 from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app
 from zkapex_flwr.training import accuracy, train
 
-pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
-              pytest.mark.usefixtures("task_identity")]   # Messages built outside a Flower runtime (conftest.py)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+    pytest.mark.usefixtures("task_identity"),
+]  # Messages built outside a Flower runtime (conftest.py)
 SCOPE = r"(^|\.)fc1\.weight$"
 
 
@@ -41,20 +44,31 @@ def digits():
 def make_app(digits, hooks: dict) -> ClientApp:
     """The digits ClientApp: node pid holds 80 digits from 300 + 100·pid (mod 1 400), one local epoch."""
     x, y = digits
-    return digits_client_app(x, y, wrap=1400, train_kwargs=dict(epochs=1, lr=1e-3), hooks=hooks,
-                             test=TensorData((x[1500:1600], y[1500:1600])))
+    return digits_client_app(
+        x,
+        y,
+        wrap=1400,
+        train_kwargs=dict(epochs=1, lr=1e-3),
+        hooks=hooks,
+        test=TensorData((x[1500:1600], y[1500:1600])),
+    )
 
 
 def provider(digits, state_dir, **cfg) -> VerifiedUnlearning:
     x, y = digits
     forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
     retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16,
-                            group=16, slots=2)
+    masker = SaliencyMasker(
+        DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16, group=16, slots=2
+    )
     config = UnlearningConfig(personal_epochs=2, deadline_s=cfg.pop("deadline_s", 5.0), **cfg)
-    return VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
-                              requests=[DeletionRequest("r1", forget, after_round=1)], state_dir=state_dir,
-                              config=config)
+    return VerifiedUnlearning(
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
+        masker=masker,
+        requests=[DeletionRequest("r1", forget, after_round=1)],
+        state_dir=state_dir,
+        config=config,
+    )
 
 
 def initial_arrays(digits) -> ArrayRecord:
@@ -88,8 +102,9 @@ def central_evaluation(digits):
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = DigitsMLP()
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord({"accuracy": accuracy(model, ImageTask(), held),
-                             "forget-accuracy": accuracy(model, ImageTask(), threes)})
+        return MetricRecord(
+            {"accuracy": accuracy(model, ImageTask(), held), "forget-accuracy": accuracy(model, ImageTask(), threes)}
+        )
 
     return evaluate
 
@@ -111,7 +126,7 @@ def test_the_provider_is_a_flower_strategy_whose_result_records_each_deletion(fl
     _, strat, _, _ = fleet
     result = strat.result
     assert isinstance(strat, Strategy) and isinstance(result, UnlearningResult)
-    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]   # evaluate_fn: before round 1 and after each round
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]  # evaluate_fn: before round 1 and after each round
     assert sorted(result.train_metrics_clientapp) == [1, 2]
     (deletion,) = result.deletions
     assert (deletion.request_id, deletion.after_round) == ("r1", 1)
@@ -135,10 +150,13 @@ def test_a_strategy_that_needs_more_nodes_than_quarantine_leaves_skips_the_round
     assert len(strat.quarantined()) == 1
     out = {}
 
-    def run() -> None:   # the store's SQLite connection belongs to the thread that opens it
+    def run() -> None:  # the store's SQLite connection belongs to the thread that opens it
         strict = out["strategy"] = VerifiedUnlearning(
             FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=4, min_available_nodes=2),
-            masker=strat.masker, requests=[], state_dir=state)
+            masker=strat.masker,
+            requests=[],
+            state_dir=state,
+        )
         out["result"] = strict.start(grid, arrays, num_rounds=1)
 
     worker = threading.Thread(target=run, daemon=True)
@@ -165,7 +183,7 @@ def test_lost_message_is_retried_after_the_deadline(fleet):
 
 def test_registry_moves_to_theta_u_and_persists(fleet):
     _, strat, state, _ = fleet
-    reg = Registry(state / "provider.db")   # a restarted provider reads the same registry
+    reg = Registry(state / "provider.db")  # a restarted provider reads the same registry
     assert reg.record(100)["version"] == 2 and reg.record(102)["version"] == 1
     assert reg.get(100).digest() == strat.registry.get(100).digest()
     assert reg.get(100).theta.tobytes() != reg.get(102).theta.tobytes()
@@ -182,37 +200,45 @@ def test_restarted_provider_does_not_ask_again(fleet, digits):
     again = provider(digits, state)
     grid.seen.clear()
     again.start(grid, arrays, num_rounds=1)
-    assert (100, "train.commit") not in grid.seen            # registered nodes are not asked to commit again
+    assert (100, "train.commit") not in grid.seen  # registered nodes are not asked to commit again
     kinds = [k for n, k in grid.seen if n != 102]
-    assert UNLEARN not in kinds                               # decided (request, node) pairs are not re-asked
+    assert UNLEARN not in kinds  # decided (request, node) pairs are not re-asked
     after = Ledger(state / "provider.db").frame()
-    pd.testing.assert_frame_equal(after.iloc[:len(before)], before, check_dtype=False)   # no row lost or changed
-    assert set(after.iloc[len(before):]["node_id"]) <= {102}  # only the quarantined node's make-up is new
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before, check_dtype=False)  # no row lost or changed
+    assert set(after.iloc[len(before) :]["node_id"]) <= {102}  # only the quarantined node's make-up is new
 
 
 def test_dropped_and_late_clients_follow_the_deadline_policy(digits, tmp_path):
     """100 honest; 101 offline for the unlearning round; 102 answers every attempt after the deadline; 103 is
     late on its first attempt only; 104 fails with an error on every attempt. Retry, then deadline, then
     quarantine; late replies are ignored."""
+
     def out_of_memory(prover, mask, req, context):
         raise RuntimeError("device out of memory")
 
     grid = SyncGrid(make_app(digits, {4: out_of_memory}), 5)
     grid.drop_always = {(101, UNLEARN)}
     grid.late = {(102, UNLEARN): [2.5, 2.5], (103, UNLEARN): [2.5]}
-    strat = provider(digits, tmp_path, deadline_s=1.5, max_in_flight=1)   # one at a time: SyncGrid proves inside push
+    strat = provider(digits, tmp_path, deadline_s=1.5, max_in_flight=1)  # one at a time: SyncGrid proves inside push
     strat.start(grid, initial_arrays(digits), num_rounds=2)
     led = strat.ledger.frame().set_index("node_id")
-    assert len(led) == 5 and led.index.is_unique, led[["reason", "attempts", "detail"]]   # none counted twice
-    assert list(led.sort_index()["reason"]) == ["compliant", "no-response", "no-response", "compliant",
-                                                "no-response"], led[["reason", "attempts"]]
+    assert len(led) == 5 and led.index.is_unique, led[["reason", "attempts", "detail"]]  # none counted twice
+    assert list(led.sort_index()["reason"]) == [
+        "compliant",
+        "no-response",
+        "no-response",
+        "compliant",
+        "no-response",
+    ], led[["reason", "attempts"]]
     assert led.loc[100, "reason"] == "compliant" and led.loc[100, "attempts"] == 1
-    assert led.loc[103, "reason"] == "compliant" and led.loc[103, "attempts"] == 2   # late once: not quarantined
+    assert led.loc[103, "reason"] == "compliant" and led.loc[103, "attempts"] == 2  # late once: not quarantined
     for node in (101, 102):
         assert led.loc[node, "reason"] == "no-response" and led.loc[node, "attempts"] == 2
         assert "no reply within 1.5 s on attempt 2" in led.loc[node, "detail"]
     assert grid.seen.count((101, UNLEARN)) == 2 and grid.seen.count((102, UNLEARN)) == 2
-    assert led.loc[104, "attempts"] == 2 and "client error: RuntimeError: device out of memory" in led.loc[104, "detail"]
+    assert (
+        led.loc[104, "attempts"] == 2 and "client error: RuntimeError: device out of memory" in led.loc[104, "detail"]
+    )
     assert strat.quarantined() == {101, 102, 104} and strat.participants[2] == [100, 103]
 
 
@@ -233,9 +259,9 @@ def test_new_run_after_provider_restart_uses_the_nodes_persisted_state(digits, t
     dying._verify_outcome = die
     with pytest.raises(Killed):
         dying.start(first, arrays, num_rounds=1)
-    assert first.seen.count((100, UNLEARN)) == 1 and len(dying.ledger) == 0   # node 100 proved; nothing recorded
+    assert first.seen.count((100, UNLEARN)) == 1 and len(dying.ledger) == 0  # node 100 proved; nothing recorded
     assert all((tmp_path / "devices" / f"node-{i}" / "node-state.npz").exists() for i in range(2))
-    second = SyncGrid(make_app(digits, {}), 2, run_id=2, state_root=tmp_path / "devices")   # new run, empty Contexts
+    second = SyncGrid(make_app(digits, {}), 2, run_id=2, state_root=tmp_path / "devices")  # new run, empty Contexts
     restarted = provider(digits, tmp_path / "provider")
     restarted.start(second, arrays, num_rounds=1)
     assert ("train.commit" not in {k for _, k in second.seen}) and (100, UNLEARN) in second.seen
@@ -243,7 +269,7 @@ def test_new_run_after_provider_restart_uses_the_nodes_persisted_state(digits, t
     assert set(out["reason"]) == {"compliant"} and len(out) == 2
     assert restarted.registry.versions(100) == [1, 2]
     assert restarted.partitions == {100: 0, 101: 1} and set(out["partition_id"]) == {0, 1}
-    without = SyncGrid(make_app(digits, {}), 1, run_id=3)   # no state dir: a clear error, not a silent re-commit
+    without = SyncGrid(make_app(digits, {}), 1, run_id=3)  # no state dir: a clear error, not a silent re-commit
     req = UnlearnRequest("r", "n", b"\x00\x00\x00\x00", "{}", "digest", "circuit", 1, 5.0)
     msg = Message(req.to_content(), dst_node_id=100, message_type=UNLEARN)
     msg.metadata.__dict__["_message_id"] = "m0"
@@ -283,10 +309,18 @@ def test_dispatch_gives_up_after_max_attempts():
             return []
 
     grid, t0 = Silent(), time.monotonic()
-    out = dispatch(grid, [1, 2], lambda n, a: Message(RecordDict(), dst_node_id=n, message_type=UNLEARN),
-                   deadline_s=0.2, max_attempts=3, max_in_flight=1, poll_s=0.01)
-    assert grid.pushed == 6 and all(o.reply is None and "no reply within 0.2 s on attempt 3" in o.detail
-                                    for o in out.values())
+    out = dispatch(
+        grid,
+        [1, 2],
+        lambda n, a: Message(RecordDict(), dst_node_id=n, message_type=UNLEARN),
+        deadline_s=0.2,
+        max_attempts=3,
+        max_in_flight=1,
+        poll_s=0.01,
+    )
+    assert grid.pushed == 6 and all(
+        o.reply is None and "no reply within 0.2 s on attempt 3" in o.detail for o in out.values()
+    )
     assert all(o.attempts == 3 for o in out.values()) and time.monotonic() - t0 >= 1.2
 
 
@@ -297,7 +331,7 @@ def test_scenario_errors_name_file_and_key(tmp_path):
     bad.write_text('clients = 4\n[[requests]]\nid = "r"\nafter_round = 0\n[behaviours]\nhonest = 3\nsneaky = 1\n')
     with pytest.raises(ScenarioError, match="unknown behaviour 'sneaky'"):
         load_scenario(bad)
-    bad.write_text('clients = 4\n[unlearning]\nblock_sise = 16\n')
+    bad.write_text("clients = 4\n[unlearning]\nblock_sise = 16\n")
     with pytest.raises(ScenarioError, match=r"bad.toml \[unlearning\]: unknown key\(s\) \['block_sise'\]"):
         load_scenario(bad)
     bad.write_text('clients = 4\nretrain_clients = "all"\n[[requests]]\nid = "r"\nafter_round = 0\n')
@@ -338,8 +372,9 @@ def test_quarantined_node_is_released_when_it_makes_up_the_request(digits, tmp_p
     grid = SyncGrid(make_app(digits, {1: cheat_once}), 3)
     strat = provider(digits, tmp_path)
     x, y = digits
-    strat.requests.append(DeletionRequest("r2", TensorData((x[:300][y[:300] == 5], y[:300][y[:300] == 5])),
-                                          after_round=2))
+    strat.requests.append(
+        DeletionRequest("r2", TensorData((x[:300][y[:300] == 5], y[:300][y[:300] == 5])), after_round=2)
+    )
     strat.start(grid, initial_arrays(digits), num_rounds=2)
     rows = strat.ledger.frame()
     mine = rows[rows["node_id"] == 101][["request_id", "reason"]].values.tolist()

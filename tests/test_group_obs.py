@@ -1,4 +1,5 @@
 """Group-OBS against brute force, KKT residuals, and its error messages."""
+
 import pytest
 import torch
 
@@ -11,10 +12,10 @@ def random_problem(t=6, d=24, p=0.2, seed=0):
     c = a.transpose(1, 2) @ a / (3 * d) + 0.05 * torch.eye(d, dtype=torch.float64)
     w = torch.randn(t, d, generator=g, dtype=torch.float64)
     m = torch.rand(t, d, generator=g) < p
-    m[:, 0] = True           # every block touched
-    m[1] = True              # one block fully masked
+    m[:, 0] = True  # every block touched
+    m[1] = True  # one block fully masked
     m[2] = False
-    m[2, 5] = True           # one block with a single masked weight
+    m[2, 5] = True  # one block with a single masked weight
     return w, c, m
 
 

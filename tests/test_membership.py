@@ -4,6 +4,7 @@ The attack must see membership where there is some and none where there is none;
 read its own split: D_f (forget accuracy, members), never-trained non-members, the client's held-out
 data (personalization), with no sample shared between roles that must stay apart.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,36 +58,45 @@ def test_rmia_sees_membership_and_not_its_absence():
 
 def test_tpr_at_fpr_and_bad_input():
     labels = np.array([1, 1, 1, 0, 0, 0])
-    assert tpr_at_fpr(labels, np.array([3, 2, 1, 0.5, 0.4, 0.3])) == 1.0   # perfectly separated
-    assert tpr_at_fpr(labels, np.array([0.1, 0.2, 0.3, 3, 2, 1])) == 0.0   # inverted
+    assert tpr_at_fpr(labels, np.array([3, 2, 1, 0.5, 0.4, 0.3])) == 1.0  # perfectly separated
+    assert tpr_at_fpr(labels, np.array([0.1, 0.2, 0.3, 3, 2, 1])) == 0.0  # inverted
     with pytest.raises(ValueError, match="at least one reference model"):
         MembershipAudit.calibrate([], ImageTask(), TensorData((torch.zeros(5, 1),)), TensorData((torch.zeros(5, 1),)))
 
 
 @pytest.mark.parametrize("mode", ["class", "samples"])
 def test_image_metric_roles_do_not_leak(mode):
-    s = image_splits("digits", client_id=0, num_clients=2, forget_mode=mode, forget_count=60, seed=0,
-                     shift_kind="none", client_keeps_forget=False)
+    s = image_splits(
+        "digits",
+        client_id=0,
+        num_clients=2,
+        forget_mode=mode,
+        forget_count=60,
+        seed=0,
+        shift_kind="none",
+        client_keeps_forget=False,
+    )
     forget, unseen = _rows(s.client_forget), _rows(s.client_unseen)
     trained = _rows(s.provider_train) | _rows(s.client_train)
-    assert _rows(s.forget) == forget                       # members are D_f itself (no shift here)
-    assert forget <= _rows(s.provider_train)                # ...which the provider trained on
-    assert not forget & _rows(s.provider_retain)            # retain = provider data minus D_f
-    assert not unseen & trained                              # non-members were never trained on
-    assert not _rows(s.client_test) & trained                # personalization accuracy on held-out data
+    assert _rows(s.forget) == forget  # members are D_f itself (no shift here)
+    assert forget <= _rows(s.provider_train)  # ...which the provider trained on
+    assert not forget & _rows(s.provider_retain)  # retain = provider data minus D_f
+    assert not unseen & trained  # non-members were never trained on
+    assert not _rows(s.client_test) & trained  # personalization accuracy on held-out data
     assert len(unseen) >= 0.9 * len(forget) or mode == "class"
     if mode == "class":
         assert (s.forget.tensors[1] == 3).all() and (s.client_unseen.tensors[1] == 3).all()
-        assert not (s.client_test.tensors[1] == 3).any()    # forget class excluded from personalization acc
+        assert not (s.client_test.tensors[1] == 3).any()  # forget class excluded from personalization acc
         assert not (s.client_retain.tensors[1] == 3).any()  # the request covers the client's own class-3 samples
-        assert (s.client_train.tensors[1] == 3).any()       # ...which θp (and its committed Fisher) did see
+        assert (s.client_train.tensors[1] == 3).any()  # ...which θp (and its committed Fisher) did see
 
 
 def test_code_package_request_covering_the_federation_roles():
     from zkapex_flwr.data.code import code_splits
 
-    s, _ = code_splits(client_id=0, num_clients=2, max_provider_seqs=300, max_client_seqs=120, seed=0,
-                       client_keeps_forget=False)
+    s, _ = code_splits(
+        client_id=0, num_clients=2, max_provider_seqs=300, max_client_seqs=120, seed=0, client_keeps_forget=False
+    )
     forget, unseen = _rows(s.client_forget), _rows(s.client_unseen)
     held = _rows(s.client_train) - _rows(s.client_retain)
     assert held and not held & forget and not held & unseen  # the client's own share of the package

@@ -1,4 +1,5 @@
 """`zkapex local` end to end (short schedules): metrics.json keys, baselines, reproducibility, errors."""
+
 import json
 
 import pytest
@@ -7,9 +8,18 @@ from simulations.cli import main
 from zkapex_flwr.pipeline import METRIC_KEYS, preset, run_local
 from zkapex_flwr.unlearning.scope import VERIFIED_SCOPE
 
-REQUIRED = ["personalization_acc_before", "personalization_acc_after", "recovery", "forget_acc_before",
-            "forget_acc_after", "mia_auc_after", "mia_tpr_at_1pct_fpr_after", "loss_mia_auc_after",
-            "kkt_max_residual", "baselines"]
+REQUIRED = [
+    "personalization_acc_before",
+    "personalization_acc_after",
+    "recovery",
+    "forget_acc_before",
+    "forget_acc_after",
+    "mia_auc_after",
+    "mia_tpr_at_1pct_fpr_after",
+    "loss_mia_auc_after",
+    "kkt_max_residual",
+    "baselines",
+]
 
 
 def test_cli_vit_digits_writes_metrics_and_is_reproducible(tmp_path):
@@ -33,15 +43,28 @@ def test_cli_vit_digits_writes_metrics_and_is_reproducible(tmp_path):
     assert a["baselines"]["no-op"]["recovery"] == 1.0
     assert a["baselines"]["mask-only"]["kkt_max_residual"] > 1e-3  # the certificate rejects plain masking
     assert (tmp_path / "a" / "metrics.png").stat().st_size > 0
-    for key in ("personalization_acc_after", "forget_acc_after", "mia_auc_after", "mia_tpr_at_1pct_fpr_after",
-                "masked_weights"):
+    for key in (
+        "personalization_acc_after",
+        "forget_acc_after",
+        "mia_auc_after",
+        "mia_tpr_at_1pct_fpr_after",
+        "masked_weights",
+    ):
         assert a[key] == b[key], key  # same seed, same numbers
 
 
 def test_opt_stdlib_code_small_run():
-    cfg = preset("opt", "stdlib-code", global_epochs=1, personal_epochs=1, max_provider_seqs=400,
-                 max_client_seqs=150, model_kwargs=dict(hidden=64, layers=2, ffn=128, heads=2),
-                 baselines=("no-op", "mask-only"), mia_references=1)
+    cfg = preset(
+        "opt",
+        "stdlib-code",
+        global_epochs=1,
+        personal_epochs=1,
+        max_provider_seqs=400,
+        max_client_seqs=150,
+        model_kwargs=dict(hidden=64, layers=2, ffn=128, heads=2),
+        baselines=("no-op", "mask-only"),
+        mia_references=1,
+    )
     result = run_local(cfg)
     assert result["kkt_max_residual"] <= 1e-9
     assert 0.0 < result["personalization_acc_before"] < 1.0
@@ -52,8 +75,9 @@ def test_opt_stdlib_code_small_run():
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["local", "--model", "opt", "--dataset", "digits", "--out", str(tmp_path)]) == 2
     assert "no preset for model 'opt' on dataset 'digits'" in capsys.readouterr().err
-    assert main(["local", "--model", "vit", "--dataset", "digits", "--forget-classes", "11",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["local", "--model", "vit", "--dataset", "digits", "--forget-classes", "11", "--out", str(tmp_path)]) == 2
+    )
     assert "class 11 is outside 0..9" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown config option"):
         preset("vit", "digits", bogus=1)
@@ -90,9 +114,19 @@ def test_sample_request_mask_stays_off_the_class_head():
 
 @pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")
 def test_local_run_with_real_proof_is_verified_compliant():
-    cfg = preset("vit", "digits", global_epochs=4, personal_epochs=2, block_size=16, mask_fraction=0.02,
-                 max_blocks=12, baselines=("no-op",), prove=True, mia_references=1,
-                 model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0))
+    cfg = preset(
+        "vit",
+        "digits",
+        global_epochs=4,
+        personal_epochs=2,
+        block_size=16,
+        mask_fraction=0.02,
+        max_blocks=12,
+        baselines=("no-op",),
+        prove=True,
+        mia_references=1,
+        model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
+    )
     result = run_local(cfg)
     proof = result["proof"]
     assert proof["verdict"] == "compliant", proof["detail"]

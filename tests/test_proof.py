@@ -1,4 +1,5 @@
 """The EZKL proof against the real prover and verifier: honest accepted, every cheat rejected with its reason."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,19 +30,19 @@ def fisher_for(layout, seed):
     return BlockFisher(torch.einsum("mbi,mbj->bij", grads, grads) / 48, 48, layout)
 
 
-@pytest.fixture(scope="module", params=[(1, 1), (3, 1), (1, 4)],
-                ids=["1-step-per-proof", "3-steps-per-proof", "4-block-units"])
+@pytest.fixture(
+    scope="module", params=[(1, 1), (3, 1), (1, 4)], ids=["1-step-per-proof", "3-steps-per-proof", "4-block-units"]
+)
 def world(request):
     steps, group = request.param
     model_a, model_b = Tiny(0), Tiny(1)
     layout = BlockLayout.from_model(model_a, 16)
-    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps_per_proof=steps,
-                              group_size=group)
-    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps_per_proof=steps,
-                              group_size=group)
+    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps=steps, group=group)
+    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps=steps, group=group)
     # blocks 0, 2 (one masked weight each), 5 (five masked weights: a chain of 3 steps with K=2)
-    mask = UnlearningMask(torch.tensor([3, 2 * 16 + 7, 5 * 16 + 1, 5 * 16 + 4, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 15]),
-                          layout)
+    mask = UnlearningMask(
+        torch.tensor([3, 2 * 16 + 7, 5 * 16 + 1, 5 * 16 + 4, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 15]), layout
+    )
     return model_a, layout, a, b, mask
 
 
@@ -73,19 +74,22 @@ def test_honest_bundle_is_compliant_and_moves_registry(world):
     assert torch.allclose(after.reshape(-1, 16)[blocks].double(), exact, atol=1e-3)
 
 
-@pytest.mark.parametrize("behaviour,reason", [
-    ("ignore", "incomplete"),
-    ("garbage-proof", "invalid-proof"),
-    ("mask-only", "kkt-violation"),
-    ("partial-mask", "wrong-mask"),
-    ("stale-model", "stale-model"),
-    ("fake-fisher", "fisher-mismatch"),
-    ("tamper-instances", "invalid-proof"),
-    ("wrong-mask", "wrong-mask"),
-    ("drop-blocks", "incomplete"),
-    ("duplicate-block", "incomplete"),
-    ("hide-in-padding", "incomplete"),
-])
+@pytest.mark.parametrize(
+    "behaviour,reason",
+    [
+        ("ignore", "incomplete"),
+        ("garbage-proof", "invalid-proof"),
+        ("mask-only", "kkt-violation"),
+        ("partial-mask", "wrong-mask"),
+        ("stale-model", "stale-model"),
+        ("fake-fisher", "fisher-mismatch"),
+        ("tamper-instances", "invalid-proof"),
+        ("wrong-mask", "wrong-mask"),
+        ("drop-blocks", "incomplete"),
+        ("duplicate-block", "incomplete"),
+        ("hide-in-padding", "incomplete"),
+    ],
+)
 def test_cheat_is_rejected_with_its_reason(world, behaviour, reason):
     _, _, a, _, mask = world
     verdict = Verifier(a.circuit).verify(cheat_bundle(a, mask, "r1", behaviour), a.registry, mask)
@@ -96,8 +100,10 @@ def test_replayed_bundle_of_another_client_is_stale(world):
     _, _, a, b, mask = world
     theirs = cheat_bundle(b, mask, "r1", "honest")
     assert Verifier(b.circuit).verify(theirs, b.registry, mask).reason == "compliant"
-    assert Verifier(a.circuit).verify(cheat_bundle(a, mask, "r1", "replay", other=theirs), a.registry,
-                                      mask).reason == "stale-model"
+    assert (
+        Verifier(a.circuit).verify(cheat_bundle(a, mask, "r1", "replay", other=theirs), a.registry, mask).reason
+        == "stale-model"
+    )
 
 
 def test_old_bundle_is_stale_after_the_registry_moves(world):

@@ -1,8 +1,8 @@
 """The quality benchmark's quick mode end to end, and the run cache it relies on."""
+
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +17,13 @@ from benchmarks import unlearning_quality as uq  # noqa: E402
 from zkapex_flwr.pipeline import RunCache, preset, run_local  # noqa: E402
 from zkapex_flwr.unlearning.scope import DEFAULT_SCOPE, VERIFIED_LM_SCOPE  # noqa: E402
 
-TINY = dict(num_clients=2, global_epochs=2, personal_epochs=2, domain_shift="mild",
-            model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0))
+TINY = dict(
+    num_clients=2,
+    global_epochs=2,
+    personal_epochs=2,
+    domain_shift="mild",
+    model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
+)
 
 
 def test_run_cache_reuses_models_and_keeps_their_cost():
@@ -33,11 +38,15 @@ def test_run_cache_reuses_models_and_keeps_their_cost():
     assert cache.hits >= 5  # data, θg, θp, Fisher, saliency, ... all reused
     for key in uq.METRICS[:-1]:
         assert again[key] == pytest.approx(first[key])
-    assert again["baselines"]["zk-apex-paper"]["forget_acc_after"] == first["baselines"]["zk-apex-paper"]["forget_acc_after"]
+    assert (
+        again["baselines"]["zk-apex-paper"]["forget_acc_after"]
+        == first["baselines"]["zk-apex-paper"]["forget_acc_after"]
+    )
     # the retrain baseline still reports what retraining cost, not the cache lookup
     assert again["baselines"]["retrain"]["client_s"] == pytest.approx(first["baselines"]["retrain"]["client_s"])
     assert again["baselines"]["retrain"]["client_s"] == pytest.approx(
-        first["timings_s"]["retrain global"] + first["timings_s"]["retrain personalize"])
+        first["timings_s"]["retrain global"] + first["timings_s"]["retrain personalize"]
+    )
     assert first["timings_s"]["retrain global"] > 0 and again["wall_s"] < first["wall_s"]
     # another client shares θg but not θp: its personalization is new work
     other = run_local(replace(cfg, client_id=1, baselines=()), console=quiet, cache=cache)
@@ -65,8 +74,9 @@ def test_federation_wide_class_request_drops_the_clients_own_samples():
     from zkapex_flwr.data.images import image_splits
 
     kept = image_splits("digits", client_id=0, num_clients=2, forget_classes_=(3,), seed=0)
-    dropped = image_splits("digits", client_id=0, num_clients=2, forget_classes_=(3,), seed=0,
-                           client_keeps_forget=False)
+    dropped = image_splits(
+        "digits", client_id=0, num_clients=2, forget_classes_=(3,), seed=0, client_keeps_forget=False
+    )
     assert (kept.client_retain.tensors[1] == 3).any()
     assert not (dropped.client_retain.tensors[1] == 3).any()
     assert torch.equal(dropped.client_train.tensors[1], kept.client_train.tensors[1])  # the Fisher's data is unchanged
@@ -76,8 +86,17 @@ def test_federation_wide_class_request_drops_the_clients_own_samples():
 @pytest.mark.slow
 def test_quality_benchmark_quick(tmp_path):
     summary = uq.run(tmp_path, quick=True)
-    for name in ("quality_runs.csv", "quality.csv", "quality.png", "frontier.csv", "frontier.png", "proof_cost.csv",
-                 "report.md", "summary.json", "machine.json"):
+    for name in (
+        "quality_runs.csv",
+        "quality.csv",
+        "quality.png",
+        "frontier.csv",
+        "frontier.png",
+        "proof_cost.csv",
+        "report.md",
+        "summary.json",
+        "machine.json",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     runs = pd.read_csv(tmp_path / "quality_runs.csv")
     for setting in uq.QUICK.settings:
@@ -97,8 +116,9 @@ def test_quality_benchmark_quick(tmp_path):
         assert methods["retrain"]["forget_gap_to_retrain"] == 0 and methods["no-op"]["recovery"] == 1
     # the frontier holds the verified grid and every baseline's point
     frontier = pd.read_csv(tmp_path / "frontier.csv")
-    assert len(frontier[(frontier["method"] == "verified") & (frontier["point"] != "default")]) == \
-        len(uq.QUICK.settings) * len(uq.QUICK.frontier["mask_fraction"]) * len(uq.QUICK.frontier["damping"])
+    assert len(frontier[(frontier["method"] == "verified") & (frontier["point"] != "default")]) == len(
+        uq.QUICK.settings
+    ) * len(uq.QUICK.frontier["mask_fraction"]) * len(uq.QUICK.frontier["damping"])
     # both masks were proven and verified by the real verifier under the same budget
     proof = pd.read_csv(tmp_path / "proof_cost.csv")
     assert set(proof["method"]) == {"verified", "zk-apex-paper"} and (proof["verdict"] == "compliant").all()
@@ -108,4 +128,5 @@ def test_quality_benchmark_quick(tmp_path):
     assert lm.loc["verified", "scope"] == VERIFIED_LM_SCOPE and lm.loc["zk-apex-paper", "scope"] == DEFAULT_SCOPE
     assert (proof["touched_blocks"] <= uq.QUICK.proof["max_blocks"]).all()
     assert summary["proof_cost"][0]["verify_vs_retrain"] == pytest.approx(
-        proof["retrain_s"][0] / (proof["verify_ms"][0] / 1000))
+        proof["retrain_s"][0] / (proof["verify_ms"][0] / 1000)
+    )

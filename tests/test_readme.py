@@ -1,4 +1,5 @@
 """The README's code runs as printed: its snippets are extracted and run in a fresh interpreter."""
+
 import re
 import subprocess
 import sys

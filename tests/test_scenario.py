@@ -1,6 +1,7 @@
 """Scenario files: overrides (--set and Flower's run config), pydantic errors, `zkapex scenario check`,
 `zkapex local` argument checks, the SuperNode-count check, behaviours by name, offline nodes and the
 hub adapters (flwr-datasets and timm calls checked with stand-ins: no download). All fast."""
+
 import textwrap
 import time
 from pathlib import Path
@@ -11,8 +12,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from simulations.cli import main
-from simulations.scenario import (ScenarioError, load_scenario, parse_overrides, run_config_overrides,
-                                  summary_line)
+from simulations.scenario import ScenarioError, load_scenario, parse_overrides, run_config_overrides, summary_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "simulations" / "smoke.toml"
@@ -49,17 +49,28 @@ def test_overrides_from_set_and_run_config_give_the_same_scenario():
 
     base = load_scenario(SMOKE)
     assert base.training.rounds == 1 and base.unlearning.mask_fraction == 0.01 and base.overrides == ()
-    sets = parse_overrides(["training.rounds=2", "unlearning.mask-fraction=0.02 unlearning.steps=[1]",
-                            "profiles.phone.availability=0.9", "behaviours.garbage-proof=2", "behaviours.honest=6"])
+    sets = parse_overrides(
+        [
+            "training.rounds=2",
+            "unlearning.mask-fraction=0.02 unlearning.steps=[1]",
+            "profiles.phone.availability=0.9",
+            "behaviours.garbage-proof=2",
+            "behaviours.honest=6",
+        ]
+    )
     sc = load_scenario(SMOKE, sets)
     assert sc.training.rounds == 2 and sc.unlearning.mask_fraction == 0.02 and sc.unlearning.steps == (1,)
     assert sc.profile("phone").availability == 0.9 and dict(sc.behaviours)["garbage-proof"] == 2.0
-    assert sc.training.rounds_after == base.training.rounds_after   # the file stays the base
+    assert sc.training.rounds_after == base.training.rounds_after  # the file stays the base
     assert sc.digest != base.digest
     # `flwr run . --run-config ...`: Flower fuses pyproject's [tool.flwr.app.config] with the overrides
-    rc = get_fused_config_from_dir(ROOT, parse_config_args([
-        "scenario='simulations/smoke.toml' training.rounds=2 unlearning.mask_fraction=0.02 unlearning.steps='1'"]))
-    assert rc["seed"] == "" and rc["supernode-wait-s"] == 30.0   # "" = the scenario file's value
+    rc = get_fused_config_from_dir(
+        ROOT,
+        parse_config_args(
+            ["scenario='simulations/smoke.toml' training.rounds=2 unlearning.mask_fraction=0.02 unlearning.steps='1'"]
+        ),
+    )
+    assert rc["seed"] == "" and rc["supernode-wait-s"] == 30.0  # "" = the scenario file's value
     over = run_config_overrides(rc)
     assert over == {"training.rounds": 2, "unlearning.mask_fraction": 0.02, "unlearning.steps": "1"}
     via_rc = load_scenario(SMOKE, over)
@@ -71,8 +82,11 @@ def test_overrides_from_set_and_run_config_give_the_same_scenario():
 def test_bad_overrides_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ScenarioError, match="expected KEY=VALUE"):
         parse_overrides(["training.rounds"])
-    with pytest.raises(ScenarioError, match=r"smoke.toml \[training\] rounds: Input should be a valid integer "
-                                            r"\(got 'two'\) \(set by override training.rounds='two'\)"):
+    with pytest.raises(
+        ScenarioError,
+        match=r"smoke.toml \[training\] rounds: Input should be a valid integer "
+        r"\(got 'two'\) \(set by override training.rounds='two'\)",
+    ):
         load_scenario(SMOKE, parse_overrides(["training.rounds=two"]))
     with pytest.raises(ScenarioError, match=r"'clients' is not a table"):
         load_scenario(SMOKE, {"clients.x": 1})
@@ -98,8 +112,9 @@ def test_type_errors_and_unknown_keys_name_file_and_key(tmp_path):
     bad = write(tmp_path, MINI.format(cheat="garbage-proof").replace("embed_dim = 16", "embed_dim = 16.5"), "bad.toml")
     with pytest.raises(ScenarioError, match=r"bad.toml \[model\] embed_dim: Input should be a valid integer"):
         load_scenario(bad)
-    bad = write(tmp_path, MINI.format(cheat="garbage-proof").replace("classes = [3]", "classes = [3]\nwhen = 1"),
-                "bad.toml")
+    bad = write(
+        tmp_path, MINI.format(cheat="garbage-proof").replace("classes = [3]", "classes = [3]\nwhen = 1"), "bad.toml"
+    )
     with pytest.raises(ScenarioError, match=r"bad.toml \[\[requests\]\] #1: unknown key\(s\) \['when'\]"):
         load_scenario(bad)
     # the dead setting is gone
@@ -137,15 +152,17 @@ def test_every_shipped_scenario_is_valid():
 
 # ------------------------------------------------------------------------------------ zkapex local
 def test_local_rejects_bad_arguments_before_training(tmp_path, capsys):
-    for args, msg in ((["--mask-fraction", "2"], "mask fraction must be in (0, 1), got 2.0"),
-                      (["--mask-group", "16"], "--mask-group must be G,K"),
-                      (["--num-grads", "0"], "--num-grads must be >= 1"),
-                      (["--forget-classes", "3,x"], "--forget-classes must be comma-separated integers"),
-                      (["--forget-mode", "package"], "--forget-mode package does not apply to digits"),
-                      (["--proof-slots", "0"], "--proof-slots must be >= 1")):
+    for args, msg in (
+        (["--mask-fraction", "2"], "mask fraction must be in (0, 1), got 2.0"),
+        (["--group-positions", "0"], "--group-positions must be >= 1"),
+        (["--num-grads", "0"], "--num-grads must be >= 1"),
+        (["--forget-classes", "3,x"], "--forget-classes must be comma-separated integers"),
+        (["--forget-mode", "package"], "--forget-mode package does not apply to digits"),
+        (["--slots", "0"], "--slots must be >= 1"),
+    ):
         t0 = time.perf_counter()
         assert main(["local", "--out", str(tmp_path / "x"), *args]) == 2, args
-        assert time.perf_counter() - t0 < 5.0, args   # nothing was loaded or trained
+        assert time.perf_counter() - t0 < 5.0, args  # nothing was loaded or trained
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
@@ -182,7 +199,7 @@ def test_provider_checks_the_fleet_size_before_any_work(tmp_path):
 
 
 # ------------------------------------------------------------------------------ behaviours by name
-def flip_hook(prover, mask, req, context):   # a custom behaviour named as "module:function"
+def flip_hook(prover, mask, req, context):  # a custom behaviour named as "module:function"
     return b"flipped"
 
 
@@ -204,15 +221,17 @@ def test_behaviours_by_registry_name_and_by_module_path(tmp_path, monkeypatch):
     assert set(by_behaviour) == {"honest", "test-custom-cheat", path_name}
     hooks = {}
     for b, pid in by_behaviour.items():
-        ctx = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid}, state=RecordDict(),
-                      run_config={})
+        ctx = Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid}, state=RecordDict(), run_config={})
         hooks[b] = node_setup(ctx, str(sc_file), str(tmp_path / "out")).bundle_hook
     assert hooks["honest"] is None
     assert hooks["test-custom-cheat"](None, None, None, None) == f"custom {by_behaviour['test-custom-cheat']}".encode()
     assert hooks[path_name](None, None, None, None) == b"flipped"
     # a bad path is a one-line scenario error
-    for bad, msg in (("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
-                     ("os.path:nothere", "module 'os.path' has no attribute 'nothere'"), ("sneaky", "unknown behaviour 'sneaky'")):
+    for bad, msg in (
+        ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+        ("os.path:nothere", "module 'os.path' has no attribute 'nothere'"),
+        ("sneaky", "unknown behaviour 'sneaky'"),
+    ):
         f = write(tmp_path, MINI.format(cheat=f'"{bad}"'), "bad.toml")
         with pytest.raises(ScenarioError, match=rf"bad.toml: \[behaviours\] .*{msg}"):
             load_scenario(f)
@@ -223,15 +242,17 @@ def test_offline_node_answers_with_a_flower_error_reply(tmp_path, task_identity,
 
     from simulations.fleet import dropout_mod_for
 
-    sc_file = write(tmp_path, MINI.format(cheat="garbage-proof").replace('shift = "none"',
-                                                                          'shift = "none"\navailability = 0.01'))
+    sc_file = write(
+        tmp_path, MINI.format(cheat="garbage-proof").replace('shift = "none"', 'shift = "none"\navailability = 0.01')
+    )
     mod = dropout_mod_for(str(sc_file))
     ctx = Context(run_id=1, node_id=100, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     called = []
     replies = []
     for rnd in range(1, 6):
-        msg = Message(RecordDict({"config": ConfigRecord({"server-round": rnd})}), dst_node_id=100,
-                      message_type="train")
+        msg = Message(
+            RecordDict({"config": ConfigRecord({"server-round": rnd})}), dst_node_id=100, message_type="train"
+        )
         replies.append(mod(msg, ctx, lambda m, c: called.append(m)))
     assert not called and all(r.has_error() for r in replies)
     assert {r.error.code for r in replies} == {ErrorCode.NODE_UNAVAILABLE}
@@ -267,24 +288,31 @@ def test_hub_dataset_and_timm_model_in_a_scenario(tmp_path, monkeypatch):
 
     def fake_create_model(name, **kwargs):
         made.append((name, kwargs))
-        return build_vit((kwargs["in_chans"], *kwargs["img_size"]), kwargs["num_classes"], embed_dim=16, depth=1,
-                         num_heads=2)
+        return build_vit(
+            (kwargs["in_chans"], *kwargs["img_size"]), kwargs["num_classes"], embed_dim=16, depth=1, num_heads=2
+        )
 
     _FakeFDS.calls = []
     monkeypatch.setattr(flwr_datasets, "FederatedDataset", _FakeFDS)
     monkeypatch.setattr(timm, "create_model", fake_create_model)
-    text = MINI.format(cheat="garbage-proof").replace("[model]\nembed_dim = 16\ndepth = 1\nnum_heads = 2", (
-        '[model]\nkind = "timm:vit_tiny_patch16_224"\n'
-        '[data]\ndataset = "hf:uoft-cs/cifar10"\nimage_key = "img"\npartitioner = "iid"\nmax_samples = 120'))
+    text = MINI.format(cheat="garbage-proof").replace(
+        "[model]\nembed_dim = 16\ndepth = 1\nnum_heads = 2",
+        (
+            '[model]\nkind = "timm:vit_tiny_patch16_224"\n'
+            '[data]\ndataset = "hf:uoft-cs/cifar10"\nimage_key = "img"\npartitioner = "iid"\nmax_samples = 120'
+        ),
+    )
     sc = load_scenario(write(tmp_path, text))
     world = FleetWorld(sc)
-    assert _FakeFDS.calls == [{"dataset": "uoft-cs/cifar10", "subset": None, "partitioners": {"train": 1},
-                               "shuffle": True, "seed": 0}]
+    assert _FakeFDS.calls == [
+        {"dataset": "uoft-cs/cifar10", "subset": None, "partitioners": {"train": 1}, "shuffle": True, "seed": 0}
+    ]
     assert world.image_shape == (3, 8, 8) and len(world.y) == 120
     assert sum(len(world.parts[i]) for i in range(4)) == 120 - round(120 * 0.15) - round(120 * 0.3)
     model = world.model()
-    assert made == [("vit_tiny_patch16_224", {"pretrained": False, "num_classes": 10, "in_chans": 3,
-                                              "img_size": (8, 8)})]
+    assert made == [
+        ("vit_tiny_patch16_224", {"pretrained": False, "num_classes": 10, "in_chans": 3, "img_size": (8, 8)})
+    ]
     assert model(world.client_data(0)[0].tensors[0][:2]).shape == (2, 10)
 
 
@@ -312,8 +340,11 @@ def test_transformers_lm_through_auto_class(monkeypatch):
     from zkapex_flwr.training import resolve_device
 
     seen = []
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        classmethod(lambda cls, name, **kw: seen.append((name, kw)) or "lm"))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM,
+        "from_pretrained",
+        classmethod(lambda cls, name, **kw: seen.append((name, kw)) or "lm"),
+    )
     assert create_lm("hf:facebook/opt-125m") == "lm"
     assert seen == [("facebook/opt-125m", {"attn_implementation": "eager"})]
     assert resolve_device("cpu") == torch.device("cpu")

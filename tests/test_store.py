@@ -1,5 +1,6 @@
 """The provider's SQLite store: registry + ledger survive a killed provider, refuse bad rows, and a damaged
 file is a clear error that leaves the file as it was (never a silent reset)."""
+
 import os
 import signal
 import sqlite3
@@ -12,13 +13,13 @@ import numpy as np
 import pytest
 
 from strategies.ledger import Ledger, LedgerError, LedgerRow
-from zkapex_flwr.proof.circuit import CircuitSpec
-from zkapex_flwr.proof.commitments import BlockCommitments
 from strategies.registry import Registry, RegistryError
 from strategies.store import ProviderStore, StoreError
+from zkapex_flwr.proof.circuit import CircuitSpec
+from zkapex_flwr.proof.commitments import BlockCommitments
 
 SPEC = CircuitSpec(d=4, slots=1, scale=8, steps=1, group=1)
-BIG = 2**64 - 1   # Flower node ids are unsigned 64-bit
+BIG = 2**64 - 1  # Flower node ids are unsigned 64-bit
 
 
 def entry(mark: int = 0) -> BlockCommitments:
@@ -27,9 +28,23 @@ def entry(mark: int = 0) -> BlockCommitments:
 
 
 def row(rid="r1", node=1, nonce="n1", reason="compliant", **kw) -> dict:
-    base = {"request_id": rid, "node_id": node, "partition_id": 0, "server_round": 1, "nonce": nonce,
-            "reason": reason, "detail": "", "compliant": reason == "compliant", "attempts": 1, "verify_ms": 1.0,
-            "proofs": 1, "bundle_bytes": 10, "circuit": "k", "quarantined": reason != "compliant", "recorded_at": ""}
+    base = {
+        "request_id": rid,
+        "node_id": node,
+        "partition_id": 0,
+        "server_round": 1,
+        "nonce": nonce,
+        "reason": reason,
+        "detail": "",
+        "compliant": reason == "compliant",
+        "attempts": 1,
+        "verify_ms": 1.0,
+        "proofs": 1,
+        "bundle_bytes": 10,
+        "circuit": "k",
+        "quarantined": reason != "compliant",
+        "recorded_at": "",
+    }
     return {**base, **kw}
 
 
@@ -39,7 +54,7 @@ def test_registry_versions_and_uint64_node_ids(tmp_path):
     reg.update_theta(BIG, {0: bytes([9]) * 64})
     again = Registry(tmp_path / "p.db")
     assert again.nodes() == [BIG] and again.versions(BIG) == [1, 2] and again.record(BIG)["partition_id"] == 3
-    assert again.partitions() == {BIG: 3}   # a restarted provider still knows which partition a node reported
+    assert again.partitions() == {BIG: 3}  # a restarted provider still knows which partition a node reported
     assert again.get(BIG).theta_of(0) == bytes([9]) * 64 and again.get(BIG).theta_of(1) == bytes([1]) * 64
     with pytest.raises(RegistryError, match="node 5 has no registry entry"):
         again.get(5)
@@ -48,16 +63,17 @@ def test_registry_versions_and_uint64_node_ids(tmp_path):
 def test_ledger_outcomes_quarantine_and_export(tmp_path):
     led = Ledger(tmp_path / "p.db")
     led.append([row("r1", BIG, "a", "kkt-violation"), row("r1", 2, "b"), row("r2", 2, "c", "no-response")])
-    led.append([row("r1", BIG, "d")])                       # a make-up round: new nonce, now compliant
+    led.append([row("r1", BIG, "d")])  # a make-up round: new nonce, now compliant
     assert len(led) == 4 and led.quarantined() == {2} and led.failed_requests(2) == ["r2"]
     assert led.decided("r1") == {BIG, 2}
     out = led.outcomes().set_index(["request_id", "node_id"])
     assert out.loc[("r1", BIG), "nonce"] == "d" and out.loc[("r1", BIG), "reason"] == "compliant"
     assert led.frame()["node_id"].dtype == "uint64" and int(led.frame()["node_id"].iloc[0]) == BIG
-    part = led.frame().iloc[:1]   # the same dtypes whatever rows are present (a frame read early equals one read later)
+    part = led.frame().iloc[:1]  # the same dtypes whatever rows are present (a frame read early equals one read later)
     assert part["client_recovery"].dtype == "float64" and part["client_recovery"].isna().all()
     csv, pq = led.export(tmp_path / "l.csv"), led.export(tmp_path / "l.parquet")
     import pandas as pd
+
     assert len(pd.read_csv(csv)) == 4 and len(pd.read_parquet(pq)) == 4
     with pytest.raises(LedgerError, match=r"\.csv or \.parquet"):
         led.export(tmp_path / "l.json")
@@ -73,18 +89,21 @@ def test_ledger_row_record_maps_client_metrics_to_columns_and_refuses_unknown_on
     assert len(led) == 1
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(reason="fine"), "unknown reason code 'fine'"),
-    (dict(compliant=False), "contradicts reason 'compliant'"),
-    (dict(extra_col=1), "unknown columns"),
-    (dict(nonce="n1"), "already has a verdict"),   # the same (request, node, nonce) twice: never double-counted
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(reason="fine"), "unknown reason code 'fine'"),
+        (dict(compliant=False), "contradicts reason 'compliant'"),
+        (dict(extra_col=1), "unknown columns"),
+        (dict(nonce="n1"), "already has a verdict"),  # the same (request, node, nonce) twice: never double-counted
+    ],
+)
 def test_ledger_refuses_bad_rows_and_writes_nothing(tmp_path, bad, match):
     led = Ledger(tmp_path / "p.db")
     led.append([row()])
     before = led.frame()
     with pytest.raises(LedgerError, match=match):
-        led.append([row(node=7, nonce="fresh"), row(**bad)])   # the good first row is not written either
+        led.append([row(node=7, nonce="fresh"), row(**bad)])  # the good first row is not written either
     assert led.frame().equals(before)
 
 
@@ -106,7 +125,7 @@ def _damage(path: Path, how: str) -> None:
     elif how == "empty":
         path.write_bytes(b"")
     elif how == "truncated":
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif how == "other-sqlite":
         path.unlink()
         sqlite3.connect(path).execute("CREATE TABLE x (a)").connection.commit()
@@ -122,16 +141,22 @@ def _damage(path: Path, how: str) -> None:
         con.close()
 
 
-@pytest.mark.parametrize("how, match", [
-    ("garbage", "is damaged"), ("empty", "is empty"), ("truncated", "is damaged"),
-    ("other-sqlite", "not a zkapex-flwr provider store"), ("schema", "schema version 99"),
-    ("entry", "unreadable"),
-])
+@pytest.mark.parametrize(
+    "how, match",
+    [
+        ("garbage", "is damaged"),
+        ("empty", "is empty"),
+        ("truncated", "is damaged"),
+        ("other-sqlite", "not a zkapex-flwr provider store"),
+        ("schema", "schema version 99"),
+        ("entry", "unreadable"),
+    ],
+)
 def test_damaged_store_is_a_clear_error_never_a_reset(tmp_path, how, match):
     path = tmp_path / "p.db"
     store = ProviderStore(path)
     reg, led = Registry(store), Ledger(store)
-    for n in range(40):   # enough pages that truncation cuts real data
+    for n in range(40):  # enough pages that truncation cuts real data
         reg.register(n, entry(n), SPEC)
         led.append([row(node=n, nonce=f"x{n}", detail="d" * 200)])
     store.close()
@@ -141,8 +166,8 @@ def test_damaged_store_is_a_clear_error_never_a_reset(tmp_path, how, match):
     damaged = path.read_bytes()
     with pytest.raises(StoreError, match=match):
         reg = Registry(path)
-        reg.get(3)   # a damaged entry is found when read
-    assert path.read_bytes() == damaged   # left for the operator: nothing rewritten
+        reg.get(3)  # a damaged entry is found when read
+    assert path.read_bytes() == damaged  # left for the operator: nothing rewritten
 
 
 WRITER = textwrap.dedent("""
@@ -186,8 +211,12 @@ def test_provider_killed_mid_write_resumes_without_loss_or_duplicates(tmp_path):
     rng = np.random.default_rng(0)
     kills = 0
     for _ in range(10):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(total), str(nodes)],
-                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(total), str(nodes)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         stop_after = int(rng.integers(3, 40))
         seen, finished = 0, False
         for line in proc.stdout:
@@ -196,7 +225,7 @@ def test_provider_killed_mid_write_resumes_without_loss_or_duplicates(tmp_path):
                 break
             seen += 1
             if kills < 4 and seen >= stop_after:
-                os.kill(proc.pid, signal.SIGKILL)   # mid-transaction or between two: wherever it is
+                os.kill(proc.pid, signal.SIGKILL)  # mid-transaction or between two: wherever it is
                 kills += 1
                 break
         proc.wait(timeout=60)
@@ -204,19 +233,19 @@ def test_provider_killed_mid_write_resumes_without_loss_or_duplicates(tmp_path):
         if finished:
             break
         if kills:
-            Ledger(path)   # the store opens cleanly after every kill
+            Ledger(path)  # the store opens cleanly after every kill
     assert finished and kills == 4, (finished, kills)
     store = ProviderStore(path)
     led, reg = Ledger(store).frame(), Registry(store)
-    assert len(led) == total and sorted(led["partition_id"]) == list(range(total))   # none lost, none twice
+    assert len(led) == total and sorted(led["partition_id"]) == list(range(total))  # none lost, none twice
     assert not led.duplicated(["request_id", "node_id"]).any()
     for k in range(nodes):
         node = 2**63 + k
         mine = led[led["node_id"] == node].sort_values("partition_id")
         ok = mine[mine["compliant"]]
-        assert reg.versions(node) == list(range(1, len(ok) + 2))   # one registry version per compliant verdict
+        assert reg.versions(node) == list(range(1, len(ok) + 2))  # one registry version per compliant verdict
         last = int(ok["partition_id"].iloc[-1])
-        assert reg.get(node).theta_of(0) == last.to_bytes(64, "little")   # registry = the last compliant verdict
+        assert reg.get(node).theta_of(0) == last.to_bytes(64, "little")  # registry = the last compliant verdict
 
 
 def test_identity_registers_once_and_a_v2_store_is_migrated_in_place(tmp_path):
@@ -237,9 +266,11 @@ def test_identity_registers_once_and_a_v2_store_is_migrated_in_place(tmp_path):
     store = ProviderStore(path)
     Registry(store).register(5, entry(5), SPEC)
     Ledger(store).append([row(node=5)])
-    store.conn.executescript("DROP INDEX registry_identity; ALTER TABLE registry DROP COLUMN identity; "
-                             "ALTER TABLE commit_failures DROP COLUMN identity; "
-                             "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    store.conn.executescript(
+        "DROP INDEX registry_identity; ALTER TABLE registry DROP COLUMN identity; "
+        "ALTER TABLE commit_failures DROP COLUMN identity; "
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+    )
     store.close()
     again = Registry(path)
     assert again.get(5).theta_of(0) == bytes([5]) * 64 and again.record(5)["identity"] is None

@@ -1,11 +1,21 @@
 """The unlearning math on a real (tiny) ViT: Fisher, mask, compensation, forgetting, errors."""
+
 import pytest
 import torch
 
 from zkapex_flwr.models import clone_model
 from zkapex_flwr.training import accuracy, per_sample_stats
-from zkapex_flwr.unlearning import (BlockFisher, BlockLayout, UnlearningMask, compute_update, mask_only,
-                                    per_sample_grads, saliency_scores, select_mask, write_update)
+from zkapex_flwr.unlearning import (
+    BlockFisher,
+    BlockLayout,
+    UnlearningMask,
+    compute_update,
+    mask_only,
+    per_sample_grads,
+    saliency_scores,
+    select_mask,
+    write_update,
+)
 
 
 def test_torch_func_per_sample_grads_match_autograd(digits_setup):
@@ -15,7 +25,7 @@ def test_torch_func_per_sample_grads_match_autograd(digits_setup):
     grads = next(per_sample_grads(theta_p, task, data, layout))
     for i in range(3):
         model = clone_model(theta_p)
-        sample = tuple(t[i:i + 1] for t in data.tensors)
+        sample = tuple(t[i : i + 1] for t in data.tensors)
         task.per_sample_loss(task.forward(model, sample), sample).sum().backward()
         expect = torch.cat([dict(model.named_parameters())[n].grad.reshape(-1) for n in layout.names()])
         assert torch.allclose(grads[i], expect, atol=1e-6)
@@ -57,8 +67,10 @@ def test_masked_weights_exactly_zero_in_model(unlearned):
 def test_compensation_beats_mask_only_on_client_loss(digits_setup, unlearned):
     task, splits, _, theta_p = digits_setup
     _, _, _, theta_u, theta_m = unlearned
-    loss = {name: float(per_sample_stats(m, task, splits.client_train)["loss"].mean())
-            for name, m in (("p", theta_p), ("u", theta_u), ("m", theta_m))}
+    loss = {
+        name: float(per_sample_stats(m, task, splits.client_train)["loss"].mean())
+        for name, m in (("p", theta_p), ("u", theta_u), ("m", theta_m))
+    }
     assert loss["u"] < loss["m"]
     assert loss["u"] - loss["p"] < 0.5 * (loss["m"] - loss["p"])
 

@@ -6,10 +6,10 @@ column-form certificate proves it (docs/proof-design.md §7). Here a real ViT's 
 that takes the forget class's head row — is proven honestly and accepted, the proven model forgets like
 the float64 update, and every cheat is refused with its reason code.
 """
+
 from __future__ import annotations
 
 import pytest
-import torch
 
 from zkapex_flwr.data.images import image_splits
 from zkapex_flwr.models import build_vit, clone_model
@@ -43,8 +43,7 @@ def test_class_mask_takes_the_head_row_and_is_proven_compliant(world):
     head = layout.tensor_mask(CLASSIFIER_HEAD)
     assert head[mask.indices].any()  # the saliency put part of the mask on the classifier head
     proven = clone_model(theta_p)
-    bundle, _ = prover.copy().unlearn(
-        proven, mask, "verified")
+    bundle, _ = prover.copy().unlearn(proven, mask, "verified")
     verdict = Verifier(prover.circuit).verify(bundle.to_bytes(), prover.registry, mask)
     assert verdict.reason == "compliant", verdict.detail
     # the proven fixed-point model is the float64 verified update up to the grid, and forgets as it does
@@ -56,14 +55,17 @@ def test_class_mask_takes_the_head_row_and_is_proven_compliant(world):
     assert abs(accuracy(proven, task, s.client_forget) - accuracy(exact, task, s.client_forget)) <= 0.02
 
 
-@pytest.mark.parametrize("behaviour,reason", [
-    ("mask-only", "kkt-violation"),
-    ("partial-mask", "wrong-mask"),
-    ("fake-fisher", "fisher-mismatch"),
-    ("stale-model", "stale-model"),
-    ("drop-blocks", "incomplete"),
-    ("wrong-mask", "wrong-mask"),
-])
+@pytest.mark.parametrize(
+    "behaviour,reason",
+    [
+        ("mask-only", "kkt-violation"),
+        ("partial-mask", "wrong-mask"),
+        ("fake-fisher", "fisher-mismatch"),
+        ("stale-model", "stale-model"),
+        ("drop-blocks", "incomplete"),
+        ("wrong-mask", "wrong-mask"),
+    ],
+)
 def test_cheats_on_the_verified_mask_are_refused(world, behaviour, reason):
     *_, mask, prover = world
     verdict = Verifier(prover.circuit).verify(cheat_bundle(prover, mask, "verified", behaviour), prover.registry, mask)

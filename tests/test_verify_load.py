@@ -1,4 +1,5 @@
 """The verification-throughput benchmark's quick mode end to end, and its CLI wiring."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def test_outputs_exist(quick):
     out, _ = quick
     for name in ("verify.csv", "writes.csv", "reads.csv", "summary.json", "machine.json", "report.md", "latency.png"):
         assert (out / name).stat().st_size > 0, name
-    assert not (out / ".store-bench").exists()   # the scratch store is removed
+    assert not (out / ".store-bench").exists()  # the scratch store is removed
     report = (out / "report.md").read_text()
     assert "bundles/s" in report and "writes/s" in report and "--quick" in report
 
@@ -44,8 +45,9 @@ def test_every_verdict_is_the_expected_one(quick):
         assert set(df.loc[df["behaviour"] == cheat, "reason"]) == {vl.CHEATS[cheat]}
     assert set(df.loc[df["kind"] == "honest", "reason"]) == {"compliant"}
     assert set(df.loc[df["kind"] == "malformed", "reason"]) == {"malformed"}
-    assert (df["kind"] == "honest").sum() == vl.QUICK_BUNDLES - max(round(0.2 * vl.QUICK_BUNDLES),
-                                                                    len(vl.QUICK_CHEATS) + len(vl.QUICK_MALFORMED))
+    assert (df["kind"] == "honest").sum() == vl.QUICK_BUNDLES - max(
+        round(0.2 * vl.QUICK_BUNDLES), len(vl.QUICK_CHEATS) + len(vl.QUICK_MALFORMED)
+    )
     # honest bundles: one SNARK per proof; malformed ones never reach the SNARK check
     honest = df[df["kind"] == "honest"]
     assert (honest["snarks"] == honest["proofs"]).all() and (honest["proofs"] == 2).all()
@@ -68,8 +70,12 @@ def test_store_writes_and_reads(quick):
     at_size = reads[reads["query"] == "verdict transaction (write)"]
     assert summary["writes"]["registry_versions"] >= vl.QUICK_NODES + writes["registry_write"].sum()
     assert sorted(set(reads["rows"])) == list(vl.READ_SIZES)
-    assert set(reads["query"]) == {"quarantined()", "decided(request)", "failed_requests(node)",
-                                   "verdict transaction (write)"}
+    assert set(reads["query"]) == {
+        "quarantined()",
+        "decided(request)",
+        "failed_requests(node)",
+        "verdict transaction (write)",
+    }
     assert len(at_size) == len(vl.READ_SIZES)
     assert (reads["reps"] == vl.QUICK_READ_REPS).all()
     saved = json.loads((out / "summary.json").read_text())

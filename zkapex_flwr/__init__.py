@@ -5,4 +5,5 @@ Where things are:
 * data and models — :mod:`zkapex_flwr.data`, :mod:`zkapex_flwr.models`;
 * the one-client pipeline and its baselines — :mod:`zkapex_flwr.pipeline` (``zkapex local``).
 """
+
 __version__ = "0.1.0"

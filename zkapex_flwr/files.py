@@ -1,4 +1,5 @@
 """Durable file writes shared by the client's state and the provider's reports."""
+
 from __future__ import annotations
 
 import os

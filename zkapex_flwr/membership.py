@@ -18,6 +18,7 @@ that is hard for every reference model is not flagged just because the target fi
 The retrain-from-scratch baseline is itself an OUT model for D_f; its score is the target an
 unlearning method must match (not 0.5), and it is scored with the same references (it is never one).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,24 +51,32 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 0.01) -> flo
 class MembershipAudit:
     """The attack, calibrated once on reference models, scoring any number of target models."""
 
-    members: TensorData       # D_f as the target model sees it
-    non_members: TensorData   # never-trained samples drawn like D_f
-    ref_members: np.ndarray   # (R, n_members) reference likelihoods
+    members: TensorData  # D_f as the target model sees it
+    non_members: TensorData  # never-trained samples drawn like D_f
+    ref_members: np.ndarray  # (R, n_members) reference likelihoods
     ref_non_members: np.ndarray
     a: float = RMIA_A
 
     @staticmethod
-    def calibrate(models: Sequence[nn.Module], task, members: TensorData, non_members: TensorData,
-                  a: float = RMIA_A) -> "MembershipAudit":
+    def calibrate(
+        models: Sequence[nn.Module], task, members: TensorData, non_members: TensorData, a: float = RMIA_A
+    ) -> MembershipAudit:
         if not models:
             raise ValueError("the membership attack needs at least one reference model")
         if len(members) < 5 or len(non_members) < 5:
-            raise ValueError(f"the membership attack needs at least 5 members and 5 non-members, got "
-                             f"{len(members)} and {len(non_members)}")
+            raise ValueError(
+                f"the membership attack needs at least 5 members and 5 non-members, got "
+                f"{len(members)} and {len(non_members)}"
+            )
         if not 0 <= a <= 1:
             raise ValueError(f"RMIA's a must be within [0, 1], got {a}")
-        return MembershipAudit(members, non_members, np.stack([likelihood(m, task, members) for m in models]),
-                               np.stack([likelihood(m, task, non_members) for m in models]), a)
+        return MembershipAudit(
+            members,
+            non_members,
+            np.stack([likelihood(m, task, members) for m in models]),
+            np.stack([likelihood(m, task, non_members) for m in models]),
+            a,
+        )
 
     def _ratio(self, p: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return p / (0.5 * ((1 + self.a) * ref.mean(0) + (1 - self.a)))
@@ -76,7 +85,11 @@ class MembershipAudit:
         """``{"auc", "tpr_at_1pct_fpr"}`` of the attack on ``model``: D_f (members) against non-members."""
         from sklearn.metrics import roc_auc_score
 
-        s = np.concatenate([self._ratio(likelihood(model, task, self.members), self.ref_members),
-                            self._ratio(likelihood(model, task, self.non_members), self.ref_non_members)])
+        s = np.concatenate(
+            [
+                self._ratio(likelihood(model, task, self.members), self.ref_members),
+                self._ratio(likelihood(model, task, self.non_members), self.ref_non_members),
+            ]
+        )
         y = np.concatenate([np.ones(len(self.members)), np.zeros(len(self.non_members))])
         return {"auc": float(roc_auc_score(y, s)), "tpr_at_1pct_fpr": tpr_at_fpr(y, s, 0.01)}

@@ -3,6 +3,7 @@
 The membership attack that counts is the per-example RMIA of :mod:`zkapex_flwr.membership` (AUC and
 TPR at 1 % FPR); the loss/entropy-threshold attack here is kept as a cheap extra column.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,9 @@ def loss_mia_auc(model: nn.Module, task, members: TensorData, non_members: Tenso
     x = np.concatenate([features(members), features(non_members)])
     y = np.concatenate([np.ones(n), np.zeros(n)])
     attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    proba = cross_val_predict(attacker, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed),
-                              method="predict_proba")[:, 1]
+    proba = cross_val_predict(
+        attacker, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed), method="predict_proba"
+    )[:, 1]
     return float(roc_auc_score(y, proba))
 
 
@@ -53,7 +55,10 @@ def quality(model: nn.Module, task, splits: UnlearningSplits, audit, seed: int =
     non-members.
     """
     rmia = audit.score(model, task)
-    return {"personalization_acc": accuracy(model, task, splits.client_test),
-            "forget_acc": accuracy(model, task, splits.client_forget),
-            "mia_auc": rmia["auc"], "mia_tpr_at_1pct_fpr": rmia["tpr_at_1pct_fpr"],
-            "loss_mia_auc": loss_mia_auc(model, task, splits.client_forget, splits.client_unseen, seed)}
+    return {
+        "personalization_acc": accuracy(model, task, splits.client_test),
+        "forget_acc": accuracy(model, task, splits.client_forget),
+        "mia_auc": rmia["auc"],
+        "mia_tpr_at_1pct_fpr": rmia["tpr_at_1pct_fpr"],
+        "loss_mia_auc": loss_mia_auc(model, task, splits.client_forget, splits.client_unseen, seed),
+    }

@@ -9,6 +9,7 @@
 
 Attention runs in the explicit (non-fused) path so ``torch.func.vmap`` can take per-sample gradients.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,18 @@ def _unfuse_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_vit(image_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 10, *, embed_dim: int = 64,
-              depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, patch_size: int | None = None,
-              global_pool: str = "token", seed: int = 0) -> nn.Module:
+def build_vit(
+    image_shape: tuple[int, int, int] = (1, 8, 8),
+    num_classes: int = 10,
+    *,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 4,
+    mlp_ratio: float = 2.0,
+    patch_size: int | None = None,
+    global_pool: str = "token",
+    seed: int = 0,
+) -> nn.Module:
     """A small timm VisionTransformer built from config (random init, seeded).
 
     ``global_pool='avg'`` averages the patch tokens instead of reading a class token (no class token),
@@ -41,22 +51,53 @@ def build_vit(image_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 
     if height % patch_size:
         raise ValueError(f"patch size {patch_size} does not divide image size {height}")
     torch.manual_seed(seed)
-    model = VisionTransformer(img_size=height, patch_size=patch_size, in_chans=chans, num_classes=num_classes,
-                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                              drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, global_pool=global_pool,
-                              class_token=global_pool == "token")
+    model = VisionTransformer(
+        img_size=height,
+        patch_size=patch_size,
+        in_chans=chans,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        global_pool=global_pool,
+        class_token=global_pool == "token",
+    )
     return _unfuse_attention(model)
 
 
-def build_opt(vocab_size: int, seq_len: int = 64, *, hidden: int = 128, layers: int = 4, ffn: int = 512,
-              heads: int = 4, seed: int = 0) -> nn.Module:
+def build_opt(
+    vocab_size: int,
+    seq_len: int = 64,
+    *,
+    hidden: int = 128,
+    layers: int = 4,
+    ffn: int = 512,
+    heads: int = 4,
+    seed: int = 0,
+) -> nn.Module:
     """A small transformers OPTForCausalLM built from an OPTConfig (random init, seeded)."""
     from transformers import OPTConfig, OPTForCausalLM
 
-    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, ffn_dim=ffn,
-                    num_attention_heads=heads, max_position_embeddings=max(seq_len, 64) + 2,
-                    word_embed_proj_dim=hidden, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                    layerdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        ffn_dim=ffn,
+        num_attention_heads=heads,
+        max_position_embeddings=max(seq_len, 64) + 2,
+        word_embed_proj_dim=hidden,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     return OPTForCausalLM._from_config(cfg, attn_implementation="eager")
 
@@ -68,8 +109,16 @@ def timm_model_known(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
-def create_image_model(kind: str, image_shape: tuple[int, int, int], num_classes: int, *, seed: int = 0,
-                       pretrained: bool = False, options: dict | None = None, **vit_kwargs) -> nn.Module:
+def create_image_model(
+    kind: str,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    pretrained: bool = False,
+    options: dict | None = None,
+    **vit_kwargs,
+) -> nn.Module:
     """An image classifier: ``"vit"`` (:func:`build_vit` with ``vit_kwargs``) or ``"timm:<name>"``.
 
     A timm model gets the data's channels and classes (``in_chans``, ``num_classes``) and, for
@@ -84,15 +133,14 @@ def create_image_model(kind: str, image_shape: tuple[int, int, int], num_classes
     name = kind.removeprefix("timm:")
     chans, height, width = image_shape
     kwargs = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": chans}
-    if "vit" in name or "deit" in name or "eva" in name:   # ViT-family models take the input size
+    if "vit" in name or "deit" in name or "eva" in name:  # ViT-family models take the input size
         kwargs["img_size"] = (height, width)
     kwargs.update(options or {})
     torch.manual_seed(seed)
     return _unfuse_attention(timm.create_model(name, **kwargs))
 
 
-def create_lm(kind: str, *, vocab_size: int | None = None, seq_len: int = 64, seed: int = 0,
-              **opt_kwargs) -> nn.Module:
+def create_lm(kind: str, *, vocab_size: int | None = None, seq_len: int = 64, seed: int = 0, **opt_kwargs) -> nn.Module:
     """A causal language model: ``"opt"`` (:func:`build_opt`) or ``"hf:<name>"`` (transformers, from the hub)."""
     if kind == "opt":
         if vocab_size is None:

@@ -10,11 +10,12 @@ classifier head to every block's fc1, the mask is larger (8 % for class requests
 sample requests) and the damping is 1 (a ridge that keeps the compensation from rebuilding what the
 mask removed). It is proven by the same circuit as the paper's update.
 """
+
 from __future__ import annotations
 
 import json
-import warnings
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,34 @@ from .metrics import quality
 from .models import build_opt, build_vit, clone_model
 from .tasks import task_for
 from .training import seed_everything, train
-from .unlearning import (BlockFisher, BlockLayout, UnlearningMask, certificate_residual, compute_update, mask_only,
-                         saliency_scores, select_mask, write_update)
+from .unlearning import (
+    BlockFisher,
+    BlockLayout,
+    UnlearningMask,
+    certificate_residual,
+    compute_update,
+    mask_only,
+    saliency_scores,
+    select_mask,
+    write_update,
+)
 from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_LM_SCOPE, VERIFIED_SCOPE
 
-METRIC_KEYS = ("personalization_acc_before", "personalization_acc_after", "recovery", "forget_acc_before",
-               "forget_acc_after", "mia_auc_before", "mia_auc_after", "mia_tpr_at_1pct_fpr_before",
-               "mia_tpr_at_1pct_fpr_after", "loss_mia_auc_before", "loss_mia_auc_after", "kkt_max_residual",
-               "client_s")
+METRIC_KEYS = (
+    "personalization_acc_before",
+    "personalization_acc_after",
+    "recovery",
+    "forget_acc_before",
+    "forget_acc_after",
+    "mia_auc_before",
+    "mia_auc_after",
+    "mia_tpr_at_1pct_fpr_before",
+    "mia_tpr_at_1pct_fpr_after",
+    "loss_mia_auc_before",
+    "loss_mia_auc_after",
+    "kkt_max_residual",
+    "client_s",
+)
 BASELINES = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
 # ZK-APEX exactly as the paper sets it: fc1 of every block, 4 % of it masked, damping 0.01
 PAPER = {"scope": DEFAULT_SCOPE, "mask_fraction": 0.04, "damping": 0.01}
@@ -52,16 +73,17 @@ class LocalConfig:
     mask_fraction: float = 0.08
     block_size: int = 64
     max_blocks: int | None = None
-    mask_group: tuple[int, int] | None = None  # (G, K): column-structured mask, see select_mask
+    group_positions: int | None = None  # K: at most K local positions per unit of `group` blocks (column-structured
+    #                                     mask, see select_mask); None: a free mask
     damping: float = 1.0
     num_grads: int | None = 512
-    fisher_data: str = "train"       # "train": all client data (committed before the request); "retain"
+    fisher_data: str = "train"  # "train": all client data (committed before the request); "retain"
     saliency: str = "margin"
     saliency_gamma: float = 0.1
     scope: str = VERIFIED_SCOPE
     mask_exclude: str | None = None  # scope tensors the mask may not touch (regex); sample requests: the head
     # request
-    forget_mode: str = "class"       # class | samples (images), package (code)
+    forget_mode: str = "class"  # class | samples (images), package (code)
     forget_classes: tuple[int, ...] = (3,)
     forget_count: int = 60
     forget_package: str = "json"
@@ -69,11 +91,11 @@ class LocalConfig:
     num_clients: int = 2
     client_id: int = 0
     alpha: float = 1.0
-    provider_fraction: float = 0.4   # images: share of the pool the provider trains on (smaller: more memorisation)
-    domain_shift: str = "style"      # images: DomainShift kind (style | mild | geometric | none)
+    provider_fraction: float = 0.4  # images: share of the pool the provider trains on (smaller: more memorisation)
+    domain_shift: str = "style"  # images: DomainShift kind (style | mild | geometric | none)
     client_keeps_forget: bool = False  # False: the request covers the federation (clients drop their own samples
     #                                    of the class or package too); True: only the provider's named data goes
-    max_provider_seqs: int = 6000    # code data only
+    max_provider_seqs: int = 6000  # code data only
     max_client_seqs: int = 1500
     # model and training
     model_kwargs: dict = field(default_factory=dict)
@@ -83,15 +105,15 @@ class LocalConfig:
     personal_lr: float = 1e-3
     finetune_epochs: int = 3
     batch_size: int = 64
-    augment: bool = False            # images: random ±1–2 pixel translations while training
+    augment: bool = False  # images: random ±1–2 pixel translations while training
     baselines: tuple[str, ...] = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
     # membership inference (RMIA): reference models trained by the same pipeline without D_f
     mia_references: int = 2
     # proof: register, prove and verify the client's update with EZKL
     prove: bool = False
-    proof_slots: int = 2
-    proof_steps_per_proof: int = 1
-    proof_group: int = 1             # G blocks per proof unit (pair with mask_group=(G, K))
+    slots: int = 2  # K masked columns per proof step
+    steps: int = 1  # B proof steps per proof
+    group: int = 1  # G Fisher blocks per proof unit (and per mask unit, with group_positions)
 
 
 METHODS = ("verified", "zk-apex-paper")
@@ -106,20 +128,41 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
         raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
     combos = {
         # measured ceilings on this CPU are in docs/research/forgetting.md (tiny ViTs trained from scratch)
-        ("vit", "digits"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
-                                num_clients=2, global_epochs=40, personal_epochs=30, global_lr=3e-3,
-                                domain_shift="mild"),
-        ("vit", "mnist"): dict(model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=7),
-                               num_clients=3, global_epochs=40, personal_epochs=30, global_lr=3e-3, augment=True,
-                               domain_shift="none"),
-        ("opt", "stdlib-code"): dict(model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4), num_clients=4,
-                                     forget_mode="package", global_epochs=8, global_lr=2e-3, personal_epochs=4,
-                                     personal_lr=1e-3, finetune_epochs=1, num_grads=512, batch_size=32,
-                                     max_provider_seqs=3000, max_client_seqs=600, scope=VERIFIED_LM_SCOPE),
+        ("vit", "digits"): dict(
+            model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
+            num_clients=2,
+            global_epochs=40,
+            personal_epochs=30,
+            global_lr=3e-3,
+            domain_shift="mild",
+        ),
+        ("vit", "mnist"): dict(
+            model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=7),
+            num_clients=3,
+            global_epochs=40,
+            personal_epochs=30,
+            global_lr=3e-3,
+            augment=True,
+            domain_shift="none",
+        ),
+        ("opt", "stdlib-code"): dict(
+            model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4),
+            num_clients=4,
+            forget_mode="package",
+            global_epochs=8,
+            global_lr=2e-3,
+            personal_epochs=4,
+            personal_lr=1e-3,
+            finetune_epochs=1,
+            num_grads=512,
+            batch_size=32,
+            max_provider_seqs=3000,
+            max_client_seqs=600,
+            scope=VERIFIED_LM_SCOPE,
+        ),
     }
     if (model, dataset) not in combos:
-        raise ValueError(f"no preset for model '{model}' on dataset '{dataset}'; "
-                         f"choose one of {sorted(combos)}")
+        raise ValueError(f"no preset for model '{model}' on dataset '{dataset}'; choose one of {sorted(combos)}")
     cfg = LocalConfig(model=model, dataset=dataset, **combos[(model, dataset)])
     for key, value in overrides.items():
         if not hasattr(cfg, key):
@@ -149,7 +192,9 @@ def _check_config(cfg: LocalConfig) -> None:
     if cfg.block_size < 1:
         raise ValueError(f"block_size must be positive, got {cfg.block_size}")
     if cfg.mia_references < 1:
-        raise ValueError(f"the membership attack needs at least one reference model, got mia_references={cfg.mia_references}")
+        raise ValueError(
+            f"the membership attack needs at least one reference model, got mia_references={cfg.mia_references}"
+        )
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose from {list(BASELINES)}")
@@ -162,20 +207,34 @@ def build_splits(cfg: LocalConfig) -> tuple[UnlearningSplits, dict]:
 
         if cfg.forget_mode not in ("class", "samples"):
             raise ValueError(f"forget_mode '{cfg.forget_mode}' does not apply to images; use class or samples")
-        splits = image_splits(cfg.dataset, client_id=cfg.client_id, num_clients=cfg.num_clients, alpha=cfg.alpha,
-                              forget_mode=cfg.forget_mode, forget_classes_=cfg.forget_classes,
-                              forget_count=cfg.forget_count, seed=cfg.seed, shift_kind=cfg.domain_shift,
-                              client_keeps_forget=cfg.client_keeps_forget, provider_fraction=cfg.provider_fraction)
+        splits = image_splits(
+            cfg.dataset,
+            client_id=cfg.client_id,
+            num_clients=cfg.num_clients,
+            alpha=cfg.alpha,
+            forget_mode=cfg.forget_mode,
+            forget_classes_=cfg.forget_classes,
+            forget_count=cfg.forget_count,
+            seed=cfg.seed,
+            shift_kind=cfg.domain_shift,
+            client_keeps_forget=cfg.client_keeps_forget,
+            provider_fraction=cfg.provider_fraction,
+        )
         return splits, {"image_shape": tuple(splits.meta["image_shape"]), "num_classes": 10}
     if cfg.dataset == "stdlib-code":
         from .data.code import code_splits
 
         if cfg.forget_mode != "package":
             raise ValueError(f"forget_mode '{cfg.forget_mode}' does not apply to code; use package")
-        splits, tok = code_splits(client_id=cfg.client_id, num_clients=cfg.num_clients,
-                                  forget_package_=cfg.forget_package, seed=cfg.seed,
-                                  max_provider_seqs=cfg.max_provider_seqs, max_client_seqs=cfg.max_client_seqs,
-                                  client_keeps_forget=cfg.client_keeps_forget)
+        splits, tok = code_splits(
+            client_id=cfg.client_id,
+            num_clients=cfg.num_clients,
+            forget_package_=cfg.forget_package,
+            seed=cfg.seed,
+            max_provider_seqs=cfg.max_provider_seqs,
+            max_client_seqs=cfg.max_client_seqs,
+            client_keeps_forget=cfg.client_keeps_forget,
+        )
         return splits, {"vocab_size": len(tok), "seq_len": splits.meta["seq_len"]}
     raise ValueError(f"unknown dataset '{cfg.dataset}'; choose digits, mnist or stdlib-code")
 
@@ -205,9 +264,23 @@ class RunCache:
 
 
 def _keys(cfg: LocalConfig) -> dict[str, tuple]:
-    data = ("data", cfg.model, cfg.dataset, cfg.seed, cfg.client_id, cfg.num_clients, cfg.alpha,
-            (cfg.domain_shift, cfg.client_keeps_forget), cfg.forget_mode, tuple(cfg.forget_classes), cfg.forget_count,
-            cfg.forget_package, cfg.max_provider_seqs, cfg.max_client_seqs, cfg.provider_fraction)
+    data = (
+        "data",
+        cfg.model,
+        cfg.dataset,
+        cfg.seed,
+        cfg.client_id,
+        cfg.num_clients,
+        cfg.alpha,
+        (cfg.domain_shift, cfg.client_keeps_forget),
+        cfg.forget_mode,
+        tuple(cfg.forget_classes),
+        cfg.forget_count,
+        cfg.forget_package,
+        cfg.max_provider_seqs,
+        cfg.max_client_seqs,
+        cfg.provider_fraction,
+    )
     model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size, cfg.augment)
     # provider data does not depend on the client (nor, for images, on whether clients keep the class)
     provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
@@ -215,8 +288,14 @@ def _keys(cfg: LocalConfig) -> dict[str, tuple]:
     personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)
     # the Fisher and the saliency are keyed by the resolved layout (see run_local): two scope patterns that
     # select the same tensors (the verified and the paper's scope on a model without a classifier head) share them
-    keys = {"data": data, "global": glob, "retrain-global": ("retrain",) + glob, "personal": personal,
-            "retrain-personal": ("retrain",) + personal, "audit": ("audit", personal, cfg.mia_references)}
+    keys = {
+        "data": data,
+        "global": glob,
+        "retrain-global": ("retrain",) + glob,
+        "personal": personal,
+        "retrain-personal": ("retrain",) + personal,
+        "audit": ("audit", personal, cfg.mia_references),
+    }
     keys["quality"] = ("quality", keys["audit"])
     for r in range(cfg.mia_references):
         keys[f"reference-{r}-global"] = ("reference", r) + glob
@@ -237,9 +316,11 @@ def build_model(cfg: LocalConfig, model_args: dict, seed: int) -> nn.Module:
 
 
 def _row(before: dict, after: dict, residual: float, seconds: float) -> dict:
-    row = {"personalization_acc_before": before["personalization_acc"],
-           "personalization_acc_after": after["personalization_acc"],
-           "recovery": after["personalization_acc"] / max(before["personalization_acc"], 1e-12)}
+    row = {
+        "personalization_acc_before": before["personalization_acc"],
+        "personalization_acc_after": after["personalization_acc"],
+        "recovery": after["personalization_acc"] / max(before["personalization_acc"], 1e-12),
+    }
     for key in ("forget_acc", "mia_auc", "mia_tpr_at_1pct_fpr", "loss_mia_auc"):
         row[f"{key}_before"], row[f"{key}_after"] = before[key], after[key]
     return {**row, "kkt_max_residual": residual, "client_s": seconds}
@@ -282,31 +363,68 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
     def log(msg: str) -> None:
         console.log(msg)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+
         def timed(key: str, desc: str, make):
             """``make()`` once per cache key; ``timings[desc]`` is the seconds it took when it was made."""
+
             def run():
                 t = time.perf_counter()
                 value = make()
                 return value, time.perf_counter() - t
+
             value, seconds = cache.get(keys[key], run)
             timings[desc] = seconds
             return value
 
         def fit(model, data, epochs, lr, desc, seed=None, **kw):
-            return train(model, task, data, epochs=epochs, lr=lr, batch_size=cfg.batch_size,
-                         seed=cfg.seed if seed is None else seed, augment=augment, progress=progress, desc=desc,
-                         **kw)
+            return train(
+                model,
+                task,
+                data,
+                epochs=epochs,
+                lr=lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed if seed is None else seed,
+                augment=augment,
+                progress=progress,
+                desc=desc,
+                **kw,
+            )
 
         def pipeline(provider_data, client_data, seed, key, desc):
             """θg on ``provider_data`` from a fresh init, then personalized on ``client_data`` (both cached)."""
-            glob = timed(f"{key}global", f"{desc} global",
-                         lambda: fit(build_model(cfg, model_args, seed), provider_data, cfg.global_epochs,
-                                     cfg.global_lr, f"{desc} global", seed=seed))
-            return glob, timed(f"{key}personal", f"{desc} personalize",
-                               lambda: fit(clone_model(glob), client_data, cfg.personal_epochs, cfg.personal_lr,
-                                           f"{desc} personalize", seed=seed))
+            glob = timed(
+                f"{key}global",
+                f"{desc} global",
+                lambda: fit(
+                    build_model(cfg, model_args, seed),
+                    provider_data,
+                    cfg.global_epochs,
+                    cfg.global_lr,
+                    f"{desc} global",
+                    seed=seed,
+                ),
+            )
+            return glob, timed(
+                f"{key}personal",
+                f"{desc} personalize",
+                lambda: fit(
+                    clone_model(glob),
+                    client_data,
+                    cfg.personal_epochs,
+                    cfg.personal_lr,
+                    f"{desc} personalize",
+                    seed=seed,
+                ),
+            )
 
         log(f"data: {splits.sizes()}")
         theta_g, theta_p = pipeline(splits.provider_train, splits.client_train, cfg.seed, "", "global")
@@ -315,9 +433,16 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
 
         # the membership attack's reference models: the same pipeline without D_f, other seeds
         def make_audit():
-            refs = [pipeline(splits.provider_retain, splits.client_retain, cfg.seed + 1000 * (r + 1),
-                             f"reference-{r}-", f"reference {r}")[1]
-                    for r in range(cfg.mia_references)]
+            refs = [
+                pipeline(
+                    splits.provider_retain,
+                    splits.client_retain,
+                    cfg.seed + 1000 * (r + 1),
+                    f"reference-{r}-",
+                    f"reference {r}",
+                )[1]
+                for r in range(cfg.mia_references)
+            ]
             return MembershipAudit.calibrate(refs, task, splits.client_forget, splits.client_unseen)
 
         audit = cache.get(keys["audit"], make_audit)
@@ -330,13 +455,33 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             fisher_src = {"train": splits.client_train, "retain": splits.client_retain}.get(cfg.fisher_data)
             if fisher_src is None:
                 raise ValueError(f"fisher_data must be 'train' or 'retain', got '{cfg.fisher_data}'")
-            fisher = timed(f"{tag}fisher", f"{tag}client fisher",
-                           lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads))
-            scores = timed(f"{tag}scores", f"{tag}provider saliency",
-                           lambda: saliency_scores(theta_g, task, splits.forget, splits.provider_retain, layout,
-                                                   method=cfg.saliency, gamma=cfg.saliency_gamma))
+            fisher = timed(
+                f"{tag}fisher",
+                f"{tag}client fisher",
+                lambda: BlockFisher.estimate(theta_p, task, fisher_src, layout, num_grads=cfg.num_grads),
+            )
+            scores = timed(
+                f"{tag}scores",
+                f"{tag}provider saliency",
+                lambda: saliency_scores(
+                    theta_g,
+                    task,
+                    splits.forget,
+                    splits.provider_retain,
+                    layout,
+                    method=cfg.saliency,
+                    gamma=cfg.saliency_gamma,
+                ),
+            )
             t = time.perf_counter()
-            mask = select_mask(scores, layout, fraction, cfg.max_blocks, cfg.mask_group, exclude)
+            mask = select_mask(
+                scores,
+                layout,
+                fraction,
+                cfg.max_blocks,
+                (cfg.group, cfg.group_positions) if cfg.group_positions else None,
+                exclude,
+            )
             timings[f"{tag}provider mask"] = timings[f"{tag}provider saliency"] + time.perf_counter() - t
             t = time.perf_counter()
             update = compute_update(theta_p, mask, fisher, damping)
@@ -346,10 +491,13 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             seconds = timings[f"{tag}client fisher"] + timings[f"{tag}client group-obs"]
             return layout, fisher, mask, update, model, seconds
 
-        layout, fisher, mask, update, theta_u, client_s = unlearn(cfg.scope, cfg.mask_fraction, cfg.damping,
-                                                                   cfg.mask_exclude, "")
-        log(f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
-            f"{layout.n_blocks} blocks (d={layout.block_size})")
+        layout, fisher, mask, update, theta_u, client_s = unlearn(
+            cfg.scope, cfg.mask_fraction, cfg.damping, cfg.mask_exclude, ""
+        )
+        log(
+            f"mask: {len(mask)} of {layout.size} scope weights in {len(mask.touched_blocks())} of "
+            f"{layout.n_blocks} blocks (d={layout.block_size})"
+        )
         kkt = update.max_residual()
         blocks = update.blocks
 
@@ -358,11 +506,22 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             res = certificate_residual(update.theta_p, th, update.fisher, update.local_mask)
             return float(max(res["feasibility"].max(), res["stationarity"].max()))
 
-        keys["prover"] = ("prover", keys["fisher"], cfg.damping, cfg.proof_slots, cfg.proof_steps_per_proof,
-                          cfg.proof_group)
-        proof = (_prove_and_verify(cfg, theta_p, layout, fisher, mask, update, progress, log,
-                                   lambda make: (timed("prover", "client register", make), timings["client register"]))
-                 if cfg.prove else None)
+        keys["prover"] = ("prover", keys["fisher"], cfg.damping, cfg.slots, cfg.steps, cfg.group)
+        proof = (
+            _prove_and_verify(
+                cfg,
+                theta_p,
+                layout,
+                fisher,
+                mask,
+                update,
+                progress,
+                log,
+                lambda make: (timed("prover", "client register", make), timings["client register"]),
+            )
+            if cfg.prove
+            else None
+        )
 
         q_before = cache.get(keys["quality"], lambda: quality(theta_p, task, splits, audit, cfg.seed))
         metrics = _row(q_before, quality(theta_u, task, splits, audit, cfg.seed), kkt, client_s)
@@ -385,8 +544,14 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             elif name == "mask-finetune":
                 model = clone_model(theta_p)
                 mask_only(model, mask)
-                fit(model, splits.client_retain, cfg.finetune_epochs, cfg.personal_lr, "mask-finetune",
-                    frozen_zero=_frozen(layout, mask))
+                fit(
+                    model,
+                    splits.client_retain,
+                    cfg.finetune_epochs,
+                    cfg.personal_lr,
+                    "mask-finetune",
+                    frozen_zero=_frozen(layout, mask),
+                )
             elif name == "retrain":
                 model = pipeline(splits.provider_retain, splits.client_retain, cfg.seed, "retrain-", "retrain")[1]
             else:
@@ -397,12 +562,23 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             baselines[name] = _row(q_before, quality(model, task, splits, audit, cfg.seed), cert(model), seconds)
             timings[name] = seconds
 
-    result = {**metrics, "baselines": baselines, **({"proof": proof} if proof else {}),
-              "masked_weights": len(mask), "scope_weights": layout.size, "touched_blocks": int(len(blocks)),
-              "fisher_blocks": layout.n_blocks, "block_size": layout.block_size, "fisher_samples": fisher.num_samples,
-              "data": splits.sizes(), "data_meta": splits.meta, "timings_s": timings,
-              "wall_s": time.perf_counter() - t_start, "config": asdict(cfg),
-              "machine": describe_machine()}
+    result = {
+        **metrics,
+        "baselines": baselines,
+        **({"proof": proof} if proof else {}),
+        "masked_weights": len(mask),
+        "scope_weights": layout.size,
+        "touched_blocks": int(len(blocks)),
+        "fisher_blocks": layout.n_blocks,
+        "block_size": layout.block_size,
+        "fisher_samples": fisher.num_samples,
+        "data": splits.sizes(),
+        "data_meta": splits.meta,
+        "timings_s": timings,
+        "wall_s": time.perf_counter() - t_start,
+        "config": asdict(cfg),
+        "machine": describe_machine(),
+    }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -411,14 +587,25 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
         tmp.replace(out / "metrics.json")
         try:
             plot_local(result, out / "metrics.png")
-        except ImportError:   # the library itself does not need matplotlib (extras: simulation, bench)
-            warnings.warn("matplotlib is not installed: metrics.png was not drawn (pip install 'zkapex-flwr[bench]')",
-                          stacklevel=2)
+        except ImportError:  # the library itself does not need matplotlib (extras: simulation, bench)
+            warnings.warn(
+                "matplotlib is not installed: metrics.png was not drawn (pip install 'zkapex-flwr[bench]')",
+                stacklevel=2,
+            )
     return result
 
 
-def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout, fisher: BlockFisher,
-                      mask: UnlearningMask, update, progress, log, timed_register) -> dict:
+def _prove_and_verify(
+    cfg: LocalConfig,
+    theta_p: nn.Module,
+    layout: BlockLayout,
+    fisher: BlockFisher,
+    mask: UnlearningMask,
+    update,
+    progress,
+    log,
+    timed_register,
+) -> dict:
     """Phase 2 registration, phase 4 proving and phase 5 verification of this client's update.
 
     ``timed_register(make)`` returns the registered prover (cached across runs) and the seconds registering took.
@@ -429,31 +616,46 @@ def _prove_and_verify(cfg: LocalConfig, theta_p: nn.Module, layout: BlockLayout,
     from .proof import ClientProver, Verifier
 
     warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
-    registered, register_s = timed_register(lambda: ClientProver.register(
-        theta_p, layout, fisher, cfg.damping, slots=cfg.proof_slots, steps_per_proof=cfg.proof_steps_per_proof,
-        group_size=cfg.proof_group, progress=progress))
+    registered, register_s = timed_register(
+        lambda: ClientProver.register(
+            theta_p, layout, fisher, cfg.damping, slots=cfg.slots, steps=cfg.steps, group=cfg.group, progress=progress
+        )
+    )
     prover = copy.copy(registered)  # unlearn() moves the copy's θ to θu; the registered prover stays at θp
     proven = clone_model(theta_p)
     bundle, report = prover.unlearn(proven, mask, request_id="local", progress=progress)
     data = bundle.to_bytes()
     verdict = Verifier(prover.circuit).verify(data, prover.registry, mask)
     gap = (layout.flatten(proven).reshape(-1, layout.block_size)[update.blocks] - update.result.theta_u).abs().max()
-    log(f"proof: {verdict.reason}; {report.steps} steps in {report.proofs} proofs, prove {report.prove_s:.1f} s, "
-        f"verify {verdict.verify_ms:.0f} ms, {len(data)} bytes")
-    return {"verdict": verdict.reason, "detail": verdict.detail, "circuit": prover.circuit.spec.name(),
-            "proof_units": report.blocks,
-            "logrows": prover.circuit.logrows, "register_s": register_s, "setup_s": prover.circuit.setup_s,
-            "prove_s": report.prove_s + report.witness_s, "verify_ms": verdict.verify_ms, "steps": report.steps,
-            "proofs": report.proofs, "proof_bytes": report.proof_bytes, "bundle_bytes": len(data),
-            "registry_bytes": len(prover.registry.to_bytes()), "peak_rss_mb": report.peak_rss_mb,
-            "prove_ms_per_masked_weight": report.prove_ms_per_masked_weight,
-            "proof_bytes_per_masked_weight": report.proof_bytes_per_masked_weight,
-            "max_abs_gap_to_float64_update": float(gap)}
+    log(
+        f"proof: {verdict.reason}; {report.steps} steps in {report.proofs} proofs, prove {report.prove_s:.1f} s, "
+        f"verify {verdict.verify_ms:.0f} ms, {len(data)} bytes"
+    )
+    return {
+        "verdict": verdict.reason,
+        "detail": verdict.detail,
+        "circuit": prover.circuit.spec.name(),
+        "proof_units": report.blocks,
+        "logrows": prover.circuit.logrows,
+        "register_s": register_s,
+        "setup_s": prover.circuit.setup_s,
+        "prove_s": report.prove_s + report.witness_s,
+        "verify_ms": verdict.verify_ms,
+        "steps": report.steps,
+        "proofs": report.proofs,
+        "proof_bytes": report.proof_bytes,
+        "bundle_bytes": len(data),
+        "registry_bytes": len(prover.registry.to_bytes()),
+        "peak_rss_mb": report.peak_rss_mb,
+        "prove_ms_per_masked_weight": report.prove_ms_per_masked_weight,
+        "proof_bytes_per_masked_weight": report.proof_bytes_per_masked_weight,
+        "max_abs_gap_to_float64_update": float(gap),
+    }
 
 
 def _frozen(layout: BlockLayout, mask: UnlearningMask) -> dict[str, torch.Tensor]:
     dense = mask.dense()
-    return {t.name: dense[t.offset:t.offset + t.numel].reshape(t.shape) for t in layout.tensors}
+    return {t.name: dense[t.offset : t.offset + t.numel].reshape(t.shape) for t in layout.tensors}
 
 
 def plot_local(result: dict, path: Path | None = None):
@@ -466,11 +668,16 @@ def plot_local(result: dict, path: Path | None = None):
     from .figures import DPI, paper_style
 
     rows = {"verified": result, **result["baselines"]}
-    keys = [(k, label) for k, label in (("personalization_acc_after", "personalization accuracy"),
-                                        ("forget_acc_after", "forget accuracy on D_f"),
-                                        ("mia_auc_after", "RMIA AUC on D_f"),
-                                        ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR"))
-            if any(r.get(k) is not None for r in rows.values())]
+    keys = [
+        (k, label)
+        for k, label in (
+            ("personalization_acc_after", "personalization accuracy"),
+            ("forget_acc_after", "forget accuracy on D_f"),
+            ("mia_auc_after", "RMIA AUC on D_f"),
+            ("mia_tpr_at_1pct_fpr_after", "RMIA TPR at 1 % FPR"),
+        )
+        if any(r.get(k) is not None for r in rows.values())
+    ]
     with paper_style():
         fig = Figure(figsize=(8, 4))
         ax = fig.subplots()
@@ -478,22 +685,32 @@ def plot_local(result: dict, path: Path | None = None):
         colours = matplotlib.colormaps["tab10"]
         for j, (key, label) in enumerate(keys):
             values = [float("nan") if r.get(key) is None else r[key] for r in rows.values()]
-            ax.bar([i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))], values, width,
-                   color=colours(j), label=label)
-        ax.axhline(result["personalization_acc_before"], color="black", ls="--", lw=0.8,
-                   label="personalization accuracy before (reference level)")
+            ax.bar(
+                [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))],
+                values,
+                width,
+                color=colours(j),
+                label=label,
+            )
+        ax.axhline(
+            result["personalization_acc_before"],
+            color="black",
+            ls="--",
+            lw=0.8,
+            label="personalization accuracy before (reference level)",
+        )
         ax.set_xticks(range(len(rows)), list(rows))
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y")
         ax.set_ylabel("value after unlearning (fraction)")
         ax.set_xlabel("method (forget accuracy and RMIA: compare with retrain)")
         cfg = result["config"]
-        ax.set_title(f"{cfg['model']} on {cfg['dataset']}: {result['masked_weights']} masked weights, "
-                     f"{result['touched_blocks']} blocks")
+        ax.set_title(
+            f"{cfg['model']} on {cfg['dataset']}: {result['masked_weights']} masked weights, "
+            f"{result['touched_blocks']} blocks"
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=DPI)
     return fig
-
-

@@ -5,6 +5,7 @@ correct/total counts, so training, Fisher estimation, metrics and MIA share one 
 :class:`Task` is the protocol a task of your own implements (any object with these members works;
 nothing needs to subclass it); :class:`ImageTask` and :class:`LMTask` are the two built in.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -32,8 +33,9 @@ class Task(Protocol):
 
     def per_sample_loss(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
 
-    def per_sample_correct(self, out: torch.Tensor,
-                           batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def per_sample_correct(
+        self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def per_sample_entropy(self, out: torch.Tensor) -> torch.Tensor: ...
 
@@ -42,8 +44,11 @@ class Task(Protocol):
 
 def check_task(task) -> None:
     """Raise a clear error when ``task`` lacks a member of :class:`Task`."""
-    missing = [m for m in ("name", "forward", "per_sample_loss", "per_sample_correct", "per_sample_entropy",
-                           "per_sample_margin") if not hasattr(task, m)]
+    missing = [
+        m
+        for m in ("name", "forward", "per_sample_loss", "per_sample_correct", "per_sample_entropy", "per_sample_margin")
+        if not hasattr(task, m)
+    ]
     if missing:
         raise TypeError(f"{type(task).__name__} is not a zkapex_flwr.tasks.Task: it lacks {missing}")
 
@@ -57,7 +62,9 @@ class ImageTask:
     def per_sample_loss(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return F.cross_entropy(out, batch[1], reduction="none")
 
-    def per_sample_correct(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_sample_correct(
+        self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         correct = (out.argmax(-1) == batch[1]).float()
         return correct, torch.ones_like(correct)
 
@@ -85,7 +92,9 @@ class LMTask:
         tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
         return tok.reshape(target.shape).mean(-1)
 
-    def per_sample_correct(self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_sample_correct(
+        self, out: torch.Tensor, batch: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         correct = (out[:, :-1].argmax(-1) == batch[0][:, 1:]).float().sum(-1)
         return correct, torch.full_like(correct, batch[0].shape[1] - 1)
 

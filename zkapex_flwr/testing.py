@@ -17,6 +17,7 @@
 The provider lives in ``strategies`` (which imports this library, not the other way round):
 :func:`digits_provider` and :func:`judge` import it when called.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -51,20 +52,23 @@ def _play_the_runtime(run_id: int) -> None:
 class SyncGrid:
     """A Grid that delivers each pushed message to the ClientApp at once (one Context per node)."""
 
-    def __init__(self, app: ClientApp, n: int, drop_first: set[tuple[int, str]] | None = None, run_id: int = 1,
-                 state_root=None):
+    def __init__(
+        self, app: ClientApp, n: int, drop_first: set[tuple[int, str]] | None = None, run_id: int = 1, state_root=None
+    ):
         self.app = app
         _play_the_runtime(run_id)
         conf = {i: {"partition-id": i, "num-partitions": n} for i in range(n)}
-        if state_root is not None:   # each SuperNode keeps its committed state on its own disk
+        if state_root is not None:  # each SuperNode keeps its committed state on its own disk
             for i in range(n):
                 conf[i]["zkapex-state-dir"] = str(state_root / f"node-{i}")
-        self.contexts = {100 + i: Context(run_id=run_id, node_id=100 + i, node_config=conf[i], state=RecordDict(),
-                                          run_config={}) for i in range(n)}
+        self.contexts = {
+            100 + i: Context(run_id=run_id, node_id=100 + i, node_config=conf[i], state=RecordDict(), run_config={})
+            for i in range(n)
+        }
         self.replies: dict[str, Message] = {}
-        self.drop_first = drop_first or set()   # (node, message type): first such message never answered
-        self.drop_always: set[tuple[int, str]] = set()   # (node, message type): the node is offline for these
-        self.late: dict[tuple[int, str], list[float]] = {}   # (node, message type): reply delays, one per attempt
+        self.drop_first = drop_first or set()  # (node, message type): first such message never answered
+        self.drop_always: set[tuple[int, str]] = set()  # (node, message type): the node is offline for these
+        self.late: dict[tuple[int, str], list[float]] = {}  # (node, message type): reply delays, one per attempt
         self.ready: dict[str, float] = {}
         self.seen: list[tuple[int, str]] = []
 
@@ -88,7 +92,7 @@ class SyncGrid:
                 self.replies[mid] = self.app(m, self.contexts[node])
             except Exception as err:  # what Flower's runtime does with a ClientApp exception
                 self.replies[mid] = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=m)
-            delays = self.late.get((node, kind))   # counted from when the reply exists
+            delays = self.late.get((node, kind))  # counted from when the reply exists
             self.ready[mid] = time.monotonic() + (delays.pop(0) if delays else 0.0)
         return ids
 
@@ -115,9 +119,18 @@ class DigitsMLP(nn.Module):
         return self.head(torch.relu(self.mlp.fc1(x.flatten(1))))
 
 
-def digits_client_app(x: torch.Tensor | None = None, y: torch.Tensor | None = None, *, samples: int = 80,
-                      stride: int = 100, offset: int = 300, wrap: int | None = None, train_kwargs: dict | None = None,
-                      hooks: dict | None = None, test: TensorData | None = None) -> ClientApp:
+def digits_client_app(
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    *,
+    samples: int = 80,
+    stride: int = 100,
+    offset: int = 300,
+    wrap: int | None = None,
+    train_kwargs: dict | None = None,
+    hooks: dict | None = None,
+    test: TensorData | None = None,
+) -> ClientApp:
     """A ClientApp with the unlearning mod: node ``pid`` holds ``samples`` digits from ``offset + stride·pid``.
 
     ``wrap``: start positions are taken modulo it (fleets larger than the dataset). ``train_kwargs``:
@@ -132,8 +145,14 @@ def digits_client_app(x: torch.Tensor | None = None, y: torch.Tensor | None = No
         pid = int(context.node_config["partition-id"])
         start = offset + (stride * pid) % wrap if wrap else offset + stride * pid
         idx = torch.arange(start, start + samples)
-        return UnlearningSetup(model=DigitsMLP(), task=ImageTask(), data=TensorData((x[idx], y[idx])), seed=pid,
-                               test=test, bundle_hook=(hooks or {}).get(pid))
+        return UnlearningSetup(
+            model=DigitsMLP(),
+            task=ImageTask(),
+            data=TensorData((x[idx], y[idx])),
+            seed=pid,
+            test=test,
+            bundle_hook=(hooks or {}).get(pid),
+        )
 
     mod = VerifiedUnlearningMod(setup)
     app = ClientApp()
@@ -145,14 +164,29 @@ def digits_client_app(x: torch.Tensor | None = None, y: torch.Tensor | None = No
         if train_kwargs is not None:
             kwargs = {k: (v(context) if callable(v) else v) for k, v in train_kwargs.items()}
             train(node.model, node.task, node.data, **kwargs)
-        return Message(RecordDict({"arrays": ArrayRecord(node.model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": len(node.data)})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(node.model.state_dict()),
+                    "metrics": MetricRecord({"num-examples": len(node.data)}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     return mod.install(app)
 
 
-def digits_provider(state_dir: str | Path, *, after_round: int = 0, strategy=None, requests=None,
-                    x: torch.Tensor | None = None, y: torch.Tensor | None = None, **config):
+def digits_provider(
+    state_dir: str | Path,
+    *,
+    after_round: int = 0,
+    strategy=None,
+    requests=None,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    **config,
+):
     """The provider of the digits world: forget class 3 of its first 300 digits, a 1 % fc1 mask in at
     most 16 blocks, proof units of G = 16 blocks, K = 2. ``config``: :class:`UnlearningConfig` fields
     (default: one personalization epoch, 5 s deadline)."""
@@ -163,17 +197,30 @@ def digits_provider(state_dir: str | Path, *, after_round: int = 0, strategy=Non
     if x is None or y is None:
         x, y = load_images("digits")
     px, py = x[:300], y[:300]
-    masker = SaliencyMasker(DigitsMLP, ImageTask(), TensorData((px[py != 3], py[py != 3])), scope=DIGITS_SCOPE,
-                            block_size=16, mask_fraction=0.01, max_blocks=16, group=16, slots=2)
+    masker = SaliencyMasker(
+        DigitsMLP,
+        ImageTask(),
+        TensorData((px[py != 3], py[py != 3])),
+        scope=DIGITS_SCOPE,
+        block_size=16,
+        mask_fraction=0.01,
+        max_blocks=16,
+        group=16,
+        slots=2,
+    )
     if requests is None:
         requests = [DeletionRequest("r1", TensorData((px[py == 3], py[py == 3])), after_round=after_round)]
     cfg = UnlearningConfig(**({"personal_epochs": 1, "deadline_s": 5.0} | config))
-    return VerifiedUnlearning(strategy or FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
-                              requests=requests, state_dir=state_dir, config=cfg)
+    return VerifiedUnlearning(
+        strategy or FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
+        masker=masker,
+        requests=requests,
+        state_dir=state_dir,
+        config=cfg,
+    )
 
 
-def digits_global_model(x: torch.Tensor | None = None, y: torch.Tensor | None = None,
-                        epochs: int = 3) -> ArrayRecord:
+def digits_global_model(x: torch.Tensor | None = None, y: torch.Tensor | None = None, epochs: int = 3) -> ArrayRecord:
     """θg of the digits world: the MLP trained on the provider's 300 digits."""
     if x is None or y is None:
         x, y = load_images("digits")
@@ -182,7 +229,7 @@ def digits_global_model(x: torch.Tensor | None = None, y: torch.Tensor | None = 
     return ArrayRecord(model.state_dict())
 
 
-BundleHook = Callable[..., bytes]   # (prover, mask, request, context) -> the bundle a dishonest client sends
+BundleHook = Callable[..., bytes]  # (prover, mask, request, context) -> the bundle a dishonest client sends
 
 
 def judge(behaviour: BundleHook, *, nodes: int = 2, state_dir: str | Path | None = None) -> Verdict:
@@ -202,6 +249,9 @@ def judge(behaviour: BundleHook, *, nodes: int = 2, state_dir: str | Path | None
         grid = SyncGrid(digits_client_app(x, y, hooks={nodes - 1: behaviour}), nodes)
         provider.start(grid, digits_global_model(x, y), num_rounds=0)
         row = provider.ledger.outcomes().set_index("node_id").loc[100 + nodes - 1]
-        return Verdict(str(row["reason"]), str(row["detail"]),
-                       verify_ms=float(row["verify_ms"]) if row["verify_ms"] == row["verify_ms"] else 0.0,
-                       steps_verified=int(row["proofs"] or 0))
+        return Verdict(
+            str(row["reason"]),
+            str(row["detail"]),
+            verify_ms=float(row["verify_ms"]) if row["verify_ms"] == row["verify_ms"] else 0.0,
+            steps_verified=int(row["proofs"] or 0),
+        )

@@ -1,4 +1,5 @@
 """Training and evaluation loops shared by the provider, the clients and the baselines."""
+
 from __future__ import annotations
 
 import torch
@@ -39,9 +40,22 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
 
 
-def train(model: nn.Module, task, data: TensorData, *, epochs: int, lr: float, batch_size: int = 64,
-          weight_decay: float = 0.01, seed: int = 0, frozen_zero: dict[str, torch.Tensor] | None = None,
-          augment: int = 0, progress=None, desc: str = "train", device: str | torch.device | None = None) -> nn.Module:
+def train(
+    model: nn.Module,
+    task,
+    data: TensorData,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 64,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    frozen_zero: dict[str, torch.Tensor] | None = None,
+    augment: int = 0,
+    progress=None,
+    desc: str = "train",
+    device: str | torch.device | None = None,
+) -> nn.Module:
     """Train in place with AdamW and a cosine schedule, on ``device`` (None: where the model is).
 
     ``frozen_zero`` maps parameter names to boolean masks of entries that must stay exactly zero (used by

@@ -1,5 +1,5 @@
 """Shared worlds of the adversarial tests: the smallest circuits that show each hole (d = 16, K = 2)."""
-import numpy as np
+
 import pytest
 import torch
 from torch import nn

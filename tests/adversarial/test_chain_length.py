@@ -7,6 +7,7 @@ measured block). On the old verifier the one-column chain built here was ``compl
 must be the mask's canonical ones (its positions in order, K per step) and the tolerance uses their
 count.
 """
+
 import dataclasses
 
 import pytest
@@ -19,7 +20,7 @@ from zkapex_flwr.unlearning import UnlearningMask
 
 pytestmark = pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS")
 
-MASK = [16 + 2, 16 + 9, 5 * 16 + 4, 5 * 16 + 11]   # blocks 1 and 5, two masked weights each: one step at K = 2
+MASK = [16 + 2, 16 + 9, 5 * 16 + 4, 5 * 16 + 11]  # blocks 1 and 5, two masked weights each: one step at K = 2
 
 
 def _one_column_steps(theta, h_hat, masks, spec):
@@ -30,7 +31,7 @@ def _one_column_steps(theta, h_hat, masks, spec):
 @pytest.fixture(scope="module", params=[1, 4], ids=["block-units", "4-block-units"])
 def world(request, two_layers):
     model, layout, fisher = two_layers
-    prover = ClientProver.register(model, layout, fisher, damping=0.05, group_size=request.param)
+    prover = ClientProver.register(model, layout, fisher, damping=0.05, group=request.param)
     return prover, UnlearningMask(torch.tensor(MASK), layout)
 
 
@@ -48,7 +49,7 @@ def test_canonical_chain_is_compliant(world):
 def test_longer_chain_is_refused(world):
     prover, mask = world
     s = prover.circuit.spec.scale
-    assert residual_tolerance(s, 2, 2) > residual_tolerance(s, 2, 1)   # what the split would have bought
+    assert residual_tolerance(s, 2, 2) > residual_tolerance(s, 2, 1)  # what the split would have bought
     verdict = _verdict(prover, mask, _one_column_steps)
     assert verdict.reason == "wrong-mask", verdict.detail
     assert "2 per step" in verdict.detail

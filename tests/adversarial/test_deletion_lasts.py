@@ -8,23 +8,25 @@ the provider zeroes the deleted weights in θg after the request and after every
 a node that joins later personalizes from that θg and keeps the deleted weights at zero. Real
 ClientApp, prover and verifier, in process.
 """
+
 import pytest
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from zkapex_flwr.testing import DigitsMLP, digits_client_app
-from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning
 from zkapex_flwr.client.state import NodeState
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.tasks import ImageTask
+from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app
 from zkapex_flwr.training import accuracy, train
 from zkapex_flwr.unlearning import BlockLayout
 
-pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
-              pytest.mark.usefixtures("task_identity")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+    pytest.mark.usefixtures("task_identity"),
+]
 SCOPE = r"(^|\.)fc1\.weight$|^head\.weight$"
 LATE = 103
 
@@ -46,23 +48,36 @@ def run(tmp_path_factory):
     forget5 = TensorData((pool_x[pool_y == 5], pool_y[pool_y == 5]))
     retain = TensorData((pool_x[(pool_y != 3) & (pool_y != 5)], pool_y[(pool_y != 3) & (pool_y != 5)]))
     masker = SaliencyMasker(DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.02, slots=2)
-    strat = VerifiedUnlearning(FedAvg(fraction_train=1.0, fraction_evaluate=0.0), masker=masker,
-                               requests=[DeletionRequest("forget-3", forget3, after_round=0),
-                                         DeletionRequest("forget-5", forget5, after_round=3)],
-                               state_dir=tmp_path_factory.mktemp("provider"),
-                               config=UnlearningConfig(personal_epochs=2, damping=1.0, deadline_s=30.0))
+    strat = VerifiedUnlearning(
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
+        masker=masker,
+        requests=[
+            DeletionRequest("forget-3", forget3, after_round=0),
+            DeletionRequest("forget-5", forget5, after_round=3),
+        ],
+        state_dir=tmp_path_factory.mktemp("provider"),
+        config=UnlearningConfig(personal_epochs=2, damping=1.0, deadline_s=30.0),
+    )
     theta_g = DigitsMLP()
     train(theta_g, ImageTask(), TensorData((pool_x, pool_y)), epochs=30, lr=3e-3)
-    grid = LateGrid(digits_client_app(x, y, samples=150, stride=150, train_kwargs=dict(
-        epochs=2, lr=3e-3, seed=lambda ctx: int(ctx.node_config["partition-id"]))), 4)   # every node holds class 3
+    grid = LateGrid(
+        digits_client_app(
+            x,
+            y,
+            samples=150,
+            stride=150,
+            train_kwargs=dict(epochs=2, lr=3e-3, seed=lambda ctx: int(ctx.node_config["partition-id"])),
+        ),
+        4,
+    )  # every node holds class 3
     rounds: dict[int, ArrayRecord] = {}
     aggregate = strat.strategy.aggregate_train
 
-    def recorded(rnd, replies):   # θg as each round leaves the wrapped strategy, before anything else
+    def recorded(rnd, replies):  # θg as each round leaves the wrapped strategy, before anything else
         arrays, metrics = aggregate(rnd, replies)
         rounds[rnd] = strat.forget_in_global(arrays)
         if rnd == 1:
-            grid.joined = True    # node 103 connects during round 1, after the first request
+            grid.joined = True  # node 103 connects during round 1, after the first request
         return arrays, metrics
 
     strat.strategy.aggregate_train = recorded
@@ -81,13 +96,13 @@ def test_every_proof_compliant_and_later_masks_hold_earlier_deletions(run):
     out = strat.ledger.outcomes()
     assert set(out["reason"]) == {"compliant"}, out[["request_id", "node_id", "reason", "detail"]]
     m3, m5 = strat.masks["forget-3"], strat.masks["forget-5"]
-    assert set(m3.indices.tolist()) < set(m5.indices.tolist())          # the second mask is the union
+    assert set(m3.indices.tolist()) < set(m5.indices.tolist())  # the second mask is the union
     layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)
     for node in (100, 101, 102, LATE):
         model = DigitsMLP()
         model.load_state_dict(NodeState.load(grid.contexts[node]).model)
         flat = layout.flatten(model)
-        assert (flat[m5.indices] == 0).all(), node                      # θu keeps both deletions
+        assert (flat[m5.indices] == 0).all(), node  # θu keeps both deletions
 
 
 def test_global_model_keeps_the_deletion_for_three_rounds(run):
@@ -106,8 +121,8 @@ def test_global_model_keeps_the_deletion_for_three_rounds(run):
 
 def test_late_joiner_inherits_the_deletion(run):
     strat, grid, _, _, _, forget3 = run
-    assert strat.registry.registration(LATE)[0] > strat.ledger.broadcast("forget-3")[0]   # joined after it
-    assert (LATE, "train.unlearn") in grid.seen                                           # asked forget-5 only
+    assert strat.registry.registration(LATE)[0] > strat.ledger.broadcast("forget-3")[0]  # joined after it
+    assert (LATE, "train.unlearn") in grid.seen  # asked forget-5 only
     rows = strat.ledger.frame()
     assert set(rows.loc[rows["node_id"] == LATE, "request_id"]) == {"forget-5"}
     layout = BlockLayout.from_model(DigitsMLP(), 16, SCOPE)

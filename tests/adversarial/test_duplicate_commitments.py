@@ -5,17 +5,19 @@ used to be judged compliant for every request without ever proving anything itse
 refuses commitments (θ or Fisher) that another node registered, and the copier is quarantined with
 ``duplicate-commitment``. Real ClientApp, prover and verifier, in process.
 """
+
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from zkapex_flwr.testing import digits_client_app, digits_global_model, digits_provider
-from zkapex_flwr.testing import SyncGrid
+from strategies.registry import DuplicateCommitments
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.protocol import COMMIT, CONFIG, UNLEARN
-from strategies.registry import DuplicateCommitments
+from zkapex_flwr.testing import SyncGrid, digits_client_app, digits_global_model, digits_provider
 
-pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
-              pytest.mark.usefixtures("task_identity")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+    pytest.mark.usefixtures("task_identity"),
+]
 VICTIM, COPIER = 100, 101
 
 
@@ -25,7 +27,7 @@ class CollusionGrid(SyncGrid):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.victim_replies: dict[str, Message] = {}   # message type -> node 100's latest reply
+        self.victim_replies: dict[str, Message] = {}  # message type -> node 100's latest reply
 
     def push_messages(self, messages):
         ids = []
@@ -35,8 +37,8 @@ class CollusionGrid(SyncGrid):
             if m.metadata.dst_node_id == VICTIM and mid in self.replies:
                 self.victim_replies[kind] = self.replies[mid]
             if m.metadata.dst_node_id == COPIER and kind in (COMMIT, UNLEARN) and kind in self.victim_replies:
-                content = self.victim_replies[kind].content   # 101's own answer is dropped for the victim's ...
-                if kind == COMMIT:   # ... under its own identity (the victim's would be refused as a duplicate)
+                content = self.victim_replies[kind].content  # 101's own answer is dropped for the victim's ...
+                if kind == COMMIT:  # ... under its own identity (the victim's would be refused as a duplicate)
                     config = ConfigRecord(dict(content.config_records[CONFIG]))
                     config["identity"] = "partition-1"
                     content = RecordDict({**{k: v for k, v in content.items() if k != CONFIG}, CONFIG: config})

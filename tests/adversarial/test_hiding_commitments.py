@@ -7,6 +7,7 @@ from a keyed PRF of the values with a secret that never leaves the client, so a 
 values — no longer matches; the client reproduces its own commitments, and proofs open them as before.
 Real registration, prover and verifier, the smallest circuit (d = 16, K = 2).
 """
+
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ def test_even_the_exact_values_do_not_open_a_registered_commitment(two_layers):
     model, layout, fisher = two_layers
     prover = ClientProver.register(model, layout, fisher, damping=0.1)
     circuit, entry = prover.circuit, prover.registry
-    guess = prover.theta                      # the provider guesses θp exactly (G = 1: one block per unit)
+    guess = prover.theta  # the provider guesses θp exactly (G = 1: one block per unit)
     assert all(c != entry.theta_of(u) for u, c in enumerate(commit_vectors(circuit, list(guess))))
     stripes = [prover.h_hat[0][:, j] for j in range(layout.block_size)]
     assert all(c != entry.column_of(0, j) for j, c in enumerate(commit_vectors(circuit, stripes)))

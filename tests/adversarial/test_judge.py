@@ -3,6 +3,7 @@
 The README's custom cheat (half the Group-OBS compensation) is run by ``tests/test_readme.py`` and must
 be caught; here the same judge must accept an honest bundle, so that "caught" means something.
 """
+
 import pytest
 
 from zkapex_flwr.proof.cheats import cheat_bundle
@@ -15,14 +16,7 @@ def honest(prover, mask, request, context) -> bytes:
     return cheat_bundle(prover, mask, request.request_id, "honest", binding=request.binding(context.node_id))
 
 
-def forgets_the_binding(prover, mask, request, context) -> bytes:
-    """An honest update, proven for the request alone (no round nonce, no node): a replayable proof."""
-    return cheat_bundle(prover, mask, request.request_id, "honest")
-
-
-def test_judge_accepts_an_honest_bundle_and_refuses_an_unbound_one():
+def test_judge_accepts_an_honest_bundle():
     verdict = judge(honest)
     assert verdict.compliant, verdict.detail
     assert verdict.steps_verified >= 1
-    unbound = judge(forgets_the_binding)
-    assert unbound.reason == "invalid-proof", unbound.detail

@@ -8,19 +8,21 @@ under one node id: the newcomer is refused with ``duplicate-identity`` and quara
 with SuperNode authentication the node id itself is stable per key: ``tests/test_deployment.py``.)
 Real ClientApp, prover and verifier, in process.
 """
+
 import pytest
 from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from zkapex_flwr.testing import digits_client_app, digits_global_model, digits_provider
-from zkapex_flwr.testing import SyncGrid
 from strategies import DeletionRequest
 from zkapex_flwr.data.images import load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.proof.cheats import cheat_bundle
+from zkapex_flwr.testing import SyncGrid, digits_client_app, digits_global_model, digits_provider
 
-pytestmark = [pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
-              pytest.mark.usefixtures("task_identity")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
+    pytest.mark.usefixtures("task_identity"),
+]
 CHEATER, NEW_ID = 102, 105
 
 
@@ -35,12 +37,13 @@ class RejoinGrid(SyncGrid):
 
     def rejoin(self) -> None:
         old = self.contexts.pop(CHEATER)
-        self.contexts[NEW_ID] = Context(run_id=old.run_id, node_id=NEW_ID, node_config=dict(old.node_config),
-                                        state=RecordDict(), run_config={})
+        self.contexts[NEW_ID] = Context(
+            run_id=old.run_id, node_id=NEW_ID, node_config=dict(old.node_config), state=RecordDict(), run_config={}
+        )
 
     def send_and_receive(self, messages, *, timeout=None):
         if CHEATER in self.contexts and any(m.metadata.message_type == "train" for m in messages):
-            self.rejoin()   # the first training round after r1
+            self.rejoin()  # the first training round after r1
             messages = [m for m in messages if m.metadata.dst_node_id != CHEATER]
         return super().send_and_receive(messages, timeout=timeout)
 
@@ -49,9 +52,14 @@ def test_a_quarantined_node_returning_under_a_new_id_stays_quarantined(tmp_path)
     x, y = load_images("digits")
     forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
     requests = [DeletionRequest("r1", forget, after_round=0), DeletionRequest("r2", forget, after_round=1)]
-    strat = digits_provider(tmp_path, x=x, y=y, requests=requests, makeup=False,
-                            strategy=FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1,
-                                            min_train_nodes=1))
+    strat = digits_provider(
+        tmp_path,
+        x=x,
+        y=y,
+        requests=requests,
+        makeup=False,
+        strategy=FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1),
+    )
     grid = RejoinGrid(digits_client_app(x, y, hooks={2: cheat_on_r1}), 3)
     strat.start(grid, digits_global_model(x, y), num_rounds=1)
 

@@ -7,6 +7,7 @@ put weight on a column that only a neighbour masks, and so change weights the re
 col-v1 circuit the bundle built here was judged ``compliant``. The col-v2 circuit multiplies y by the
 selector s[g, j] = [block g masks column j], which the verifier rebuilds from the request's mask.
 """
+
 import dataclasses
 
 import numpy as np
@@ -33,7 +34,7 @@ def _foreign_column_steps(theta, h_hat, masks, spec, push=0.05):
     steps = honest_unit_steps(theta, h_hat, masks, spec)
     last = steps[-1]
     j3, j7 = last.columns.index(3), last.columns.index(7)
-    h0 = last.h[0]                                    # (d, K) block 0's columns 3 and 7
+    h0 = last.h[0]  # (d, K) block 0's columns 3 and 7
     delta = np.zeros(len(last.columns))
     delta[j7] = push
     delta[j3] = -push * h0[3, j7] / h0[3, j3]
@@ -55,7 +56,7 @@ def _forged_selector_steps(theta, h_hat, masks, spec):
 @pytest.fixture(scope="module")
 def wide(two_layers):
     model, layout, fisher = two_layers
-    prover = ClientProver.register(model, layout, fisher, damping=0.05, group_size=4)
+    prover = ClientProver.register(model, layout, fisher, damping=0.05, group=4)
     mask = UnlearningMask(torch.tensor(MASK), layout)
     return prover, mask
 
@@ -87,7 +88,7 @@ def test_block_using_a_neighbours_column_is_refused(wide):
     honest_out = honest_unit_steps(theta[0], h_hat[0], local[0], spec)[-1].theta_out
     cheat_out = _foreign_column_steps(theta[0], h_hat[0], local[0], spec)[-1].theta_out
     assert unmasked_change(honest_out[0], cheat_out[0], local[0][0]) > 1e-3
-    assert (cheat_out[local[0]] == 0).all()                 # the masked weights are still zero
+    assert (cheat_out[local[0]] == 0).all()  # the masked weights are still zero
     verdict = Verifier(prover.circuit).verify(cheat.to_bytes(), prover.registry, mask)
     assert verdict.reason == "kkt-violation", verdict.detail
 

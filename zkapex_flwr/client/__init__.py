@@ -1,4 +1,5 @@
 """The client: a Flower mod that adds verified unlearning to a ClientApp, its per-node state, a ready app."""
+
 from .mod import UnlearningSetup, VerifiedUnlearningMod, choose_circuit
 from .state import MissingState, NodeState
 

@@ -17,6 +17,7 @@ cannot add message types to it: :meth:`VerifiedUnlearningMod.install` registers 
 (wrapped in the app's own mods). A ``client_fn`` ClientApp passes every message through its mods, so
 listing the mod is enough there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,7 +41,7 @@ from .state import NodeState
 
 log = logging.getLogger("zkapex_flwr.client")
 
-PROVER_MB_PER_ROW = 0.012   # prover working set per circuit row (docs/results/proof: peak − baseline RSS)
+PROVER_MB_PER_ROW = 0.012  # prover working set per circuit row (docs/results/proof: peak − baseline RSS)
 
 # (prover, mask, request, context) -> bundle bytes to send instead of the honest proof, or None (be honest);
 # proofs must be bound to req.binding(context.node_id) to be judged on what they prove (see proof.cheats)
@@ -55,20 +56,20 @@ class UnlearningSetup:
     or a Hugging Face ``Dataset`` (``columns`` picks its columns); they are held as TensorData
     (:func:`~zkapex_flwr.data.tensors.as_tensor_data`). ``task`` is any :class:`~zkapex_flwr.tasks.Task`."""
 
-    model: nn.Module                      # the architecture; its weights are replaced by θg / θp
-    task: Task                            # ImageTask / LMTask or your own (per-sample loss, correct counts)
-    data: Any                             # the node's private data: personalization and Fisher
-    test: Any = None                      # held-out data: personalization accuracy (research metric)
-    forget: Any = None                    # D_f in the node's domain: forget accuracy (research metric)
-    memory_mb: float | None = None        # prover working-set budget; None = the cheapest circuit
+    model: nn.Module  # the architecture; its weights are replaced by θg / θp
+    task: Task  # ImageTask / LMTask or your own (per-sample loss, correct counts)
+    data: Any  # the node's private data: personalization and Fisher
+    test: Any = None  # held-out data: personalization accuracy (research metric)
+    forget: Any = None  # D_f in the node's domain: forget accuracy (research metric)
+    memory_mb: float | None = None  # prover working-set budget; None = the cheapest circuit
     personalize: Callable[[nn.Module, TensorData, CommitRequest], None] | None = None
     bundle_hook: BundleHook | None = None  # red-teaming: produce another reply than the honest proof
-    speed: float = 1.0                    # simulation: device speed relative to this machine (modelled time)
-    uplink_mbps: float | None = None      # simulation: modelled bundle upload time
+    speed: float = 1.0  # simulation: device speed relative to this machine (modelled time)
+    uplink_mbps: float | None = None  # simulation: modelled bundle upload time
     seed: int = 0
-    columns: tuple[str, ...] | None = None   # Hugging Face datasets: the columns that make a batch, in order
-    device: str = "cpu"                   # where personalization trains ("auto": cuda when present); the
-                                          # Fisher, the commitments and the prover always run on the CPU
+    columns: tuple[str, ...] | None = None  # Hugging Face datasets: the columns that make a batch, in order
+    device: str = "cpu"  # where personalization trains ("auto": cuda when present); the
+    # Fisher, the commitments and the prover always run on the CPU
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -77,8 +78,11 @@ class UnlearningSetup:
         self.data = as_tensor_data(self.data, columns=self.columns, name="UnlearningSetup.data")
         for name in ("test", "forget"):
             if getattr(self, name) is not None:
-                setattr(self, name, as_tensor_data(getattr(self, name), columns=self.columns,
-                                                   name=f"UnlearningSetup.{name}"))
+                setattr(
+                    self,
+                    name,
+                    as_tensor_data(getattr(self, name), columns=self.columns, name=f"UnlearningSetup.{name}"),
+                )
 
 
 def node_identity(context: Context) -> str:
@@ -147,15 +151,26 @@ class VerifiedUnlearningMod:
         if node.personalize is not None:
             node.personalize(model, node.data, req)
         else:
-            train(model, node.task, node.data, epochs=req.personal_epochs, lr=req.personal_lr,
-                  batch_size=req.batch_size, seed=node.seed, desc="personalize", device=node.device)
-        model.cpu().eval()   # Fisher, commitments and proofs run on the CPU
+            train(
+                model,
+                node.task,
+                node.data,
+                epochs=req.personal_epochs,
+                lr=req.personal_lr,
+                batch_size=req.batch_size,
+                seed=node.seed,
+                desc="personalize",
+                device=node.device,
+            )
+        model.cpu().eval()  # Fisher, commitments and proofs run on the CPU
         layout = BlockLayout.from_model(model, req.block_size, req.scope)
         if layout.digest() != req.layout_digest:
-            raise ProtocolError(f"node {context.node_id}: the scope '{req.scope}' with blocks of {req.block_size} "
-                                f"gives layout {layout.digest()[:12]}… on this model, the provider expects "
-                                f"{req.layout_digest[:12]}… (different architecture?)")
-        if req.deleted:   # a node that joins after a deletion inherits it: θp keeps the deleted weights at zero
+            raise ProtocolError(
+                f"node {context.node_id}: the scope '{req.scope}' with blocks of {req.block_size} "
+                f"gives layout {layout.digest()[:12]}… on this model, the provider expects "
+                f"{req.layout_digest[:12]}… (different architecture?)"
+            )
+        if req.deleted:  # a node that joins after a deletion inherits it: θp keeps the deleted weights at zero
             flat = layout.flatten(model)
             flat[UnlearningMask.from_bytes(req.deleted, layout).indices] = 0.0
             layout.assign(model, flat)
@@ -163,19 +178,33 @@ class VerifiedUnlearningMod:
         fisher = BlockFisher.estimate(model, node.task, node.data, layout, num_grads=req.num_grads)
         t2 = time.perf_counter()
         spec = choose_circuit(req.circuits, node.memory_mb)
-        prover = ClientProver.register(model, layout, fisher, req.damping, slots=spec.slots, scale=spec.scale,
-                                       steps_per_proof=spec.steps, group_size=spec.group)
+        prover = ClientProver.register(
+            model, layout, fisher, req.damping, slots=spec.slots, scale=spec.scale, steps=spec.steps, group=spec.group
+        )
         t3 = time.perf_counter()
         info = {"personalization_acc": accuracy(model, node.task, node.test)} if node.test is not None else {}
-        state = NodeState(model={k: v.detach().clone() for k, v in model.state_dict().items()}, theta=prover.theta,
-                          h_hat=prover.h_hat, spec=spec, layout=layout, registry=prover.registry.to_bytes(),
-                          salt_key=prover.salt_key,
-                          circuit_id=prover.circuit.circuit_id, info=info)
+        state = NodeState(
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            theta=prover.theta,
+            h_hat=prover.h_hat,
+            spec=spec,
+            layout=layout,
+            registry=prover.registry.to_bytes(),
+            salt_key=prover.salt_key,
+            circuit_id=prover.circuit.circuit_id,
+            info=info,
+        )
         state.save(context)
         reply = CommitReply(state.registry, state.circuit_id, spec, layout.digest(), node_identity(context))
-        metrics = {"num-examples": len(node.data), "personalize-s": t1 - t0, "fisher-s": t2 - t1,
-                   "register-s": t3 - t2, "steps-per-proof": spec.steps, **info}
-        if isinstance(context.node_config.get("partition-id"), int):   # simulation bookkeeping
+        metrics = {
+            "num-examples": len(node.data),
+            "personalize-s": t1 - t0,
+            "fisher-s": t2 - t1,
+            "register-s": t3 - t2,
+            "steps": spec.steps,
+            **info,
+        }
+        if isinstance(context.node_config.get("partition-id"), int):  # simulation bookkeeping
             metrics["partition-id"] = context.node_config["partition-id"]
         return Message(reply.to_content(metrics), reply_to=message)
 
@@ -185,16 +214,18 @@ class VerifiedUnlearningMod:
         req = UnlearnRequest.from_message(message)
         state = NodeState.load(context)
         if req.circuit_id != state.circuit_id:
-            raise ProtocolError(f"node {context.node_id}: the request names circuit {req.circuit_id[:12]}…, this "
-                                f"node registered with {state.circuit_id[:12]}…")
+            raise ProtocolError(
+                f"node {context.node_id}: the request names circuit {req.circuit_id[:12]}…, this "
+                f"node registered with {state.circuit_id[:12]}…"
+            )
         if req.layout_digest != state.layout.digest():
             raise ProtocolError(f"node {context.node_id}: the request's block layout differs from the committed one")
         mask = UnlearningMask.from_bytes(req.mask, state.layout)
         key = f"{req.request_id}|{req.nonce}"
-        if key in state.sent:   # a retry of the same round: the same answer again, no re-proving
+        if key in state.sent:  # a retry of the same round: the same answer again, no re-proving
             reply = UnlearnReply(req.request_id, req.nonce, state.sent[key])
             return Message(reply.to_content({"resent": 1.0}), reply_to=message)
-        state.start_request(req.request_id)   # a repeated request is proven again from the model before it
+        state.start_request(req.request_id)  # a repeated request is proven again from the model before it
         model = node.model
         model.load_state_dict(state.model)
         model.eval()
@@ -212,8 +243,12 @@ class VerifiedUnlearningMod:
         after = self._research_metrics(node, model) if honest else {}
         state.sent[key] = data
         state.save(context)
-        metrics = {"prove-s": prove_s, "masked-weights": float(len(mask)), "bundle-bytes": float(len(data)),
-                   "device-s": prove_s / node.speed}
+        metrics = {
+            "prove-s": prove_s,
+            "masked-weights": float(len(mask)),
+            "bundle-bytes": float(len(data)),
+            "device-s": prove_s / node.speed,
+        }
         if node.uplink_mbps:
             metrics["upload-s"] = 8 * len(data) / (node.uplink_mbps * 1e6)
         for k, v in before.items():
@@ -221,7 +256,9 @@ class VerifiedUnlearningMod:
         for k, v in after.items():
             metrics[f"{k}-after"] = v
         if "personalization-acc-before" in metrics and "personalization-acc-after" in metrics:
-            metrics["recovery"] = metrics["personalization-acc-after"] / max(metrics["personalization-acc-before"], 1e-12)
+            metrics["recovery"] = metrics["personalization-acc-after"] / max(
+                metrics["personalization-acc-before"], 1e-12
+            )
         reply = UnlearnReply(req.request_id, req.nonce, data)
         return Message(reply.to_content(metrics), reply_to=message)
 

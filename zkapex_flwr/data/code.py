@@ -6,6 +6,7 @@ client personalizes on others, and a deletion request can name a whole package. 
 tokenizer is trained here, on this corpus, with HF ``tokenizers`` and wrapped as a
 ``transformers.PreTrainedTokenizerFast``; it is cached on disk.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,22 @@ from .splits import UnlearningSplits
 from .tensors import TensorData
 
 # Top-level stdlib entries that are tests, demos, vendored data or GUI toolkits rather than library code.
-EXCLUDED = {"test", "tests", "idlelib", "turtledemo", "lib2to3", "ensurepip", "site-packages", "pydoc_data",
-            "tkinter", "__pycache__", "config-3.11-x86_64-linux-gnu", "__phello__", "unittest",
-            "encodings"}  # encodings: generated codec tables, not written code
+EXCLUDED = {
+    "test",
+    "tests",
+    "idlelib",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "site-packages",
+    "pydoc_data",
+    "tkinter",
+    "__pycache__",
+    "config-3.11-x86_64-linux-gnu",
+    "__phello__",
+    "unittest",
+    "encodings",
+}  # encodings: generated codec tables, not written code
 
 
 def cache_dir() -> Path:
@@ -72,24 +86,38 @@ def build_tokenizer(files: list[CodeFile], vocab_size: int = 2048):
     path = cache_dir() / f"stdlib-bpe-{vocab_size}-{key}.json"
     if not path.exists():
         tok = ByteLevelBPETokenizer()
-        tok.train_from_iterator((_read(f.path) for f in files), vocab_size=vocab_size, min_frequency=2,
-                                special_tokens=["<pad>", "<s>", "</s>"], show_progress=False)
+        tok.train_from_iterator(
+            (_read(f.path) for f in files),
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            show_progress=False,
+        )
         tmp = path.with_suffix(".tmp")
         tok.save(str(tmp))
         tmp.replace(path)
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
 def chunk_tokens(ids: list[int], seq_len: int) -> list[list[int]]:
     """Cut one file's token ids into non-overlapping windows of ``seq_len`` (the tail is dropped)."""
-    return [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    return [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
 
 
-def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: str = "json",
-                seq_len: int = 64, vocab_size: int = 2048, provider_fraction: float = 0.6,
-                max_provider_seqs: int = 6000, max_client_seqs: int = 1500, seed: int = 0,
-                root: str | Path | None = None, client_keeps_forget: bool = True) -> tuple[UnlearningSplits, object]:
+def code_splits(
+    *,
+    client_id: int = 0,
+    num_clients: int = 4,
+    forget_package_: str = "json",
+    seq_len: int = 64,
+    vocab_size: int = 2048,
+    provider_fraction: float = 0.6,
+    max_provider_seqs: int = 6000,
+    max_client_seqs: int = 1500,
+    seed: int = 0,
+    root: str | Path | None = None,
+    client_keeps_forget: bool = True,
+) -> tuple[UnlearningSplits, object]:
     """Build the roles of :class:`UnlearningSplits` for next-token prediction on stdlib code.
 
     Packages are shuffled: a ``provider_fraction`` share (always including ``forget_package_``) is the
@@ -134,10 +162,11 @@ def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: st
     order = rng.permutation(len(forget_all))
     part = len(forget_all) // (2 if client_keeps_forget else 3)
     forget = [forget_all[i] for i in order[:part]]
-    unseen = [forget_all[i] for i in order[part:2 * part]]
-    held = [forget_all[i] for j, i in enumerate(order[2 * part:]) if j % num_clients == client_id]
-    provider_rest = sample([s for p in sorted(provider_pkgs) for s in by_pkg.get(p, [])],
-                           max_provider_seqs - len(forget))
+    unseen = [forget_all[i] for i in order[part : 2 * part]]
+    held = [forget_all[i] for j, i in enumerate(order[2 * part :]) if j % num_clients == client_id]
+    provider_rest = sample(
+        [s for p in sorted(provider_pkgs) for s in by_pkg.get(p, [])], max_provider_seqs - len(forget)
+    )
     client = sample([s for p in client_pkgs for s in by_pkg.get(p, [])], max_client_seqs)
     perm = rng.permutation(len(client))
     n_test = max(1, len(client) // 5)
@@ -157,9 +186,18 @@ def code_splits(*, client_id: int = 0, num_clients: int = 4, forget_package_: st
         client_test=TensorData((tensor(client_test),)),
         client_forget=TensorData((forget_t,)),
         client_unseen=TensorData((tensor(unseen),)),
-        meta={"dataset": "stdlib-code", "client_id": client_id, "num_clients": num_clients,
-              "forget_mode": "package", "forget_package": forget_package_, "seq_len": seq_len,
-              "client_keeps_forget": client_keeps_forget, "client_forget_package_seqs": len(held),
-              "vocab_size": len(tok), "client_packages": client_pkgs, "provider_packages": len(provider_pkgs)},
+        meta={
+            "dataset": "stdlib-code",
+            "client_id": client_id,
+            "num_clients": num_clients,
+            "forget_mode": "package",
+            "forget_package": forget_package_,
+            "seq_len": seq_len,
+            "client_keeps_forget": client_keeps_forget,
+            "client_forget_package_seqs": len(held),
+            "vocab_size": len(tok),
+            "client_packages": client_pkgs,
+            "provider_packages": len(provider_pkgs),
+        },
     )
     return splits, tok

@@ -1,4 +1,5 @@
 """Forget-set builders: turn a deletion request into the indices of D_f inside a pool."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -16,6 +16,7 @@ split, so hub data and the offline corpora behave the same way.
 Loading needs network access to the Hub (not available in CI or on the offline machine); the tests
 check the calls these functions make to flwr-datasets.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,10 +25,15 @@ import torch
 
 from .tensors import TensorData
 
-PARTITIONERS = {"dirichlet": "DirichletPartitioner", "iid": "IidPartitioner",
-                "pathological": "PathologicalPartitioner", "shard": "ShardPartitioner",
-                "linear": "LinearPartitioner", "square": "SquarePartitioner",
-                "exponential": "ExponentialPartitioner"}
+PARTITIONERS = {
+    "dirichlet": "DirichletPartitioner",
+    "iid": "IidPartitioner",
+    "pathological": "PathologicalPartitioner",
+    "shard": "ShardPartitioner",
+    "linear": "LinearPartitioner",
+    "square": "SquarePartitioner",
+    "exponential": "ExponentialPartitioner",
+}
 
 
 def hub_repo(dataset: str) -> str:
@@ -37,8 +43,9 @@ def hub_repo(dataset: str) -> str:
     return dataset.removeprefix("hf:")
 
 
-def make_partitioner(name: str, num_partitions: int, *, partition_by: str = "label", alpha: float = 1.0,
-                     seed: int = 0, **options):
+def make_partitioner(
+    name: str, num_partitions: int, *, partition_by: str = "label", alpha: float = 1.0, seed: int = 0, **options
+):
     """The flwr-datasets partitioner called ``name`` (:data:`PARTITIONERS`) for ``num_partitions`` clients.
 
     ``partition_by``, ``alpha`` and ``seed`` are given to partitioners that take them; ``options`` are
@@ -66,24 +73,38 @@ def partition_indices(labels: torch.Tensor, partitioner) -> list[torch.Tensor]:
 
     ds = datasets.Dataset.from_dict({"label": labels.tolist(), "row": list(range(len(labels)))})
     partitioner.dataset = ds
-    return [torch.tensor(partitioner.load_partition(i)["row"], dtype=torch.long)
-            for i in range(partitioner.num_partitions)]
+    return [
+        torch.tensor(partitioner.load_partition(i)["row"], dtype=torch.long) for i in range(partitioner.num_partitions)
+    ]
 
 
-def federated_dataset(dataset: str, *, split: str = "train", subset: str | None = None, partitioner=None,
-                      seed: int = 0):
+def federated_dataset(
+    dataset: str, *, split: str = "train", subset: str | None = None, partitioner=None, seed: int = 0
+):
     """flwr-datasets' ``FederatedDataset`` over a hub dataset (``hf:<repo>``), ``split`` partitioned by
     ``partitioner`` (default: one partition, for loading the whole split)."""
     from flwr_datasets import FederatedDataset
 
-    return FederatedDataset(dataset=hub_repo(dataset), subset=subset,
-                            partitioners={split: partitioner if partitioner is not None else 1},
-                            shuffle=True, seed=seed)
+    return FederatedDataset(
+        dataset=hub_repo(dataset),
+        subset=subset,
+        partitioners={split: partitioner if partitioner is not None else 1},
+        shuffle=True,
+        seed=seed,
+    )
 
 
-def load_hub_images(dataset: str, *, split: str = "train", subset: str | None = None, image_key: str = "image",
-                    label_key: str = "label", image_size: int | None = None, max_samples: int | None = None,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_hub_images(
+    dataset: str,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+    image_size: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of a hub image dataset as ``(images, labels)``: float images in [0, 1] shaped (N, C, H, W)
     and int64 labels; ``max_samples`` keeps a seeded sample, ``image_size`` resizes to a square."""
     from torchvision.transforms import v2
@@ -92,8 +113,10 @@ def load_hub_images(dataset: str, *, split: str = "train", subset: str | None = 
     ds = fds.load_split(split)
     for key in (image_key, label_key):
         if key not in ds.column_names:
-            raise ValueError(f"{dataset} [{split}] has no column '{key}'; its columns: {ds.column_names} "
-                             "(set [data] image_key / label_key)")
+            raise ValueError(
+                f"{dataset} [{split}] has no column '{key}'; its columns: {ds.column_names} "
+                "(set [data] image_key / label_key)"
+            )
     if max_samples is not None and max_samples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_samples))
     steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
@@ -112,8 +135,9 @@ def codeparrot_sequences(tokenizer, n_sequences: int, seq_len: int = 512, langua
 
     from .code import chunk_tokens
 
-    stream = datasets.load_dataset("codeparrot/github-code-clean", split="train", streaming=True,
-                                   languages=list(languages), trust_remote_code=True)
+    stream = datasets.load_dataset(
+        "codeparrot/github-code-clean", split="train", streaming=True, languages=list(languages), trust_remote_code=True
+    )
     seqs: list[list[int]] = []
     for row in stream:
         seqs.extend(chunk_tokens(tokenizer(row["code"])["input_ids"], seq_len))

@@ -8,6 +8,7 @@ The provider trains on a source-domain pool; each client holds a Dirichlet label
 contrast inversion, a fixed noise pattern), so the global model is poor on the client's data and
 personalization matters — the role ImageNet-Sketch plays for ImageNet in the paper.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -52,17 +53,17 @@ class DomainShift:
     mirroring (kind ``geometric``) change the content layout too and are available for harder shifts.
     """
 
-    rotate: int = 0          # quarter turns
-    flip: bool = False       # left-right mirror
-    invert: bool = False     # x -> 1 - x
-    gain: float = 1.0        # contrast gain around 0.5
-    pattern: float = 0.0     # strength of a fixed additive noise pattern
-    seed: int = 0            # seeds the pattern
+    rotate: int = 0  # quarter turns
+    flip: bool = False  # left-right mirror
+    invert: bool = False  # x -> 1 - x
+    gain: float = 1.0  # contrast gain around 0.5
+    pattern: float = 0.0  # strength of a fixed additive noise pattern
+    seed: int = 0  # seeds the pattern
 
     KINDS = ("style", "mild", "geometric", "none")
 
     @staticmethod
-    def for_client(client_id: int, seed: int, kind: str = "style") -> "DomainShift":
+    def for_client(client_id: int, seed: int, kind: str = "style") -> DomainShift:
         """Client ``client_id``'s shift. ``style``: even clients see inverted contrast, all get a gain and a
         noise pattern; ``mild``: gain and pattern only (the global model transfers, so the personalized
         model inherits what θg learned from D_f); ``geometric``: style plus quarter turns and mirroring;
@@ -73,10 +74,14 @@ class DomainShift:
             return DomainShift()
         geometric = kind == "geometric"
         rng = np.random.default_rng([seed, client_id, 7])
-        return DomainShift(rotate=int(rng.integers(4)) if geometric else 0,
-                           flip=bool(rng.integers(2)) if geometric else False,
-                           invert=kind != "mild" and client_id % 2 == 0, gain=float(rng.uniform(0.6, 1.4)),
-                           pattern=float(rng.uniform(0.15, 0.35)), seed=int(rng.integers(2**31)))
+        return DomainShift(
+            rotate=int(rng.integers(4)) if geometric else 0,
+            flip=bool(rng.integers(2)) if geometric else False,
+            invert=kind != "mild" and client_id % 2 == 0,
+            gain=float(rng.uniform(0.6, 1.4)),
+            pattern=float(rng.uniform(0.15, 0.35)),
+            seed=int(rng.integers(2**31)),
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.rot90(x, self.rotate, dims=(-2, -1))
@@ -96,8 +101,9 @@ class DomainShift:
         return asdict(self)
 
 
-def dirichlet_partitions(labels: torch.Tensor, num_partitions: int, alpha: float, seed: int,
-                         min_partition_size: int = 10) -> list[torch.Tensor]:
+def dirichlet_partitions(
+    labels: torch.Tensor, num_partitions: int, alpha: float, seed: int, min_partition_size: int = 10
+) -> list[torch.Tensor]:
     """Split sample indices into label-skewed partitions with flwr-datasets' DirichletPartitioner."""
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner
@@ -107,8 +113,14 @@ def dirichlet_partitions(labels: torch.Tensor, num_partitions: int, alpha: float
     if num_partitions == 1:
         return [torch.arange(len(labels))]
     ds = datasets.Dataset.from_dict({"label": labels.tolist(), "row": list(range(len(labels)))})
-    part = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
-                                min_partition_size=min_partition_size, self_balancing=True)
+    part = DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        seed=seed,
+        min_partition_size=min_partition_size,
+        self_balancing=True,
+    )
     part.dataset = ds
     return [torch.tensor(part.load_partition(i)["row"], dtype=torch.long) for i in range(num_partitions)]
 
@@ -118,14 +130,26 @@ def _pools(n: int, seed: int, test_fraction: float, provider_fraction: float) ->
     order = torch.randperm(n, generator=g)
     n_test = int(round(n * test_fraction))
     n_prov = int(round(n * provider_fraction))
-    return order[:n_test], order[n_test:n_test + n_prov], order[n_test + n_prov:]
+    return order[:n_test], order[n_test : n_test + n_prov], order[n_test + n_prov :]
 
 
-def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: int = 2, alpha: float = 1.0,
-                 forget_mode: str = "class", forget_classes_: Sequence[int] = (3,), forget_count: int = 60,
-                 seed: int = 0, test_fraction: float = 0.15, provider_fraction: float = 0.4,
-                 client_holdout: float = 0.2, shift: DomainShift | None = None,
-                 shift_kind: str = "style", client_keeps_forget: bool = True) -> UnlearningSplits:
+def image_splits(
+    dataset: str = "digits",
+    *,
+    client_id: int = 0,
+    num_clients: int = 2,
+    alpha: float = 1.0,
+    forget_mode: str = "class",
+    forget_classes_: Sequence[int] = (3,),
+    forget_count: int = 60,
+    seed: int = 0,
+    test_fraction: float = 0.15,
+    provider_fraction: float = 0.4,
+    client_holdout: float = 0.2,
+    shift: DomainShift | None = None,
+    shift_kind: str = "style",
+    client_keeps_forget: bool = True,
+) -> UnlearningSplits:
     """Build every role of :class:`UnlearningSplits` for one client of an image dataset.
 
     ``forget_mode='class'`` forgets whole classes (``forget_classes_``); ``'samples'`` forgets
@@ -161,7 +185,9 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
         test_forget = torch.isin(ty, fcls)
         # MIA non-members: every never-trained sample of the forget classes (shared test pool and the
         # client's held-out part), all in the client's domain
-        unseen = TensorData((torch.cat([tx[test_forget], hx[~hold_keep]]), torch.cat([ty[test_forget], hy[~hold_keep]])))
+        unseen = TensorData(
+            (torch.cat([tx[test_forget], hx[~hold_keep]]), torch.cat([ty[test_forget], hy[~hold_keep]]))
+        )
         described = {"forget_classes": list(forget_classes_)}
     elif forget_mode == "samples":
         f_idx = forget_samples(len(py), forget_count, seed)
@@ -184,7 +210,16 @@ def image_splits(dataset: str = "digits", *, client_id: int = 0, num_clients: in
         client_test=TensorData((hx[hold_keep], hy[hold_keep])),
         client_forget=TensorData((shift(px[f_idx]), py[f_idx])),
         client_unseen=unseen,
-        meta={"dataset": dataset, "client_id": client_id, "num_clients": num_clients, "alpha": alpha,
-              "forget_mode": forget_mode, **described, "client_keeps_forget": client_keeps_forget, "domain_shift": shift.describe(),
-              "image_shape": list(x.shape[1:]), "num_classes": 10},
+        meta={
+            "dataset": dataset,
+            "client_id": client_id,
+            "num_clients": num_clients,
+            "alpha": alpha,
+            "forget_mode": forget_mode,
+            **described,
+            "client_keeps_forget": client_keeps_forget,
+            "domain_shift": shift.describe(),
+            "image_shape": list(x.shape[1:]),
+            "num_classes": 10,
+        },
     )

@@ -1,4 +1,5 @@
 """The data roles of one unlearning experiment (docs/protocol.md §2, §6)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,14 +33,30 @@ class UnlearningSplits:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("provider_train", "provider_retain", "client_train", "client_retain", "client_test",
-                     "client_unseen"):
+        for name in (
+            "provider_train",
+            "provider_retain",
+            "client_train",
+            "client_retain",
+            "client_test",
+            "client_unseen",
+        ):
             if len(getattr(self, name)) == 0:
                 raise ValueError(f"data split '{name}' is empty; use more data or fewer clients")
         if len(self.forget) == 0 or len(self.client_forget) == 0:
             raise ValueError("the forget set is empty: the request names no sample present in training")
 
     def sizes(self) -> dict[str, int]:
-        return {k: len(getattr(self, k)) for k in ("provider_train", "provider_retain", "forget", "client_train",
-                                                  "client_retain", "client_test", "client_forget",
-                                                  "client_unseen")}
+        return {
+            k: len(getattr(self, k))
+            for k in (
+                "provider_train",
+                "provider_retain",
+                "forget",
+                "client_train",
+                "client_retain",
+                "client_test",
+                "client_forget",
+                "client_unseen",
+            )
+        }

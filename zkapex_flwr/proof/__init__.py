@@ -7,13 +7,26 @@
 * :mod:`.prover` / :mod:`.verifier` — client-side proving, provider-side verdicts with reason codes;
 * :mod:`.session` — the few-line API that ties them to a model (``ClientProver``).
 """
+
 from .bundle import MalformedBundle, ProofBundle
 from .circuit import Circuit, CircuitSpec, get_circuit
 from .commitments import BlockCommitments, commit_vectors, register_blocks
 from .prover import ProveReport, prove_unlearning
 from .session import ClientProver
-from .verifier import REASONS, Verdict, Verifier
+from .verifier import Verdict, Verifier
 
-__all__ = ["CircuitSpec", "Circuit", "get_circuit", "BlockCommitments", "commit_vectors", "register_blocks",
-           "ProofBundle", "MalformedBundle", "prove_unlearning", "ProveReport", "Verifier", "Verdict", "REASONS",
-           "ClientProver"]
+__all__ = [
+    "CircuitSpec",
+    "Circuit",
+    "get_circuit",
+    "BlockCommitments",
+    "commit_vectors",
+    "register_blocks",
+    "ProofBundle",
+    "MalformedBundle",
+    "prove_unlearning",
+    "ProveReport",
+    "Verifier",
+    "Verdict",
+    "ClientProver",
+]

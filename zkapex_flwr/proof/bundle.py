@@ -7,6 +7,7 @@ lie in the payload. Instances are 32-byte field
 elements, little-endian, as ezkl writes them. No weight, Fisher or data value is in a bundle; the
 ``meta`` field (prover timings) is informational and never trusted by the verifier.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def _pack_residuals(instances: list[bytes], slots: int) -> tuple[bytes, int]:
     n = n2 // 2
     values = []
     for s in range(slots):
-        part = instances[s * n2:(s + 1) * n2]
+        part = instances[s * n2 : (s + 1) * n2]
         if any(felt_to_int(f) for f in part[n:]):
             raise ValueError("cannot encode nonzero masked outputs: the verifier requires them to be zero")
         values += [felt_to_int(f) for f in part[:n]]
@@ -66,7 +67,7 @@ class Slot:
 class Proof:
     slots: list[Slot | None]  # None = padding slot
     proof: bytes
-    instances: list[bytes]    # 32-byte little-endian field elements (all of them, as ezkl verifies)
+    instances: list[bytes]  # 32-byte little-endian field elements (all of them, as ezkl verifies)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class BundleHeader:
     layout_digest: str
     request_id: str
     meta: dict
-    raw_proofs: list       # the header's proof entries, as parsed JSON
-    payload: memoryview    # the bytes after the header
+    raw_proofs: list  # the header's proof entries, as parsed JSON
+    payload: memoryview  # the bytes after the header
 
 
 @dataclass
@@ -100,12 +101,21 @@ class ProofBundle:
             packed, count = _pack_residuals(pr.instances, len(pr.slots))
             i_off = len(payload)
             payload += packed
-            slots = [None if sl is None else [int(sl.block), int(sl.step), [int(c) for c in sl.columns]]
-                     for sl in pr.slots]
+            slots = [
+                None if sl is None else [int(sl.block), int(sl.step), [int(c) for c in sl.columns]] for sl in pr.slots
+            ]
             proofs.append({"slots": slots, "proof": [p_off, len(pr.proof)], "res": [i_off, len(packed), count]})
-        header = json.dumps({"version": VERSION, "circuit_id": self.circuit_id, "layout": self.layout_digest,
-                             "request_id": self.request_id, "proofs": proofs, "meta": self.meta},
-                            separators=(",", ":")).encode()
+        header = json.dumps(
+            {
+                "version": VERSION,
+                "circuit_id": self.circuit_id,
+                "layout": self.layout_digest,
+                "request_id": self.request_id,
+                "proofs": proofs,
+                "meta": self.meta,
+            },
+            separators=(",", ":"),
+        ).encode()
         return MAGIC + struct.pack("<I", len(header)) + header + bytes(payload)
 
     @property
@@ -113,8 +123,9 @@ class ProofBundle:
         return sum(len(pr.proof) for pr in self.proofs)
 
     @staticmethod
-    def from_bytes(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES, *, residuals: int | None = None,
-                   max_proofs: int | None = None) -> "ProofBundle":
+    def from_bytes(
+        data: bytes, max_bytes: int = MAX_BUNDLE_BYTES, *, residuals: int | None = None, max_proofs: int | None = None
+    ) -> ProofBundle:
         """Parse strictly; every defect raises :class:`MalformedBundle` naming it.
 
         The encoding is canonical up to the header's JSON formatting, the zlib stream and ``meta``: every
@@ -123,8 +134,9 @@ class ProofBundle:
         and ``max_proofs`` (how many proofs the request can need) let a verifier refuse a hostile bundle
         before decoding all of it. It is :meth:`parse_header` then :meth:`from_header`.
         """
-        return ProofBundle.from_header(ProofBundle.parse_header(data, max_bytes), residuals=residuals,
-                                       max_proofs=max_proofs)
+        return ProofBundle.from_header(
+            ProofBundle.parse_header(data, max_bytes), residuals=residuals, max_proofs=max_proofs
+        )
 
     @staticmethod
     def parse_header(data: bytes, max_bytes: int = MAX_BUNDLE_BYTES) -> BundleHeader:
@@ -140,7 +152,7 @@ class ProofBundle:
         if len(data) > max_bytes:
             raise MalformedBundle(f"bundle of {len(data)} bytes exceeds the limit of {max_bytes}")
         if len(data) < len(MAGIC) + 4 or not data.startswith(MAGIC):
-            raise MalformedBundle(f"not a zkapex proof bundle (bad magic {data[:len(MAGIC)]!r}, expected {MAGIC!r})")
+            raise MalformedBundle(f"not a zkapex proof bundle (bad magic {data[: len(MAGIC)]!r}, expected {MAGIC!r})")
         (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
         start = len(MAGIC) + 4
         if start + hlen > len(data):
@@ -150,14 +162,14 @@ class ProofBundle:
             raise MalformedBundle(f"header holds the non-finite number {name}")
 
         try:
-            header = json.loads(data[start:start + hlen].decode("utf-8"), parse_constant=no_constant)
-        except (UnicodeDecodeError, ValueError) as err:   # JSONDecodeError, int too long for int()
+            header = json.loads(data[start : start + hlen].decode("utf-8"), parse_constant=no_constant)
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, int too long for int()
             if isinstance(err, MalformedBundle):
                 raise
             raise MalformedBundle(f"header is not JSON: {err}") from None
         except RecursionError:
             raise MalformedBundle("header is not JSON: nested too deeply") from None
-        payload = memoryview(data)[start + hlen:]
+        payload = memoryview(data)[start + hlen :]
         if not isinstance(header, dict):
             raise MalformedBundle(f"header is not an object but a JSON {type(header).__name__}")
         unknown = sorted(set(header) - HEADER_FIELDS)
@@ -178,8 +190,7 @@ class ProofBundle:
         return BundleHeader(header["circuit_id"], header["layout"], header["request_id"], meta, raw_proofs, payload)
 
     @staticmethod
-    def from_header(head: BundleHeader, *, residuals: int | None = None,
-                    max_proofs: int | None = None) -> "ProofBundle":
+    def from_header(head: BundleHeader, *, residuals: int | None = None, max_proofs: int | None = None) -> ProofBundle:
         """The bundle whose header :meth:`parse_header` returned: its proofs decoded, with the limits of
         :meth:`from_bytes`."""
         raw_proofs, payload = head.raw_proofs, head.payload
@@ -189,18 +200,21 @@ class ProofBundle:
         def integer(v):
             return isinstance(v, int) and not isinstance(v, bool)
 
-        cursor = 0   # where the next proof's bytes must start
+        cursor = 0  # where the next proof's bytes must start
 
         def span(val, what, must_start):
             if not isinstance(val, list) or len(val) != 2 or not all(integer(v) for v in val):
                 raise MalformedBundle(f"{what} must be [offset, length] integers, got {short_repr(val)}")
             off, n = val
             if off < 0 or n < 0 or off + n > len(payload):
-                raise MalformedBundle(f"{what} [{short_repr(off)}, {short_repr(n)}] lies outside the payload of "
-                                      f"{len(payload)} bytes")
+                raise MalformedBundle(
+                    f"{what} [{short_repr(off)}, {short_repr(n)}] lies outside the payload of {len(payload)} bytes"
+                )
             if off != must_start:
-                raise MalformedBundle(f"{what} start at {off}, expected {must_start} (proofs and residuals lie "
-                                      "in order, without gaps or overlaps)")
+                raise MalformedBundle(
+                    f"{what} start at {off}, expected {must_start} (proofs and residuals lie "
+                    "in order, without gaps or overlaps)"
+                )
             return off, n
 
         proofs = []
@@ -218,21 +232,31 @@ class ProofBundle:
                 if rs is None:
                     slots.append(None)
                     continue
-                if (not isinstance(rs, list) or len(rs) != 3 or not integer(rs[0]) or not integer(rs[1])
-                        or not isinstance(rs[2], list) or not rs[2] or not all(integer(c) for c in rs[2])):
-                    raise MalformedBundle(f"proof {pi} slot {si} must be null or [block, step, [columns…]], "
-                                          f"got {short_repr(rs)}")
+                if (
+                    not isinstance(rs, list)
+                    or len(rs) != 3
+                    or not integer(rs[0])
+                    or not integer(rs[1])
+                    or not isinstance(rs[2], list)
+                    or not rs[2]
+                    or not all(integer(c) for c in rs[2])
+                ):
+                    raise MalformedBundle(
+                        f"proof {pi} slot {si} must be null or [block, step, [columns…]], got {short_repr(rs)}"
+                    )
                 if rs[0] < 0 or rs[1] < 0 or any(c < 0 for c in rs[2]):
-                    raise MalformedBundle(f"proof {pi} slot {si} has a negative block, step or column: "
-                                          f"{short_repr(rs)}")
+                    raise MalformedBundle(
+                        f"proof {pi} slot {si} has a negative block, step or column: {short_repr(rs)}"
+                    )
                 slots.append(Slot(rs[0], rs[1], tuple(rs[2])))
             p_off, p_len = span(rp.get("proof"), f"proof {pi} bytes", cursor)
             if p_len > MAX_PROOF_BYTES:
                 raise MalformedBundle(f"proof {pi} of {p_len} bytes is oversized (limit {MAX_PROOF_BYTES})")
             res = rp.get("res")
             if not isinstance(res, list) or len(res) != 3 or not all(integer(v) for v in res):
-                raise MalformedBundle(f"proof {pi}: 'res' must be [offset, length, count] integers, "
-                                      f"got {short_repr(res)}")
+                raise MalformedBundle(
+                    f"proof {pi}: 'res' must be [offset, length, count] integers, got {short_repr(res)}"
+                )
             r_off, r_len = span(res[:2], f"proof {pi} residuals", p_off + p_len)
             cursor = r_off + r_len
             count = res[2]
@@ -242,7 +266,7 @@ class ProofBundle:
                 raise MalformedBundle(f"proof {pi}: residual count {count}, the circuit has {residuals}")
             try:
                 inflater = zlib.decompressobj()
-                raw = inflater.decompress(bytes(payload[r_off:r_off + r_len]), 8 * count + 1)
+                raw = inflater.decompress(bytes(payload[r_off : r_off + r_len]), 8 * count + 1)
             except zlib.error as err:
                 raise MalformedBundle(f"proof {pi}: residuals are not zlib data: {err}") from None
             if len(raw) != 8 * count or inflater.unconsumed_tail:
@@ -255,8 +279,8 @@ class ProofBundle:
             zero = int_to_felt(0)
             inst = []
             for s_i in range(len(slots)):
-                inst += [int_to_felt(v) for v in values[s_i * n:(s_i + 1) * n]] + [zero] * n
-            proofs.append(Proof(slots, bytes(payload[p_off:p_off + p_len]), inst))
+                inst += [int_to_felt(v) for v in values[s_i * n : (s_i + 1) * n]] + [zero] * n
+            proofs.append(Proof(slots, bytes(payload[p_off : p_off + p_len]), inst))
         if cursor != len(payload):
             raise MalformedBundle(f"payload has {len(payload) - cursor} trailing bytes after the last proof")
         return ProofBundle(head.circuit_id, head.layout_digest, head.request_id, proofs, head.meta)
@@ -265,10 +289,10 @@ class ProofBundle:
 def short_repr(value, limit: int = 80) -> str:
     """A value for an error message, cut to ``limit`` characters."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-CIRCUIT_ID_HEX = 32   # CircuitSpec's circuit id: the first 32 hex digits of a SHA-256
+CIRCUIT_ID_HEX = 32  # CircuitSpec's circuit id: the first 32 hex digits of a SHA-256
 
 
 def circuit_id_problem(circuit_id) -> str | None:

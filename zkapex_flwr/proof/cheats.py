@@ -4,6 +4,7 @@ Used by the tests, by red-teamers and by the fleet simulator. Every function ret
 with that behaviour would send back in the unlearning round; the honest path is
 :meth:`ClientProver.unlearn`. A behaviour never touches the verifier or the registry.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -15,8 +16,21 @@ from .bundle import Proof, ProofBundle
 from .prover import prove_chains
 from .statement import Binding, Step, honest_unit_steps, quantize
 
-BEHAVIOURS = ("honest", "ignore", "garbage-proof", "mask-only", "partial-mask", "stale-model", "fake-fisher",
-              "replay", "tamper-instances", "wrong-mask", "drop-blocks", "duplicate-block", "hide-in-padding")
+BEHAVIOURS = (
+    "honest",
+    "ignore",
+    "garbage-proof",
+    "mask-only",
+    "partial-mask",
+    "stale-model",
+    "fake-fisher",
+    "replay",
+    "tamper-instances",
+    "wrong-mask",
+    "drop-blocks",
+    "duplicate-block",
+    "hide-in-padding",
+)
 
 
 def prove_steps(prover, chains: dict[int, list[Step]], request_id: str, binding: Binding | None = None) -> ProofBundle:
@@ -26,15 +40,18 @@ def prove_steps(prover, chains: dict[int, list[Step]], request_id: str, binding:
     :func:`~zkapex_flwr.proof.statement.honest_unit_steps`, then change them) and let the real prover
     prove them; the verifier decides."""
     with tempfile.TemporaryDirectory(prefix="zkapex-cheat-") as tmp:
-        proofs = prove_chains(prover.circuit, chains, Path(tmp), binding or Binding(request_id),
-                              salt_key=prover.salt_key)[0]
+        proofs = prove_chains(
+            prover.circuit, chains, Path(tmp), binding or Binding(request_id), salt_key=prover.salt_key
+        )[0]
     return ProofBundle(prover.circuit.circuit_id, prover.layout.digest(), request_id, proofs)
 
 
 def _prove(prover, mask_blocks, local_masks, theta, h_hat, request_id, binding, steps_fn=None) -> ProofBundle:
     spec = prover.circuit.spec
-    chains = {int(b): (steps_fn or honest_unit_steps)(theta[t], h_hat[t], local_masks[t], spec)
-              for t, b in enumerate(mask_blocks)}
+    chains = {
+        int(b): (steps_fn or honest_unit_steps)(theta[t], h_hat[t], local_masks[t], spec)
+        for t, b in enumerate(mask_blocks)
+    }
     return prove_steps(prover, chains, request_id, binding)
 
 
@@ -52,8 +69,16 @@ def _mask_only_steps(theta, h_hat, mask, spec) -> list[Step]:
     return steps
 
 
-def cheat_bundle(prover, mask, request_id: str, behaviour: str, *, rng: np.random.Generator | None = None,
-                 other: bytes | None = None, binding: Binding | None = None) -> bytes:
+def cheat_bundle(
+    prover,
+    mask,
+    request_id: str,
+    behaviour: str,
+    *,
+    rng: np.random.Generator | None = None,
+    other: bytes | None = None,
+    binding: Binding | None = None,
+) -> bytes:
     """The bytes a client with ``behaviour`` returns for ``mask`` (``other``: a bundle to replay).
 
     ``binding``: the request, nonce and node of the round (what an honest client's proofs answer);

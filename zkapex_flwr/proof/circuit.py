@@ -36,6 +36,7 @@ keys: form, d, K, S, logrows, the ezkl version and the SRS. Keys live in the cac
 (``ZKAPEX_CACHE``, default ``~/.cache/zkapex_flwr``) under that id, built under a file lock so that
 concurrent clients (Ray workers) build each shape once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,10 +48,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FORM = "col-v4"   # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound;
+FORM = "col-v4"  # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound;
 #                   v4: every step input carries salt cells (hiding commitments)
-BINDING_CHUNKS = 6   # the binding input: 6 values of 24 bits (exact through fixed-point scales up to 2^24)
-SALT_CELLS = 8       # cells appended to every step input, ignored by the arithmetic (statement.salt_cells)
+BINDING_CHUNKS = 6  # the binding input: 6 values of 24 bits (exact through fixed-point scales up to 2^24)
+SALT_CELLS = 8  # cells appended to every step input, ignored by the arithmetic (statement.salt_cells)
 
 
 def cache_root() -> Path:
@@ -106,8 +107,11 @@ def srs_file(logrows: int) -> Path:
     if not _WARNED:
         import warnings
 
-        warnings.warn("zkapex-flwr is using an INSECURE test SRS generated with ezkl.gen_srs (simulation only); "
-                      "set ZKAPEX_SRS_DIR to ceremony SRS files for a real deployment", stacklevel=2)
+        warnings.warn(
+            "zkapex-flwr is using an INSECURE test SRS generated with ezkl.gen_srs (simulation only); "
+            "set ZKAPEX_SRS_DIR to ceremony SRS files for a real deployment",
+            stacklevel=2,
+        )
         _WARNED = True
     return path
 
@@ -125,11 +129,11 @@ def srs_identity(logrows: int) -> str:
 # ------------------------------------------------------------------------------------- circuit
 @dataclass(frozen=True)
 class CircuitSpec:
-    d: int          # Fisher block size
-    slots: int      # K: masked columns per proof step
+    d: int  # Fisher block size
+    slots: int  # K: masked columns per proof step
     scale: int = 16  # fixed-point bits S
-    steps: int = 1   # B: step slots per proof
-    group: int = 1   # G: blocks per unit, packed into the same wide inputs
+    steps: int = 1  # B: step slots per proof
+    group: int = 1  # G: blocks per unit, packed into the same wide inputs
 
     def __post_init__(self) -> None:
         if self.d < 2 or self.slots < 1 or self.slots > self.d:
@@ -140,12 +144,14 @@ class CircuitSpec:
             raise ValueError(f"a unit needs at least one block, got group={self.group}")
         import math
 
-        per = self.residual_scale - self.scale   # bits of one multiplier term above θ's scale
+        per = self.residual_scale - self.scale  # bits of one multiplier term above θ's scale
         bits = (self.slots + 1) * (per + math.log2(max(self.slots, 2))) + math.log2(self.d)
         if bits >= 250:
-            raise ValueError(f"slots={self.slots} at scale {self.scale} is unsound without range checks: "
-                             f"(K+1)({per}+log2 K)+log2 d = {bits:.0f} bits must stay below 250 "
-                             f"(docs/proof-design.md §4); use fewer slots")
+            raise ValueError(
+                f"slots={self.slots} at scale {self.scale} is unsound without range checks: "
+                f"(K+1)({per}+log2 K)+log2 d = {bits:.0f} bits must stay below 250 "
+                f"(docs/proof-design.md §4); use fewer slots"
+            )
         if not 8 <= self.scale <= 24:
             raise ValueError(f"fixed-point scale must be within 8..24 bits, got {self.scale}")
 
@@ -169,10 +175,6 @@ class CircuitSpec:
         return self.column_input + self.slots
 
     @property
-    def num_inputs(self) -> int:
-        return self.steps * self.inputs_per_step + 1   # the binding is the last input
-
-    @property
     def num_residuals(self) -> int:
         """Public values per proof before the binding: 2·G·d per step slot."""
         return 2 * self.unit_size * self.steps
@@ -189,12 +191,13 @@ class CircuitSpec:
     def input_shapes(self) -> list[tuple[int, int]]:
         """Every step input is its values followed by ``SALT_CELLS`` salt cells; the binding comes last."""
         n = self.unit_size + SALT_CELLS
-        small = [(1, self.group * self.slots + SALT_CELLS)] * (2 if self.selector else 1)   # y (and s)
+        small = [(1, self.group * self.slots + SALT_CELLS)] * (2 if self.selector else 1)  # y (and s)
         return ([(1, n)] * 3 + small + [(1, n)] * self.slots) * self.steps + [(1, BINDING_CHUNKS)]
 
     def name(self) -> str:
-        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}" + \
-            (f"_G{self.group}" if self.group > 1 else "")
+        return f"{FORM}_d{self.d}_K{self.slots}_S{self.scale}_B{self.steps}" + (
+            f"_G{self.group}" if self.group > 1 else ""
+        )
 
 
 def _torch_module(spec: CircuitSpec):
@@ -207,19 +210,19 @@ def _torch_module(spec: CircuitSpec):
         def forward(self, *xs):
             outs = []
             for b in range(spec.steps):
-                step = [x[:, :-SALT_CELLS] for x in xs[b * per:(b + 1) * per]]   # the salt enters no arithmetic
+                step = [x[:, :-SALT_CELLS] for x in xs[b * per : (b + 1) * per]]  # the salt enters no arithmetic
                 theta_in, theta_out, m, y = step[:4]
-                cols = step[spec.column_input:]
+                cols = step[spec.column_input :]
                 if g == 1:
                     acc = theta_out - theta_in + torch.matmul(y, torch.cat(cols, dim=0))  # y (1, K) · (K, d)
                 else:  # per block of the unit: θ_out − θ_in + Σ_j (y ⊙ s)[:, j] · stripe_j
                     acc = (theta_out - theta_in).reshape(g, d)
                     yy = (y * step[4]).reshape(g, k)
                     for j, col in enumerate(cols):
-                        acc = acc + yy[:, j:j + 1] * col.reshape(g, d)
+                        acc = acc + yy[:, j : j + 1] * col.reshape(g, d)
                     acc = acc.reshape(1, g * d)
                 outs += [acc, m * theta_out]
-            return torch.cat(outs, dim=1), xs[-1] + xs[-1]   # residuals, and the binding (2b: an op, not an alias)
+            return torch.cat(outs, dim=1), xs[-1] + xs[-1]  # residuals, and the binding (2b: an op, not an alias)
 
     return ColumnCertificate()
 
@@ -270,7 +273,7 @@ def _calibration_inputs(spec: CircuitSpec) -> list[list[float]]:
     mask = np.zeros((n, d), dtype=bool)
     mask[:, rng.choice(d, size=min(spec.slots, max(1, d // 16)), replace=False)] = True
     steps = honest_unit_steps(theta, h, mask, spec)
-    salted = steps[-1].inputs(spec, salt_key=b"calibration")   # salts of full size in the calibration data
+    salted = steps[-1].inputs(spec, salt_key=b"calibration")  # salts of full size in the calibration data
     return salted * spec.steps + [[float(v) for v in Binding("calibration", "", "").values()]]
 
 
@@ -285,16 +288,24 @@ def get_circuit(spec: CircuitSpec) -> Circuit:
         if meta.exists():
             info = json.loads(meta.read_text())
             if info.get("ezkl") == ezkl_version():
-                circ = Circuit(spec, base, info["logrows"], info["circuit_id"], info["setup_s"], info["pk_bytes"],
-                               info["vk_bytes"])
+                circ = Circuit(
+                    spec, base, info["logrows"], info["circuit_id"], info["setup_s"], info["pk_bytes"], info["vk_bytes"]
+                )
                 if circ.circuit_id == _circuit_id(spec, circ.logrows, circ.vk):
                     return circ
         base.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         xs = tuple(torch.zeros(s) for s in spec.input_shapes())
         onnx = base / "net.onnx"
-        torch.onnx.export(_torch_module(spec), xs, str(onnx), opset_version=17, dynamo=False,
-                          input_names=[f"x{i}" for i in range(len(xs))], output_names=["r", "binding"])
+        torch.onnx.export(
+            _torch_module(spec),
+            xs,
+            str(onnx),
+            opset_version=17,
+            dynamo=False,
+            input_names=[f"x{i}" for i in range(len(xs))],
+            output_names=["r", "binding"],
+        )
         cal = base / "calibration.json"
         cal.write_text(json.dumps({"input_data": _calibration_inputs(spec)}))
         args = ezkl.PyRunArgs()
@@ -307,26 +318,55 @@ def get_circuit(spec: CircuitSpec) -> Circuit:
         args.ignore_range_check_inputs_outputs = True
         settings = base / "settings.json"
         ezkl.gen_settings(str(onnx), str(settings), py_run_args=args)
-        ezkl.calibrate_settings(str(cal), str(onnx), str(settings), "resources", scales=[spec.scale],
-                                scale_rebase_multiplier=[10])
+        ezkl.calibrate_settings(
+            str(cal), str(onnx), str(settings), "resources", scales=[spec.scale], scale_rebase_multiplier=[10]
+        )
         ezkl.compile_circuit(str(onnx), str(base / "net.ezkl"), str(settings))
         logrows = int(json.loads(settings.read_text())["run_args"]["logrows"])
         srs = srs_file(logrows)
         ezkl.setup(str(base / "net.ezkl"), str(base / "vk.key"), str(base / "pk.key"), srs_path=str(srs))
         setup_s = time.perf_counter() - t0
-        circ = Circuit(spec, base, logrows, _circuit_id(spec, logrows, str(base / "vk.key")), setup_s,
-                       (base / "pk.key").stat().st_size, (base / "vk.key").stat().st_size)
-        meta.write_text(json.dumps({"spec": asdict(spec), "logrows": logrows, "circuit_id": circ.circuit_id,
-                                    "setup_s": setup_s, "pk_bytes": circ.pk_bytes, "vk_bytes": circ.vk_bytes,
-                                    "ezkl": ezkl_version()}))
+        circ = Circuit(
+            spec,
+            base,
+            logrows,
+            _circuit_id(spec, logrows, str(base / "vk.key")),
+            setup_s,
+            (base / "pk.key").stat().st_size,
+            (base / "vk.key").stat().st_size,
+        )
+        meta.write_text(
+            json.dumps(
+                {
+                    "spec": asdict(spec),
+                    "logrows": logrows,
+                    "circuit_id": circ.circuit_id,
+                    "setup_s": setup_s,
+                    "pk_bytes": circ.pk_bytes,
+                    "vk_bytes": circ.vk_bytes,
+                    "ezkl": ezkl_version(),
+                }
+            )
+        )
         return circ
 
 
 def _circuit_id(spec: CircuitSpec, logrows: int, vk_path: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"form": FORM, **asdict(spec), "logrows": logrows, "ezkl": ezkl_version(),
-                         "srs": srs_identity(logrows), "salt_cells": SALT_CELLS, "binding": BINDING_CHUNKS},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "form": FORM,
+                **asdict(spec),
+                "logrows": logrows,
+                "ezkl": ezkl_version(),
+                "srs": srs_identity(logrows),
+                "salt_cells": SALT_CELLS,
+                "binding": BINDING_CHUNKS,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     with open(vk_path, "rb") as fh:
         h.update(fh.read())
     return h.hexdigest()[:32]

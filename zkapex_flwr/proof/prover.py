@@ -1,4 +1,5 @@
 """Client side: prove a Group-OBS update block by block and pack a :class:`ProofBundle`."""
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,16 @@ class ProveReport:
 
 
 def _zero_inputs(spec) -> list[list[float]]:
-    return [[0.0] * shape[1] for shape in spec.input_shapes()[:spec.inputs_per_step]]   # zero values, zero salt
+    return [[0.0] * shape[1] for shape in spec.input_shapes()[: spec.inputs_per_step]]  # zero values, zero salt
 
 
-def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workdir: Path,
-                binding: Binding, salt_key: bytes | None = None) -> tuple[Proof, float, float]:
+def prove_slots(
+    circuit: Circuit,
+    slots: list[tuple[Slot, object] | None],
+    workdir: Path,
+    binding: Binding,
+    salt_key: bytes | None = None,
+) -> tuple[Proof, float, float]:
     """Witness + proof of one proof: ``slots`` holds up to B (slot, Step) pairs; missing ones are padding.
 
     The proof is bound to ``binding``; its public binding values are not kept in the :class:`Proof` (the
@@ -65,10 +71,11 @@ def prove_slots(circuit: Circuit, slots: list[tuple[Slot, object] | None], workd
     t2 = time.perf_counter()
     pj = json.loads(proof.read_text())
     public = [bytes.fromhex(h) for h in pj["instances"][0]]
-    if public[spec.num_residuals:] != binding_instances(circuit, binding):
-        raise RuntimeError(f"circuit {spec.name()}: the proof's public binding values are not the binding's "
-                           "(stale circuit keys?)")
-    out = Proof([None if e is None else e[0] for e in slots], bytes(pj["proof"]), public[:spec.num_residuals])
+    if public[spec.num_residuals :] != binding_instances(circuit, binding):
+        raise RuntimeError(
+            f"circuit {spec.name()}: the proof's public binding values are not the binding's (stale circuit keys?)"
+        )
+    out = Proof([None if e is None else e[0] for e in slots], bytes(pj["proof"]), public[: spec.num_residuals])
     return out, t1 - t0, t2 - t1
 
 
@@ -77,30 +84,49 @@ def binding_instances(circuit: Circuit, binding: Binding) -> list[bytes]:
     return [int_to_felt(2 * v << circuit.spec.scale) for v in binding.values()]
 
 
-def prove_chains(circuit: Circuit, chains: dict[int, list], workdir: Path, binding: Binding,
-                 progress=None, salt_key: bytes | None = None) -> tuple[list[Proof], float, float]:
+def prove_chains(
+    circuit: Circuit,
+    chains: dict[int, list],
+    workdir: Path,
+    binding: Binding,
+    progress=None,
+    salt_key: bytes | None = None,
+) -> tuple[list[Proof], float, float]:
     """Prove every block's step chain (honest or not: the circuit decides), B steps per proof, bound to
     ``binding``."""
-    entries = [(Slot(int(b), i, tuple(int(c) for c in st.columns)), st)
-               for b, steps in chains.items() for i, st in enumerate(steps)]
-    per = circuit.spec.steps
+    entries = [
+        (Slot(int(b), i, tuple(int(c) for c in st.columns)), st)
+        for b, chain in chains.items()
+        for i, st in enumerate(chain)
+    ]
+    steps = circuit.spec.steps
     proofs, witness_s, prove_s = [], 0.0, 0.0
     task = progress.add_task("prove", total=len(entries)) if progress is not None else None
-    for start in range(0, len(entries), per):
-        pr, ws, ps = prove_slots(circuit, entries[start:start + per], workdir, binding, salt_key)
+    for start in range(0, len(entries), steps):
+        pr, ws, ps = prove_slots(circuit, entries[start : start + steps], workdir, binding, salt_key)
         proofs.append(pr)
         witness_s += ws
         prove_s += ps
         if task is not None:
-            progress.advance(task, len(entries[start:start + per]))
+            progress.advance(task, len(entries[start : start + steps]))
     if task is not None:
         progress.remove_task(task)
     return proofs, witness_s, prove_s
 
 
-def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, blocks: np.ndarray,
-                     theta_p: np.ndarray, h_hat: np.ndarray, local_masks: np.ndarray, binding: Binding | None = None,
-                     salt_key: bytes | None = None, progress=None) -> tuple[ProofBundle, np.ndarray, ProveReport]:
+def prove_unlearning(
+    circuit: Circuit,
+    *,
+    request_id: str,
+    layout_digest: str,
+    blocks: np.ndarray,
+    theta_p: np.ndarray,
+    h_hat: np.ndarray,
+    local_masks: np.ndarray,
+    binding: Binding | None = None,
+    salt_key: bytes | None = None,
+    progress=None,
+) -> tuple[ProofBundle, np.ndarray, ProveReport]:
     """Prove the update of every touched proof unit (G consecutive blocks; G = 1: one block).
 
     ``blocks`` (T,) touched unit ids; ``theta_p`` (T, G, d) personalized weights (or (T, d) when G = 1);
@@ -126,11 +152,23 @@ def prove_unlearning(circuit: Circuit, *, request_id: str, layout_digest: str, b
         theta_u[t] = chains[int(blocks[t])][-1].theta_out
     with tempfile.TemporaryDirectory(prefix="zkapex-prove-") as tmp:
         proofs, witness_s, prove_s = prove_chains(circuit, chains, Path(tmp), binding, progress, salt_key)
-    bundle = ProofBundle(circuit.circuit_id, layout_digest, request_id, proofs,
-                         meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)})
+    bundle = ProofBundle(
+        circuit.circuit_id,
+        layout_digest,
+        request_id,
+        proofs,
+        meta={"prove_s": round(prove_s, 4), "witness_s": round(witness_s, 4)},
+    )
     theta_u = theta_u.reshape(shape)
-    report = ProveReport(blocks=t_units, steps=sum(len(c) for c in chains.values()), proofs=len(proofs), masked_weights=int(local_masks.sum()),
-                         witness_s=witness_s, prove_s=prove_s, proof_bytes=bundle.proof_bytes,
-                         bundle_bytes=len(bundle.to_bytes()),
-                         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    report = ProveReport(
+        blocks=t_units,
+        steps=sum(len(c) for c in chains.values()),
+        proofs=len(proofs),
+        masked_weights=int(local_masks.sum()),
+        witness_s=witness_s,
+        prove_s=prove_s,
+        proof_bytes=bundle.proof_bytes,
+        bundle_bytes=len(bundle.to_bytes()),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     return bundle, theta_u, report

@@ -16,6 +16,7 @@ in sorted order, K per step (:func:`unit_columns`): the chain of a unit with k_u
 selector s[g, j] = [block g masks column p_j]; the circuit applies y ⊙ s, so a block's multipliers on a
 position it does not mask have no effect.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BINDING_BITS = 24   # bits per binding value (circuit.BINDING_CHUNKS of them)
-SALT_BITS = 24      # bits per salt cell: k·2^-S is exact in float32 (ezkl reads inputs as f32) and quantises to k
+BINDING_BITS = 24  # bits per binding value (circuit.BINDING_CHUNKS of them)
+SALT_BITS = 24  # bits per salt cell: k·2^-S is exact in float32 (ezkl reads inputs as f32) and quantises to k
 
 
 def salt_cells(salt_key: bytes | None, values, scale: int) -> list[float]:
@@ -40,7 +41,7 @@ def salt_cells(salt_key: bytes | None, values, scale: int) -> list[float]:
         return [0.0] * SALT_CELLS
     digest = hmac.new(salt_key, np.ascontiguousarray(values, dtype=np.float64).tobytes(), hashlib.sha256).digest()
     step = SALT_BITS // 8
-    return [int.from_bytes(digest[i * step:(i + 1) * step], "big") * 2.0 ** -scale for i in range(SALT_CELLS)]
+    return [int.from_bytes(digest[i * step : (i + 1) * step], "big") * 2.0**-scale for i in range(SALT_CELLS)]
 
 
 def quantize(x, scale: int) -> np.ndarray:
@@ -68,7 +69,7 @@ class Binding:
     node: str = ""
 
     @staticmethod
-    def for_node(request_id: str, nonce: str, node_id: int) -> "Binding":
+    def for_node(request_id: str, nonce: str, node_id: int) -> Binding:
         """The binding of a provider's round: what the client proves to and the verifier checks against."""
         return Binding(request_id, nonce, str(int(node_id)))
 
@@ -76,23 +77,26 @@ class Binding:
         """The binding input: the first 144 bits of SHA-256 over the canonical encoding, in 24-bit values."""
         from .circuit import BINDING_CHUNKS
 
-        text = json.dumps({"request": str(self.request_id), "nonce": str(self.nonce), "node": str(self.node)},
-                          sort_keys=True, separators=(",", ":"))
+        text = json.dumps(
+            {"request": str(self.request_id), "nonce": str(self.nonce), "node": str(self.node)},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         digest = hashlib.sha256(b"zkapex-binding|" + text.encode()).digest()
         step = BINDING_BITS // 8
-        return [int.from_bytes(digest[i * step:(i + 1) * step], "big") for i in range(BINDING_CHUNKS)]
+        return [int.from_bytes(digest[i * step : (i + 1) * step], "big") for i in range(BINDING_CHUNKS)]
 
 
 @dataclass
 class Step:
     """One proof step of a unit of G blocks (G = 1: one block), all arrays block-major."""
 
-    theta_in: np.ndarray   # (G, d)
+    theta_in: np.ndarray  # (G, d)
     theta_out: np.ndarray  # (G, d)
-    mask: np.ndarray       # (G, d) 0/1: the unit's mask on the final step, zeros before
-    y: np.ndarray          # (G, len(columns)); 0 where a block does not mask that position
-    columns: list[int]     # local positions (Ĥ columns) this step uses, shared by the unit's blocks
-    h: np.ndarray          # (G, d, len(columns)) those columns of each block's Ĥ
+    mask: np.ndarray  # (G, d) 0/1: the unit's mask on the final step, zeros before
+    y: np.ndarray  # (G, len(columns)); 0 where a block does not mask that position
+    columns: list[int]  # local positions (Ĥ columns) this step uses, shared by the unit's blocks
+    h: np.ndarray  # (G, d, len(columns)) those columns of each block's Ĥ
     selector: np.ndarray | None = None  # (G, len(columns)) 0/1: block g masks column j (G > 1 circuits)
 
     def inputs(self, spec, salt_key: bytes | None = None) -> list[list[float]]:
@@ -108,12 +112,17 @@ class Step:
         y = np.zeros((g, spec.slots))
         y[:, :k] = self.y
         stripes = [self.h[:, :, j].reshape(-1) for j in range(k)] + [np.zeros(g * d)] * (spec.slots - k)
+
         def salted(values, private: bool) -> list[float]:
             values = np.asarray(values, dtype=np.float64).reshape(-1)
             return values.tolist() + salt_cells(salt_key if private else None, values, spec.scale)
 
-        head = [salted(self.theta_in, True), salted(self.theta_out, True), salted(self.mask.astype(float), False),
-                salted(y, True)]
+        head = [
+            salted(self.theta_in, True),
+            salted(self.theta_out, True),
+            salted(self.mask.astype(float), False),
+            salted(y, True),
+        ]
         if spec.selector:
             if self.selector is None:
                 raise ValueError("a wide-unit circuit needs each step's column selector")
@@ -121,10 +130,18 @@ class Step:
         return head + [salted(v, j < k) for j, v in enumerate(stripes)]
 
 
+def proof_units(mask, spec) -> tuple[np.ndarray, np.ndarray]:
+    """A request's :class:`~zkapex_flwr.unlearning.UnlearningMask` in the proof units of ``spec``: the ids of
+    the units it touches (T,), in order, and the boolean mask of every unit (n_units, G, d), unit u being
+    Fisher blocks u·G … u·G + G − 1 (G = 1: one block)."""
+    masks = mask.dense().numpy().reshape(-1, spec.group, spec.d)
+    return np.flatnonzero(masks.any(axis=(1, 2))), masks
+
+
 def unit_columns(unit_mask: np.ndarray, slots: int) -> list[list[int]]:
     """The canonical steps of a unit: its masked positions (union over its blocks), sorted, K per step."""
     positions = np.flatnonzero(np.atleast_2d(np.asarray(unit_mask, dtype=bool)).any(0))
-    return [positions[i:i + slots].tolist() for i in range(0, positions.size, slots)]
+    return [positions[i : i + slots].tolist() for i in range(0, positions.size, slots)]
 
 
 def step_selector(unit_mask: np.ndarray, columns: list[int]) -> np.ndarray:
@@ -136,7 +153,7 @@ def selector_values(selector: np.ndarray, spec) -> np.ndarray:
     """The selector input of one step: (G, K) 0/1 flattened, unused column slots 0."""
     sel = np.asarray(selector, dtype=bool)
     out = np.zeros((spec.group, spec.slots))
-    out[:, :sel.shape[1]] = sel
+    out[:, : sel.shape[1]] = sel
     return out.reshape(-1)
 
 

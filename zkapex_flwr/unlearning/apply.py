@@ -1,4 +1,5 @@
 """The client's unlearning step on a whole model: zero the mask, Group-OBS inside touched blocks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,16 +16,17 @@ from .mask import UnlearningMask
 class BlockUpdate:
     """Everything the proof of one unlearning needs, per touched block (float64)."""
 
-    blocks: torch.Tensor      # (T,) touched block ids, increasing
-    theta_p: torch.Tensor     # (T, d) personalized weights
-    fisher: torch.Tensor      # (T, d, d) damped curvature C_b
+    blocks: torch.Tensor  # (T,) touched block ids, increasing
+    theta_p: torch.Tensor  # (T, d) personalized weights
+    fisher: torch.Tensor  # (T, d, d) damped curvature C_b
     local_mask: torch.Tensor  # (T, d) bool
     result: GroupOBSResult
 
     def residuals(self) -> dict[str, torch.Tensor]:
         r = self.result
-        return kkt_residuals(self.theta_p, r.theta_u, self.fisher, self.local_mask, r.multipliers, r.mask_index,
-                             r.valid)
+        return kkt_residuals(
+            self.theta_p, r.theta_u, self.fisher, self.local_mask, r.multipliers, r.mask_index, r.valid
+        )
 
     def max_residual(self) -> float:
         res = self.residuals()

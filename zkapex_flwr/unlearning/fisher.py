@@ -4,6 +4,7 @@ For Fisher block b (``d`` scope weights) and ``m`` per-sample gradients G_b (m×
 curvature is C_b = λ_b·I + G_bᵀG_b / m, with damping λ_b = ``damping`` × mean(diag(G_bᵀG_b / m))
 (relative to the block's mean diagonal, as in OBS/SparseGPT practice).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -16,8 +17,16 @@ from ..data.tensors import TensorData
 from .scope import BlockLayout
 
 
-def per_sample_grads(model: nn.Module, task, data: TensorData, layout: BlockLayout, *, chunk_size: int = 64,
-                     max_samples: int | None = None, objective: str = "loss") -> Iterator[torch.Tensor]:
+def per_sample_grads(
+    model: nn.Module,
+    task,
+    data: TensorData,
+    layout: BlockLayout,
+    *,
+    chunk_size: int = 64,
+    max_samples: int | None = None,
+    objective: str = "loss",
+) -> Iterator[torch.Tensor]:
     """Yield ``(c, layout.size)`` float32 per-sample gradients of the scope, ``chunk_size`` samples at a time.
 
     Gradients are of each sample's own loss (``objective='loss'``, ``task.per_sample_loss``) or of its
@@ -63,8 +72,15 @@ class _Functional(nn.Module):
         return functional_call(self._model, self._params, args=args, kwargs=kwargs)
 
 
-def diag_fisher(model: nn.Module, task, data: TensorData, layout: BlockLayout, *, chunk_size: int = 64,
-                max_samples: int | None = None) -> torch.Tensor:
+def diag_fisher(
+    model: nn.Module,
+    task,
+    data: TensorData,
+    layout: BlockLayout,
+    *,
+    chunk_size: int = 64,
+    max_samples: int | None = None,
+) -> torch.Tensor:
     """Diagonal empirical Fisher E[g²] over the scope, float64 ``(layout.size,)``."""
     total, m = torch.zeros(layout.size, dtype=torch.float64), 0
     for g in per_sample_grads(model, task, data, layout, chunk_size=chunk_size, max_samples=max_samples):
@@ -87,8 +103,15 @@ class BlockFisher:
         self.layout = layout
 
     @staticmethod
-    def estimate(model: nn.Module, task, data: TensorData, layout: BlockLayout, *, num_grads: int | None = None,
-                 chunk_size: int = 64) -> "BlockFisher":
+    def estimate(
+        model: nn.Module,
+        task,
+        data: TensorData,
+        layout: BlockLayout,
+        *,
+        num_grads: int | None = None,
+        chunk_size: int = 64,
+    ) -> BlockFisher:
         d, nb = layout.block_size, layout.n_blocks
         gram = torch.zeros(nb, d, d, dtype=torch.float64)
         m = 0

@@ -1,4 +1,5 @@
 """A deletion mask: sorted global indices into the unlearning scope, validated against its layout."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,10 +36,6 @@ class UnlearningMask:
     def __len__(self) -> int:
         return int(self.indices.numel())
 
-    @property
-    def fraction(self) -> float:
-        return len(self) / self.layout.size
-
     def touched_blocks(self) -> torch.Tensor:
         return torch.unique(self.indices // self.layout.block_size)
 
@@ -59,7 +56,7 @@ class UnlearningMask:
         return self.indices.numpy().astype(dtype).tobytes()
 
     @staticmethod
-    def from_bytes(data: bytes, layout: BlockLayout) -> "UnlearningMask":
+    def from_bytes(data: bytes, layout: BlockLayout) -> UnlearningMask:
         dtype = np.uint32 if layout.size < 2**32 else np.int64
         if len(data) % np.dtype(dtype).itemsize:
             raise ValueError(f"mask bytes length {len(data)} is not a multiple of {np.dtype(dtype).itemsize}")

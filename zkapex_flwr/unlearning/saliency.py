@@ -15,6 +15,7 @@ The provider masks the top ``fraction`` of scope weights — optionally only ins
 blocks with the highest total score among their candidates, because proof cost grows with touched
 blocks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,6 @@ from ..data.tensors import TensorData
 from .fisher import diag_fisher, per_sample_grads
 from .mask import UnlearningMask
 from .scope import BlockLayout
-
 
 SALIENCY_METHODS = ("margin", "fisher")
 
@@ -40,8 +40,17 @@ def _margin_contributions(model, task, data, layout, max_samples) -> tuple[torch
     return signed / m, absolute / m
 
 
-def saliency_scores(model: nn.Module, task, forget: TensorData, retain: TensorData, layout: BlockLayout, *,
-                    method: str = "margin", gamma: float = 0.1, max_samples: int | None = 512) -> torch.Tensor:
+def saliency_scores(
+    model: nn.Module,
+    task,
+    forget: TensorData,
+    retain: TensorData,
+    layout: BlockLayout,
+    *,
+    method: str = "margin",
+    gamma: float = 0.1,
+    max_samples: int | None = 512,
+) -> torch.Tensor:
     """Forget-vs-retain saliency of every scope weight of ``model`` (float64, ``(layout.size,)``)."""
     if method not in SALIENCY_METHODS:
         raise ValueError(f"unknown saliency method '{method}'; choose one of {SALIENCY_METHODS}")
@@ -61,9 +70,14 @@ def saliency_scores(model: nn.Module, task, forget: TensorData, retain: TensorDa
     return rho_f / (rho_r + gamma * rho_r.mean().clamp_min(1e-30))
 
 
-def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.04,
-                max_blocks: int | None = None, group: tuple[int, int] | None = None,
-                exclude: str | None = None) -> UnlearningMask:
+def select_mask(
+    scores: torch.Tensor,
+    layout: BlockLayout,
+    fraction: float = 0.04,
+    max_blocks: int | None = None,
+    group: tuple[int, int] | None = None,
+    exclude: str | None = None,
+) -> UnlearningMask:
     """Mask the top ``fraction`` of scope weights by score, within at most ``max_blocks`` blocks.
 
     ``exclude`` (a regular expression over scope tensor names) keeps the mask off those tensors: the
@@ -86,8 +100,10 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
         scores = torch.where(off, torch.full_like(scores, float("-inf")), scores)
         k = max(1, int(round(fraction * layout.size)))
         if k > int((~off).sum()):
-            raise ValueError(f"the mask fraction {fraction} asks for {k} weights, more than the "
-                             f"{int((~off).sum())} outside {exclude!r}")
+            raise ValueError(
+                f"the mask fraction {fraction} asks for {k} weights, more than the "
+                f"{int((~off).sum())} outside {exclude!r}"
+            )
     if group is not None:
         return _select_grouped(scores, layout, fraction, *group, max_blocks=max_blocks)
     if scores.shape != (layout.size,):
@@ -103,8 +119,10 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
         raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
     d = layout.block_size
     if max_blocks * d < k:
-        raise ValueError(f"a budget of {max_blocks} blocks of {d} weights holds at most {max_blocks * d} weights, "
-                         f"fewer than the {k} the mask fraction {fraction} asks for")
+        raise ValueError(
+            f"a budget of {max_blocks} blocks of {d} weights holds at most {max_blocks * d} weights, "
+            f"fewer than the {k} the mask fraction {fraction} asks for"
+        )
     candidates = torch.zeros_like(scores)
     top = torch.topk(scores, k).indices
     candidates[top] = scores[top]
@@ -115,31 +133,39 @@ def select_mask(scores: torch.Tensor, layout: BlockLayout, fraction: float = 0.0
     return UnlearningMask(torch.topk(allowed.reshape(-1), k).indices, layout)
 
 
-def _select_grouped(scores: torch.Tensor, layout: BlockLayout, fraction: float, group_size: int,
-                    positions: int, max_blocks: int | None = None) -> UnlearningMask:
+def _select_grouped(
+    scores: torch.Tensor,
+    layout: BlockLayout,
+    fraction: float,
+    group: int,
+    positions: int,
+    max_blocks: int | None = None,
+) -> UnlearningMask:
     d = layout.block_size
     if scores.shape != (layout.size,):
         raise ValueError(f"scores have shape {tuple(scores.shape)}, expected ({layout.size},)")
     if not 0 < fraction < 1:
         raise ValueError(f"mask fraction must be in (0, 1), got {fraction}")
-    if group_size < 1 or not 1 <= positions <= d:
-        raise ValueError(f"group mask needs G >= 1 and 1 <= K <= d={d}, got G={group_size}, K={positions}")
-    if layout.n_blocks % group_size:
-        raise ValueError(f"{layout.n_blocks} Fisher blocks do not split into groups of {group_size}")
+    if group < 1 or not 1 <= positions <= d:
+        raise ValueError(f"group mask needs G >= 1 and 1 <= K <= d={d}, got G={group}, K={positions}")
+    if layout.n_blocks % group:
+        raise ValueError(f"{layout.n_blocks} Fisher blocks do not split into groups of {group}")
     k = max(1, int(round(fraction * layout.size)))
-    n_groups = layout.n_blocks // group_size
-    max_groups = n_groups if max_blocks is None else max_blocks // group_size
+    n_groups = layout.n_blocks // group
+    max_groups = n_groups if max_blocks is None else max_blocks // group
     if max_groups < 1:
-        raise ValueError(f"a budget of {max_blocks} blocks holds no group of {group_size} blocks")
+        raise ValueError(f"a budget of {max_blocks} blocks holds no group of {group} blocks")
     max_groups = min(max_groups, n_groups)
-    allowed_count = max_groups * group_size * positions
+    allowed_count = max_groups * group * positions
     if k > allowed_count:
-        raise ValueError(f"{max_groups} groups of {group_size} blocks with {positions} positions each hold at most "
-                         f"{allowed_count} weights, fewer than the {k} the mask fraction {fraction} asks for")
-    grouped = scores.reshape(-1, group_size, d)
+        raise ValueError(
+            f"{max_groups} groups of {group} blocks with {positions} positions each hold at most "
+            f"{allowed_count} weights, fewer than the {k} the mask fraction {fraction} asks for"
+        )
+    grouped = scores.reshape(-1, group, d)
     best = torch.topk(grouped.clamp_min(0).sum(1), positions, dim=-1).indices  # (n_groups, K)
     keep = torch.zeros_like(grouped, dtype=torch.bool)
-    keep.scatter_(2, best[:, None, :].expand(-1, group_size, -1), True)
+    keep.scatter_(2, best[:, None, :].expand(-1, group, -1), True)
     if max_groups < n_groups:  # block budget: keep the groups whose allowed positions hold the most candidates
         top = torch.topk(torch.where(keep, grouped, torch.zeros_like(grouped)).reshape(-1), k).indices
         cand = torch.zeros(grouped.numel(), dtype=scores.dtype)

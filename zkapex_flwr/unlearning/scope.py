@@ -7,6 +7,7 @@ contiguous Fisher blocks of ``block_size`` entries (a block never spans two tens
 ``i`` therefore names the weight ``i % block_size`` of block ``i // block_size``. Provider, client,
 circuit and verifier all use this one layout, identified by :meth:`BlockLayout.digest`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DEFAULT_SCOPE = r"(^|\.)fc1\.weight$"   # the paper's scope: every transformer block's MLP up-projection
-CLASSIFIER_HEAD = r"^head\.weight$"     # a timm ViT's classifier: one row of weights per class
+DEFAULT_SCOPE = r"(^|\.)fc1\.weight$"  # the paper's scope: every transformer block's MLP up-projection
+CLASSIFIER_HEAD = r"^head\.weight$"  # a timm ViT's classifier: one row of weights per class
 VERIFIED_SCOPE = DEFAULT_SCOPE + "|" + CLASSIFIER_HEAD  # the verified default for image classifiers
 # the verified default for language models: both MLP projections of every block (a causal LM's output head
 # is tied to its embeddings, so it cannot be the class-specific lever the ViT head is)
@@ -45,7 +46,7 @@ class BlockLayout:
     block_size: int
 
     @staticmethod
-    def from_model(model: nn.Module, block_size: int = 64, pattern: str = DEFAULT_SCOPE) -> "BlockLayout":
+    def from_model(model: nn.Module, block_size: int = 64, pattern: str = DEFAULT_SCOPE) -> BlockLayout:
         if block_size < 1:
             raise ValueError(f"block_size must be positive, got {block_size}")
         rx = re.compile(pattern)
@@ -54,8 +55,10 @@ class BlockLayout:
             if rx.search(name):
                 t = ScopeTensor(name, tuple(p.shape), offset)
                 if t.numel % block_size:
-                    raise ValueError(f"scope tensor '{name}' has {t.numel} entries, not a multiple of the "
-                                     f"Fisher block size {block_size}")
+                    raise ValueError(
+                        f"scope tensor '{name}' has {t.numel} entries, not a multiple of the "
+                        f"Fisher block size {block_size}"
+                    )
                 tensors.append(t)
                 offset += t.numel
         if not tensors:
@@ -90,7 +93,7 @@ class BlockLayout:
         with torch.no_grad():
             for t in self.tensors:
                 p = params[t.name]
-                p.copy_(flat[t.offset:t.offset + t.numel].reshape(t.shape).to(p.dtype))
+                p.copy_(flat[t.offset : t.offset + t.numel].reshape(t.shape).to(p.dtype))
 
     def tensor_mask(self, pattern: str) -> torch.Tensor:
         """Boolean ``(size,)``: the scope entries of the tensors whose names match ``pattern``."""
@@ -98,7 +101,7 @@ class BlockLayout:
         out = torch.zeros(self.size, dtype=torch.bool)
         for t in self.tensors:
             if rx.search(t.name):
-                out[t.offset:t.offset + t.numel] = True
+                out[t.offset : t.offset + t.numel] = True
         return out
 
     def check_model(self, model: nn.Module) -> None:
@@ -107,16 +110,22 @@ class BlockLayout:
             if t.name not in params:
                 raise ValueError(f"model has no scope tensor '{t.name}'")
             if tuple(params[t.name].shape) != t.shape:
-                raise ValueError(f"scope tensor '{t.name}' has shape {tuple(params[t.name].shape)}, layout says {t.shape}")
+                raise ValueError(
+                    f"scope tensor '{t.name}' has shape {tuple(params[t.name].shape)}, layout says {t.shape}"
+                )
 
     def to_dict(self) -> dict:
-        return {"block_size": self.block_size,
-                "tensors": [{"name": t.name, "shape": list(t.shape), "offset": t.offset} for t in self.tensors]}
+        return {
+            "block_size": self.block_size,
+            "tensors": [{"name": t.name, "shape": list(t.shape), "offset": t.offset} for t in self.tensors],
+        }
 
     @staticmethod
-    def from_dict(d: dict) -> "BlockLayout":
-        return BlockLayout(tuple(ScopeTensor(t["name"], tuple(t["shape"]), int(t["offset"])) for t in d["tensors"]),
-                           int(d["block_size"]))
+    def from_dict(d: dict) -> BlockLayout:
+        return BlockLayout(
+            tuple(ScopeTensor(t["name"], tuple(t["shape"]), int(t["offset"])) for t in d["tensors"]),
+            int(d["block_size"]),
+        )
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
