@@ -202,10 +202,7 @@ def build_fleet(n_clients: int, cheats, malformed, seed: int, quick: bool = Fals
                 layout,
                 _fisher(layout, seed * 1000 + c),
                 DAMPING,
-                slots=SLOTS,
-                scale=SCALE,
-                steps=STEPS,
-                group=GROUP,
+                CircuitSpec(d=layout.block_size, slots=SLOTS, scale=SCALE, steps=STEPS, group=GROUP),
             )
         )
         models.append(model)

@@ -69,7 +69,7 @@ def _int_tuple(value: Any) -> Any:
 
 
 class ModelSpec(_Spec):
-    kind: Str = "vit"  # vit (a small timm ViT built from config) | timm:<model name>
+    kind: Str = "vit"  # vit (a small timm ViT built from config) | timm:<model name> | hf:<transformers classifier>
     embed_dim: Int = 32
     depth: Int = 2
     num_heads: Int = 2
@@ -546,10 +546,10 @@ def _validate(sc: Scenario) -> None:
     src, t, u = sc.source, sc.training, sc.unlearning
     m, d = sc.model, sc.data
     _check(
-        m.kind == "vit" or m.kind.startswith("timm:"),
+        m.kind == "vit" or (m.kind.startswith(("timm:", "hf:")) and len(m.kind.split(":", 1)[1]) > 0),
         src,
-        f"[model] kind '{m.kind}': fleets run image models, 'vit' or 'timm:<model name>' "
-        "(transformers language models run in `zkapex local`)",
+        f"[model] kind '{m.kind}': fleets run image models, 'vit', 'timm:<model name>' or 'hf:<transformers image "
+        "classifier>' (transformers language models run in `zkapex local`)",
     )
     if m.kind.startswith("timm:"):
         from zkapex_flwr.models import timm_model_known

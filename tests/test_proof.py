@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from zkapex_flwr.proof import BlockCommitments, ClientProver, ProofBundle, Verifier
+from zkapex_flwr.proof import BlockCommitments, CircuitSpec, ClientProver, ProofBundle, Verifier
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.unlearning import BlockFisher, BlockLayout, UnlearningMask
 
@@ -37,8 +37,20 @@ def world(request):
     steps, group = request.param
     model_a, model_b = Tiny(0), Tiny(1)
     layout = BlockLayout.from_model(model_a, 16)
-    a = ClientProver.register(model_a, layout, fisher_for(layout, 0), damping=0.05, steps=steps, group=group)
-    b = ClientProver.register(model_b, layout, fisher_for(layout, 1), damping=0.05, steps=steps, group=group)
+    a = ClientProver.register(
+        model_a,
+        layout,
+        fisher_for(layout, 0),
+        damping=0.05,
+        spec=CircuitSpec(d=layout.block_size, slots=2, steps=steps, group=group),
+    )
+    b = ClientProver.register(
+        model_b,
+        layout,
+        fisher_for(layout, 1),
+        damping=0.05,
+        spec=CircuitSpec(d=layout.block_size, slots=2, steps=steps, group=group),
+    )
     # blocks 0, 2 (one masked weight each), 5 (five masked weights: a chain of 3 steps with K=2)
     mask = UnlearningMask(
         torch.tensor([3, 2 * 16 + 7, 5 * 16 + 1, 5 * 16 + 4, 5 * 16 + 8, 5 * 16 + 9, 5 * 16 + 15]), layout

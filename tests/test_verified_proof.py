@@ -15,6 +15,7 @@ from zkapex_flwr.data.images import image_splits
 from zkapex_flwr.models import build_vit, clone_model
 from zkapex_flwr.proof import ClientProver, Verifier
 from zkapex_flwr.proof.cheats import cheat_bundle
+from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.tasks import ImageTask
 from zkapex_flwr.training import accuracy, train
 from zkapex_flwr.unlearning import BlockFisher, BlockLayout, compute_update, saliency_scores, select_mask, write_update
@@ -34,7 +35,7 @@ def world():
     fisher = BlockFisher.estimate(theta_p, task, s.client_train, layout, num_grads=256)
     scores = saliency_scores(theta_g, task, s.forget, s.provider_retain, layout)
     mask = select_mask(scores, layout, 0.08, max_blocks=6)
-    prover = ClientProver.register(theta_p, layout, fisher, damping=1.0, slots=8)
+    prover = ClientProver.register(theta_p, layout, fisher, damping=1.0, spec=CircuitSpec(d=layout.block_size, slots=8))
     return task, s, theta_p, layout, fisher, mask, prover
 
 

@@ -1,8 +1,9 @@
 """Model factories: small models built from config (trained here on CPU) and any timm / transformers model.
 
 * :func:`build_vit`: a small timm ``VisionTransformer`` sized for 8×8 digits or 28×28 MNIST (the default).
-* :func:`create_image_model`: ``"vit"`` (the above) or ``"timm:<name>"`` through ``timm.create_model``,
-  e.g. the paper's ``timm:vit_base_patch16_224`` (``pretrained=True`` needs the Hugging Face Hub).
+* :func:`create_image_model`: ``"vit"`` (the above), ``"timm:<name>"`` through ``timm.create_model``,
+  e.g. the paper's ``timm:vit_base_patch16_224`` (``pretrained=True`` needs the Hugging Face Hub), or
+  ``"hf:<name>"``, a transformers image classifier (``AutoModelForImageClassification``) that returns logits.
 * :func:`build_opt`: a small transformers ``OPTForCausalLM`` built from an ``OPTConfig``.
 * :func:`create_lm`: ``"opt"`` (the above) or ``"hf:<name>"`` through ``AutoModelForCausalLM``, e.g. the
   paper's ``hf:facebook/opt-125m`` (weights from the hub).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGE_MODELS = ("vit", "timm:<name>")
+IMAGE_MODELS = ("vit", "timm:<name>", "hf:<name>")
 LM_MODELS = ("opt", "hf:<name>")
 
 
@@ -109,6 +110,17 @@ def timm_model_known(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
+class LogitsOnly(nn.Module):
+    """A transformers classifier seen as ``images -> logits`` (what the tasks and the Fisher call)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
 def create_image_model(
     kind: str,
     image_shape: tuple[int, int, int],
@@ -119,15 +131,30 @@ def create_image_model(
     options: dict | None = None,
     **vit_kwargs,
 ) -> nn.Module:
-    """An image classifier: ``"vit"`` (:func:`build_vit` with ``vit_kwargs``) or ``"timm:<name>"``.
+    """An image classifier: ``"vit"`` (:func:`build_vit` with ``vit_kwargs``), ``"timm:<name>"`` or ``"hf:<name>"``.
 
     A timm model gets the data's channels and classes (``in_chans``, ``num_classes``) and, for
     architectures that take one (ViTs), the image size; ``options`` are further ``timm.create_model``
     keyword arguments. Attention runs unfused either way (per-sample gradients)."""
     if kind == "vit":
         return build_vit(image_shape, num_classes, seed=seed, **vit_kwargs)
+    if kind.startswith("hf:"):
+        # a transformers classifier: the hub's weights (pretrained) or its config alone, with this data's classes
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        name = kind.removeprefix("hf:")
+        torch.manual_seed(seed)
+        extra = {"num_labels": num_classes, "num_channels": image_shape[0], **(options or {})}
+        if pretrained:
+            model = AutoModelForImageClassification.from_pretrained(
+                name, ignore_mismatched_sizes=True, attn_implementation="eager", **extra
+            )
+        else:
+            config = AutoConfig.from_pretrained(name, **extra)
+            model = AutoModelForImageClassification.from_config(config, attn_implementation="eager")
+        return LogitsOnly(model)
     if not kind.startswith("timm:"):
-        raise ValueError(f"unknown image model '{kind}'; choose 'vit' or 'timm:<model name>'")
+        raise ValueError(f"unknown image model '{kind}'; choose 'vit', 'timm:<model name>' or 'hf:<model name>'")
     import timm
 
     name = kind.removeprefix("timm:")

@@ -614,11 +614,17 @@ def _prove_and_verify(
     import warnings
 
     from .proof import ClientProver, Verifier
+    from .proof.circuit import CircuitSpec
 
     warnings.filterwarnings("ignore", message="zkapex-flwr is using an INSECURE test SRS")
     registered, register_s = timed_register(
         lambda: ClientProver.register(
-            theta_p, layout, fisher, cfg.damping, slots=cfg.slots, steps=cfg.steps, group=cfg.group, progress=progress
+            theta_p,
+            layout,
+            fisher,
+            cfg.damping,
+            CircuitSpec(d=layout.block_size, slots=cfg.slots, steps=cfg.steps, group=cfg.group),
+            progress=progress,
         )
     )
     prover = copy.copy(registered)  # unlearn() moves the copy's θ to θu; the registered prover stays at θp

@@ -15,6 +15,7 @@ import torch
 
 from zkapex_flwr.proof import ClientProver, Verifier
 from zkapex_flwr.proof.cheats import _prove
+from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.statement import honest_unit_steps, residual_tolerance
 from zkapex_flwr.unlearning import UnlearningMask
 
@@ -31,7 +32,9 @@ def _one_column_steps(theta, h_hat, masks, spec):
 @pytest.fixture(scope="module", params=[1, 4], ids=["block-units", "4-block-units"])
 def world(request, two_layers):
     model, layout, fisher = two_layers
-    prover = ClientProver.register(model, layout, fisher, damping=0.05, group=request.param)
+    prover = ClientProver.register(
+        model, layout, fisher, damping=0.05, spec=CircuitSpec(d=layout.block_size, slots=2, group=request.param)
+    )
     return prover, UnlearningMask(torch.tensor(MASK), layout)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from zkapex_flwr.proof import ClientProver, Verifier
 from zkapex_flwr.proof.cheats import _prove
+from zkapex_flwr.proof.circuit import CircuitSpec
 from zkapex_flwr.proof.statement import honest_unit_steps, quantize
 from zkapex_flwr.unlearning import UnlearningMask
 
@@ -56,7 +57,9 @@ def _forged_selector_steps(theta, h_hat, masks, spec):
 @pytest.fixture(scope="module")
 def wide(two_layers):
     model, layout, fisher = two_layers
-    prover = ClientProver.register(model, layout, fisher, damping=0.05, group=4)
+    prover = ClientProver.register(
+        model, layout, fisher, damping=0.05, spec=CircuitSpec(d=layout.block_size, slots=2, group=4)
+    )
     mask = UnlearningMask(torch.tensor(MASK), layout)
     return prover, mask
 

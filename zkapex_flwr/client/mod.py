@@ -178,9 +178,7 @@ class VerifiedUnlearningMod:
         fisher = BlockFisher.estimate(model, node.task, node.data, layout, num_grads=req.num_grads)
         t2 = time.perf_counter()
         spec = choose_circuit(req.circuits, node.memory_mb)
-        prover = ClientProver.register(
-            model, layout, fisher, req.damping, slots=spec.slots, scale=spec.scale, steps=spec.steps, group=spec.group
-        )
+        prover = ClientProver.register(model, layout, fisher, req.damping, spec)
         t3 = time.perf_counter()
         info = {"personalization_acc": accuracy(model, node.task, node.test)} if node.test is not None else {}
         state = NodeState(

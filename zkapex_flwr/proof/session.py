@@ -54,23 +54,27 @@ class ClientProver:
         layout: BlockLayout,
         fisher: BlockFisher,
         damping: float,
+        spec: CircuitSpec | None = None,
         *,
-        slots: int = DEFAULT_SLOTS,
-        scale: int = DEFAULT_SCALE,
-        steps: int = 1,
-        group: int = 1,
         progress=None,
     ) -> ClientProver:
         """Quantise θp, invert every damped Fisher block and commit both (before any mask is known).
 
-        ``slots``, ``scale``, ``steps`` and ``group`` are the circuit's (:class:`CircuitSpec`): K masked
-        columns per step, S fixed-point bits, B steps per proof, G blocks per proof unit. ``group`` G > 1
-        packs G consecutive blocks into one proof unit (wide inputs): proofs stay the same size whatever G
-        is; pair it with a column-structured mask (``select_mask(group=(G, K))``).
+        ``spec`` is the circuit (:class:`CircuitSpec`: K masked columns per step, S fixed-point bits, B
+        steps per proof, G blocks per proof unit); its ``d`` must be the layout's block size. Default:
+        K = 2, S = 16, B = G = 1. G > 1 packs G consecutive blocks into one proof unit (wide inputs):
+        proofs stay the same size whatever G is; pair it with a column-structured mask
+        (``select_mask(group=(G, K))``).
         """
         if fisher.layout.digest() != layout.digest():
             raise ValueError("the Fisher was estimated on a different scope/block layout")
-        circuit = get_circuit(CircuitSpec(d=layout.block_size, slots=slots, scale=scale, steps=steps, group=group))
+        spec = spec or CircuitSpec(d=layout.block_size, slots=DEFAULT_SLOTS, scale=DEFAULT_SCALE)
+        if spec.d != layout.block_size:
+            raise ValueError(
+                f"circuit {spec.name()} is for blocks of {spec.d}, the layout has blocks of {layout.block_size}"
+            )
+        circuit = get_circuit(spec)
+        scale = spec.scale
         theta = quantize(layout.flatten(model).reshape(-1, layout.block_size).numpy(), scale)
         c = fisher.damped(torch.arange(layout.n_blocks), damping).numpy()
         h_hat = normalized_inverse(c, scale)
