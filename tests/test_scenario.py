@@ -360,12 +360,19 @@ def test_a_transformers_image_classifier_is_a_fleet_model(tmp_path):
     from zkapex_flwr.tasks import ImageTask
     from zkapex_flwr.unlearning import BlockFisher, BlockLayout
 
-    ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
-              num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path / "tiny-vit")
+    ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    ).save_pretrained(tmp_path / "tiny-vit")
     model = create_image_model(f"hf:{tmp_path / 'tiny-vit'}", (1, 8, 8), 10)
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 10
-    assert model(x).shape == (6, 10)   # this data's channels and classes, not the config's
-    layout = BlockLayout.from_model(model, 16, r"(^|\.)fc1\.weight$")   # the fleet's scope finds its MLP
+    assert model(x).shape == (6, 10)  # this data's channels and classes, not the config's
+    layout = BlockLayout.from_model(model, 16, r"(^|\.)fc1\.weight$")  # the fleet's scope finds its MLP
     from zkapex_flwr.data.tensors import TensorData
 
     fisher = BlockFisher.estimate(model, ImageTask(), TensorData((x, y)), layout, num_grads=6)
