@@ -93,7 +93,7 @@ def build_tokenizer(files: list[CodeFile], vocab_size: int = 2048):
             special_tokens=["<pad>", "<s>", "</s>"],
             show_progress=False,
         )
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers (test workers, Ray) never share one
         tok.save(str(tmp))
         tmp.replace(path)
     return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>", bos_token="<s>", eos_token="</s>")
