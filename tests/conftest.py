@@ -1,7 +1,14 @@
-import pytest
-import torch
+import os
 
-torch.set_num_threads(2)
+# Under pytest-xdist (make test: two workers on two cores) each worker computes on one thread, so the
+# workers do not oversubscribe the cores; ezkl's prover (rayon) reads its thread count from the environment.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
