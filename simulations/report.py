@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # a bare Figure renders through Agg: no pyplot, no global backend
 
-from zkapex_flwr.figures import DPI, PAPER_STYLE, paper_style, save_figure  # noqa: F401 (DPI, PAPER_STYLE: re-exported)
+from zkapex_flwr.figures import paper_style, save_figure
 from zkapex_flwr.files import atomic_write
 
 from .scenario import HONEST_BEHAVIOURS  # late = honest but slow, not a cheat

@@ -103,6 +103,8 @@ def test_users_data_comes_in_as_torch_dataset_dataloader_or_hugging_face_dataset
         assert isinstance(got, TensorData) and len(got) == 10, type(given)
         assert torch.allclose(got.tensors[0].float(), x) and torch.equal(got.tensors[1].long(), y), type(given)
     assert len(as_tensor_data(hf, columns=["label"]).tensors) == 1
+    only_images = as_tensor_data(DataLoader(x, batch_size=4))  # batches of a bare tensor are concatenated too
+    assert len(only_images) == 10 and torch.equal(only_images.tensors[0], x)
     with pytest.raises(ValueError, match=r"cannot take \['pixels'\]"):
         as_tensor_data(hf, columns=["pixels"])
     with pytest.raises(TypeError, match="must be a TensorData, a torch Dataset"):

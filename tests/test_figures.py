@@ -9,7 +9,6 @@ import pytest
 from matplotlib.patches import Rectangle
 
 from simulations.report import (
-    DPI,
     _joined,
     _per_client,
     detection_rates,
@@ -18,6 +17,7 @@ from simulations.report import (
     replot,
     report_figures,
 )
+from zkapex_flwr.figures import DPI
 
 NAN = math.nan
 

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
-from strategies import DeletionRequest, SaliencyMasker, UnlearningConfig, VerifiedUnlearning, dispatch
+from strategies import DeletionRequest, VerifiedUnlearning, dispatch
 from strategies.ledger import Ledger
 from strategies.registry import Registry
 from zkapex_flwr.client import MissingState
@@ -25,8 +25,8 @@ from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.proof.cheats import cheat_bundle
 from zkapex_flwr.protocol import UNLEARN, ProtocolError, UnlearnReply, UnlearnRequest
 from zkapex_flwr.tasks import ImageTask
-from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app
-from zkapex_flwr.training import accuracy, train
+from zkapex_flwr.testing import DigitsMLP, SyncGrid, digits_client_app, digits_global_model, digits_provider
+from zkapex_flwr.training import accuracy
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:zkapex-flwr is using an INSECURE test SRS"),
@@ -55,27 +55,12 @@ def make_app(digits, hooks: dict) -> ClientApp:
 
 
 def provider(digits, state_dir, **cfg) -> VerifiedUnlearning:
-    x, y = digits
-    forget = TensorData((x[:300][y[:300] == 3], y[:300][y[:300] == 3]))
-    retain = TensorData((x[:300][y[:300] != 3], y[:300][y[:300] != 3]))
-    masker = SaliencyMasker(
-        DigitsMLP, ImageTask(), retain, scope=SCOPE, block_size=16, mask_fraction=0.01, max_blocks=16, group=16, slots=2
-    )
-    config = UnlearningConfig(personal_epochs=2, deadline_s=cfg.pop("deadline_s", 5.0), **cfg)
-    return VerifiedUnlearning(
-        FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
-        masker=masker,
-        requests=[DeletionRequest("r1", forget, after_round=1)],
-        state_dir=state_dir,
-        config=config,
-    )
+    """The digits world's provider: class 3 is forgotten after training round 1; two personalization epochs."""
+    return digits_provider(state_dir, after_round=1, x=digits[0], y=digits[1], **({"personal_epochs": 2} | cfg))
 
 
 def initial_arrays(digits) -> ArrayRecord:
-    x, y = digits
-    model = DigitsMLP()
-    train(model, ImageTask(), TensorData((x[:300], y[:300])), epochs=5, lr=3e-3)
-    return ArrayRecord(model.state_dict())
+    return digits_global_model(*digits, epochs=5)
 
 
 def mask_only(prover, mask, req, context):

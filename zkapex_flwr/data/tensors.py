@@ -96,19 +96,13 @@ def as_tensor_data(data, *, columns: tuple[str, ...] | list[str] | None = None, 
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(data, DataLoader):
-        batches = [
-            _stack([b], f"{name} (a DataLoader batch)") if not isinstance(b, (tuple, list, dict)) else b for b in data
-        ]
-        if not batches:
+        parts = []
+        for batch in data:  # a batch: a tensor, a tuple/list of tensors, or a dict of them
+            batch = tuple(batch.values()) if isinstance(batch, dict) else (batch,) if torch.is_tensor(batch) else batch
+            parts.append(tuple(torch.as_tensor(t) for t in batch))
+        if not parts:
             raise ValueError(f"{name}: the DataLoader yields no batch")
-        first = batches[0]
-        if isinstance(first, TensorData):
-            parts = [b.tensors for b in batches]
-        elif isinstance(first, dict):
-            parts = [tuple(b[k] for k in first) for b in batches]
-        else:
-            parts = [tuple(b) for b in batches]
-        return TensorData(tuple(torch.cat([torch.as_tensor(p[j]) for p in parts]) for j in range(len(parts[0]))))
+        return TensorData(tuple(torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))))
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         return _stack([data[i] for i in range(len(data))], name)
     raise TypeError(
