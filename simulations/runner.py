@@ -187,6 +187,7 @@ def provider_main(
             personal_lr=t.personal_lr,
             batch_size=t.batch_size,
             deadline_s=u.deadline_s,
+            commit_deadline_s=u.commit_deadline_s,
             max_attempts=u.max_attempts,
             max_in_flight=u.max_in_flight,
         )
@@ -215,13 +216,13 @@ def provider_main(
         [
             {
                 "partition_id": c.partition_id,
-                "node_id": node_of.get(c.partition_id, -1),
+                "node_id": node_of.get(c.partition_id),  # empty: the node never registered
                 "behaviour": c.behaviour,
                 "profile": c.profile,
             }
             for c in world.fleet
         ]
-    )
+    ).astype({"node_id": "UInt64"})
     ledger = provider.ledger.frame()
     unattributed = int((ledger["partition_id"].astype(int) < 0).sum()) if len(ledger) else 0
     ledger = ledger[ledger["partition_id"].astype(int) >= 0] if len(ledger) else ledger

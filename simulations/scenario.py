@@ -120,6 +120,7 @@ class UnlearningSpec(_Spec):
     damping: Float = 1.0  # λ in units of each block's mean Fisher diagonal
     num_grads: Int = 64
     deadline_s: Float = 60.0
+    commit_deadline_s: Float | None = None  # the commit round's per-attempt deadline (default: 2 × deadline_s)
     max_attempts: Int = 2
     max_in_flight: Int = 4
 

@@ -118,7 +118,7 @@ def test_every_node_committed_and_was_verified(deployed):
     out = d["out"]
     assert (out / "summary.json").is_file(), dep.logs()
     s = json.loads((out / "summary.json").read_text())
-    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "UInt64"})
     ledger = pd.read_csv(out / "ledger.csv", dtype={"node_id": "uint64"})
     rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
     msg = f"\n{rows.to_string()}\n{json.dumps(s, indent=1)[:3000]}\n{dep.logs()}"
@@ -255,7 +255,7 @@ def test_provider_killed_mid_request_resumes_on_restart(tmp_path):
         for name, node in node_of.items():
             # decided nodes are not asked again; the others are (a run-1 message delivered late counts here too)
             assert (unlearns[name] == 0) if node in decided else (unlearns[name] >= 1), f"{name}: {unlearns}" + msg
-        clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+        clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "UInt64"})
         rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
         for _, r in rows.iterrows():
             assert r["reason"] == EXPECTED[r["behaviour"]], f"{r['behaviour']}: {r['reason']} {r['detail']}" + msg

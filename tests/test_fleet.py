@@ -43,7 +43,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     summary = simulate("simulations/smoke.toml", out)
     ledger = pd.read_csv(out / "ledger.csv", dtype={"node_id": "uint64"})
-    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "uint64"})
+    clients = pd.read_csv(out / "clients.csv", dtype={"node_id": "UInt64"})
     rows = ledger.merge(clients[["partition_id", "behaviour"]], on="partition_id")
     return out, summary, rows, clients
 

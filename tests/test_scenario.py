@@ -49,6 +49,7 @@ def test_overrides_from_set_and_run_config_give_the_same_scenario():
 
     base = load_scenario(SMOKE)
     assert base.training.rounds == 1 and base.unlearning.mask_fraction == 0.01 and base.overrides == ()
+    assert base.unlearning.commit_deadline_s == 300.0  # the commit round waits behind other nodes on 2 cores
     sets = parse_overrides(
         [
             "training.rounds=2",
