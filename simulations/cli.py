@@ -152,6 +152,8 @@ def _request(cfg) -> str:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.attack and args.what != "mpu":
+        raise SystemExit(f"zkapex bench: --attack is a study of 'mpu', not of {args.what!r}")
     out = Path(args.out).resolve()
     if args.what == "proof":
         from benchmarks.proof_cost import run
@@ -165,6 +167,14 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.verify_load import run
 
         run(out, args.quick, args.bundles)
+    elif args.what == "mpu":
+        from benchmarks.mpu import run
+
+        run(out, args.quick, attack=args.attack)
+    elif args.what == "munkey":
+        from benchmarks.munkey import run
+
+        run(out, args.quick)
     return 0
 
 
@@ -319,13 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks that print and save tables and plots")
     b.add_argument(
         "what",
-        choices=["proof", "quality", "load"],
+        choices=["proof", "quality", "load", "mpu", "munkey"],
         help="proof: proof cost per circuit shape; quality: the verified update against retrain and "
         "every baseline where retrain forgets, the frontier, proof cost of the verified mask; load: verification throughput and "
-        "latency over many bundles, and the provider store's writes and reads",
+        "latency over many bundles, and the provider store's writes and reads; mpu: the local unlearning algorithms "
+        "under MPU's perturbed copies against Clean and Noised (--attack: the copies' reconstruction attack and the "
+        "consistency screen); munkey: the key-deletion model against the plain ViT, retrain and post-hoc methods, "
+        "and its deletion proofs",
     )
     b.add_argument("--out", required=True)
     b.add_argument("--quick", action="store_true", help="a few small configurations (smoke test)")
+    b.add_argument("--attack", action="store_true", help="mpu: the privacy study (reconstruction from the copies)")
     b.add_argument("--reps", type=int, default=3, help="repetitions per proof-cost configuration")
     b.add_argument(
         "--bundles", type=int, default=None, help="load: verifications to time (default 1000; with --quick 40)"
