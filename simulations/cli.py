@@ -179,18 +179,25 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from simulations.munkey_fleet import is_munkey_scenario, simulate_munkey
     from simulations.runner import simulate
     from simulations.scenario import parse_overrides
 
-    summary = simulate(
-        args.scenario,
-        args.out,
-        overrides=parse_overrides(args.set),
-        cpus_per_client=args.cpus_per_client,
-        num_gpus=args.num_gpus,
-        device=args.device,
-        ray_address=args.ray_address,
-    )
+    kwargs = {
+        "overrides": parse_overrides(args.set),
+        "cpus_per_client": args.cpus_per_client,
+        "num_gpus": args.num_gpus,
+        "device": args.device,
+        "ray_address": args.ray_address,
+    }
+    if is_munkey_scenario(args.scenario):  # method = "munkey": clients run MUNKEY models (docs/munkey.md)
+        summary = simulate_munkey(args.scenario, args.out, **kwargs)
+        keys = ("clients", "catchable_cheaters", "cheaters_caught", "uncatchable", "honest_rejected", "wall_s")
+        print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
+        return (
+            0 if summary["honest_rejected"] == 0 and summary["cheaters_caught"] == summary["catchable_cheaters"] else 1
+        )
+    summary = simulate(args.scenario, args.out, **kwargs)
     keys = (
         "clients",
         "honest",
@@ -210,11 +217,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _scenario_check(args: argparse.Namespace) -> int:
+    from simulations.munkey_fleet import is_munkey_scenario, load_munkey_scenario
     from simulations.runner import resolve_scenario
     from simulations.scenario import load_scenario, parse_overrides, summary_line
 
-    sc = load_scenario(resolve_scenario(args.file), parse_overrides(args.set))
-    print(summary_line(sc))
+    path, overrides = resolve_scenario(args.file), parse_overrides(args.set)
+    if is_munkey_scenario(path):
+        sc = load_munkey_scenario(path, overrides)
+        print(f"{sc.name}: a MUNKEY fleet of {sc.clients} clients")
+        return 0
+    print(summary_line(load_scenario(path, overrides)))
     return 0
 
 

@@ -37,6 +37,7 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from zkapex_flwr.client.mod import UnlearningSetup
+from zkapex_flwr.client.mpu import MPUSetup
 from zkapex_flwr.data.images import DomainShift, dirichlet_partitions, load_images
 from zkapex_flwr.data.tensors import TensorData
 from zkapex_flwr.models import create_image_model
@@ -48,6 +49,7 @@ from .behaviours import FleetClient, bind_hook, captured_bundle  # noqa: F401 - 
 from .scenario import (
     HONEST_BEHAVIOURS,
     ClientSpec,
+    MPURequestSpec,
     RequestSpec,
     Scenario,
     load_scenario,
@@ -88,6 +90,34 @@ class FleetWorld:
                 self.parts[pid] = sub[part]
         self.forget_idx = {r.id: self._forget_index(r) for r in sc.requests}
         self.image_shape = tuple(self.x.shape[1:])
+
+    # ---------------------------------------------------------------- client-held (MPU) requests
+    def mpu_request(self, pid: int) -> MPURequestSpec | None:
+        """The client's own deletion request served with MPU ([[mpu_requests]]), if it has one."""
+        return next((r for r in self.scenario.mpu_requests if r.partition == pid), None)
+
+    def mpu_split(self, pid: int) -> tuple[TensorData, TensorData]:
+        """(forget, retain) of client ``pid``'s own training data under its MPU request (in its domain)."""
+        r = self.mpu_request(pid)
+        if r is None:
+            raise ValueError(f"partition {pid} has no [[mpu_requests]] entry")
+        train, _, _ = self.client_data(pid)
+        y = train.tensors[1]
+        if r.forget == "class":
+            drop = torch.isin(y, torch.tensor(r.classes))
+        else:
+            g = torch.Generator().manual_seed(self.scenario.seed + 7919 * (pid + 1))
+            drop = torch.zeros(len(y), dtype=torch.bool)
+            drop[torch.randperm(len(y), generator=g)[: min(r.count, len(y) - 1)]] = True
+        if not drop.any() or drop.all():
+            held = sorted(int(c) for c in torch.unique(y))
+            raise ValueError(
+                f"{self.scenario.source}: [[mpu_requests]] partition {pid}: its request ({r.forget} "
+                f"{list(r.classes) if r.forget == 'class' else r.count}) leaves "
+                f"{'nothing to forget' if not drop.any() else 'nothing to keep'}; the client holds classes {held}"
+            )
+        idx = torch.arange(len(y))
+        return train.subset(idx[drop]), train.subset(idx[~drop])
 
     def _forget_index(self, r: RequestSpec) -> torch.Tensor:
         py = self.y[self.provider_idx]
@@ -273,6 +303,39 @@ def node_setup(context: Context, scenario_path: str | None = None, out: str | No
         seed=world.scenario.seed + pid,
         device=str(resolve_device(world.scenario.resources.device)),
     )
+
+
+def mpu_setup(context: Context, scenario_path: str | None = None) -> MPUSetup:
+    """The :class:`~zkapex_flwr.client.mpu.MPUSetup` of this node: its own forget set when the scenario
+    gives it an MPU request ([[mpu_requests]]; its behaviour there picks the reply hook), else none."""
+    from zkapex_flwr.client.mpu import MPU_CHEATS, MPUSetup
+
+    world = context_world(scenario_path, context)
+    pid = int(context.node_config["partition-id"])
+    req = world.mpu_request(pid)
+    train, test, _ = world.client_data(pid)
+    forget, retain = world.mpu_split(pid) if req is not None else (None, train)
+    return MPUSetup(
+        model=world.model(),
+        task=ImageTask(),
+        forget=forget,
+        retain=retain,
+        test=test,
+        reply_hook=MPU_CHEATS[req.behaviour] if req is not None and req.behaviour != "honest" else None,
+        seed=world.scenario.seed + pid,
+        device=str(resolve_device(world.scenario.resources.device)),
+    )
+
+
+def training_data(context: Context, setup: UnlearningSetup, server_round: int, scenario_path: str | None = None):
+    """What the node trains on in ``server_round``: its data, less its own forget set once it asked for
+    that to be unlearned (rounds after its MPU request's ``after_round``)."""
+    world = context_world(scenario_path, context)
+    pid = int(context.node_config["partition-id"])
+    req = world.mpu_request(pid)
+    if req is None or server_round <= req.after_round:
+        return setup.data
+    return world.mpu_split(pid)[1]
 
 
 # ------------------------------------------------------------------------------------- mods

@@ -58,9 +58,41 @@ def wait_for_nodes(
         time.sleep(poll_s)
 
 
+def mpu_request_id(partition: int) -> str:
+    """The request id of a fleet client's MPU request."""
+    return f"mpu-p{partition}"
+
+
+def partition_mpu(strategy, world, node_of_partition, **kwargs):
+    """An :class:`~strategies.mpu.MPUUnlearning` serving the scenario's [[mpu_requests]], each named by the
+    requesting client's partition and resolved to its node id when due: the provider learns a node's
+    partition from its commit reply (``node_of_partition``), which is why such a request comes no
+    earlier than the first ZK-APEX request (the scenario checks it)."""
+    from strategies.mpu import MPURequest, MPUUnlearning
+
+    pending = list(world.scenario.mpu_requests)
+
+    class PartitionMPU(MPUUnlearning):
+        def deletion_phase(self, grid, arrays, rnd, result, **kw):
+            for r in [r for r in pending if r.after_round == rnd]:
+                pending.remove(r)
+                node = node_of_partition(r.partition)
+                if node is None:
+                    log.warning("MPU request of partition %d: its node never committed; not served", r.partition)
+                    continue
+                what = f"{r.forget} {list(r.classes) if r.forget == 'class' else r.count}"
+                self.add_request(
+                    MPURequest(mpu_request_id(r.partition), int(node), rnd, f"partition {r.partition}: {what}")
+                )
+            return super().deletion_phase(grid, arrays, rnd, result, **kw)
+
+    return PartitionMPU(strategy, model_fn=world.model, **kwargs)
+
+
 def central_evaluation(world):
     """The provider's own evaluation of θg after each round: accuracy on the shared test pool (no domain
-    shift) and on its samples of each class a request deletes (``forget-accuracy-<request>``)."""
+    shift), on its samples of each class a request deletes (``forget-accuracy-<request>``) and on each
+    MPU-requesting client's own forget set (``forget-accuracy-mpu-p<partition>``)."""
     import torch
     from flwr.app import MetricRecord
 
@@ -75,6 +107,9 @@ def central_evaluation(world):
         keep = torch.isin(y, torch.tensor(r.classes)) if r.forget == "class" else torch.zeros_like(y, dtype=bool)
         if keep.any():
             forget[r.id] = TensorData((x[keep], y[keep]))
+
+    for r in world.scenario.mpu_requests:  # a client's own forget set (research metric: only a simulation sees it)
+        forget[mpu_request_id(r.partition)] = world.mpu_split(r.partition)[0]
 
     def evaluate(server_round: int, arrays: ArrayRecord):
         model = world.model()
@@ -194,10 +229,32 @@ def provider_main(
         fedavg = FedAvg(
             fraction_train=t.fraction_train, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2
         )
+        wrapped, mpu = fedavg, None
+        if sc.mpu_requests:  # client-held forget sets, served with MPU after the provider's requests
+            from zkapex_flwr.mpu.perturb import MPUConfig
+
+            from .scenario import mpu_config_kwargs
+
+            node_of = {}  # filled once the provider exists: partition -> node, from the commit replies
+            wrapped = mpu = partition_mpu(
+                fedavg,
+                world,
+                lambda pid: node_of["fn"](pid),
+                config=MPUConfig(**mpu_config_kwargs(sc.mpu)),
+                deadline_s=sc.mpu.deadline_s,
+                max_attempts=u.max_attempts,
+                screen_threshold=sc.mpu.screen_threshold,
+                ledger_path=out / "mpu_ledger.csv",
+                seed=sc.seed,
+                accept_in_band=False,
+                hide_quarantined=True,
+            )
         s = time.perf_counter()
         provider = VerifiedUnlearning(
-            fedavg, masker=masker, requests=requests, state_dir=out / "provider", config=cfg, on_progress=on_progress
+            wrapped, masker=masker, requests=requests, state_dir=out / "provider", config=cfg, on_progress=on_progress
         )
+        if mpu is not None:
+            node_of["fn"] = lambda pid: next((n for n, p in provider.partitions.items() if p == pid), None)
         timings["circuit_setup_s"] = time.perf_counter() - s
         s = time.perf_counter()
         result = provider.start(
@@ -237,6 +294,7 @@ def provider_main(
         for rid, m in provider.masks.items()
     }
     extra = {
+        "mpu": mpu_summary(mpu, result, world, out) if mpu is not None else None,
         "scenario": sc.name,
         "scenario_file": str(path),
         "scenario_digest": sc.digest,
@@ -289,6 +347,68 @@ def provider_main(
         f"{summary['honest_rejected']} honest rejected, wall {summary['wall_s']:.0f} s → {out}"
     )
     return summary
+
+
+def mpu_summary(mpu, result, world, out: Path) -> dict:
+    """The MPU requests' outcomes, consistency scores and θg's accuracy on each requester's forget set
+    right before and after its request (``mpu_requests.csv`` beside ``mpu_ledger.csv``)."""
+    import pandas as pd
+
+    from strategies.mpu import MPUDeletionRecord
+
+    rows = []
+    for rec in result.deletions:
+        if not isinstance(rec, MPUDeletionRecord):
+            continue
+        pid = int(rec.request_id.removeprefix("mpu-p"))
+        req = world.mpu_request(pid)
+        key = f"forget-accuracy-{rec.request_id}"
+        before, after = rec.evaluate_before.get("serverapp") or {}, rec.evaluate_after.get("serverapp") or {}
+        scores = [float(c) for c in rec.consistency] if getattr(rec, "consistency", None) else []
+        rows.append(
+            {
+                "request_id": rec.request_id,
+                "partition_id": pid,
+                "node_id": rec.node_id,
+                "behaviour": req.behaviour,
+                "outcome": rec.outcome,
+                "caught": rec.outcome in ("flagged", "malformed"),
+                "rounds_done": rec.rounds_done,
+                "rounds": rec.rounds,
+                "consistency_min": min(scores) if scores else None,
+                "forget_acc_before": before.get(key),
+                "forget_acc_after": after.get(key),
+                "test_acc_before": before.get("accuracy"),
+                "test_acc_after": after.get("accuracy"),
+                "wall_s": rec.wall_s,
+                "bytes_sent": rec.bytes_sent,
+                "bytes_received": rec.bytes_received,
+                "detail": rec.detail,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "mpu_requests.csv", index=False)
+    honest = frame[frame["behaviour"] == "honest"] if len(frame) else frame
+    cheats = frame[frame["behaviour"] != "honest"] if len(frame) else frame
+    cfg = mpu.cfg
+    return {
+        "requests": len(frame),
+        "honest": len(honest),
+        "honest_accepted": int((honest["outcome"] == "accepted").sum()) if len(honest) else 0,
+        "cheaters": len(cheats),
+        "cheaters_caught": int(cheats["caught"].sum()) if len(cheats) else 0,
+        "config": {
+            "copies": cfg.copies,
+            "alphas": list(cfg.alphas),
+            "kappa": cfg.kappa,
+            "rounds": cfg.rounds,
+            "algorithm": cfg.algorithm,
+            "steps": cfg.steps,
+            "lr": cfg.lr,
+            "defence": cfg.defence,
+        },
+        "rows": json.loads(frame.to_json(orient="records")) if len(frame) else [],
+    }
 
 
 def simulate(

@@ -68,6 +68,18 @@ def _int_tuple(value: Any) -> Any:
     return value
 
 
+def _float_tuple(value: Any) -> Any:
+    """A list of numbers; a run-config string "1,2,4" or a lone number too."""
+    if isinstance(value, str):
+        try:
+            return tuple(float(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value),)
+    return value
+
+
 class ModelSpec(_Spec):
     kind: Str = "vit"  # vit (a small timm ViT built from config) | timm:<model name> | hf:<transformers classifier>
     embed_dim: Int = 32
@@ -143,6 +155,38 @@ class RequestSpec(_Spec):
     _classes = field_validator("classes", mode="before")(_int_tuple)
 
 
+class MPUSpec(_Spec):
+    """MPU's parameters for the fleet's client-initiated requests (zkapex_flwr.mpu.perturb.MPUConfig)."""
+
+    copies: Int = 3  # m
+    alphas: tuple[Float, ...] = (1.0, 2.0, 4.0)  # one per copy; the server's aggregation weights are 1/α
+    kappa: Float = 0.1  # noise per tensor: κ·RMS
+    rounds: Int = 2  # R
+    algorithm: Str = "graddiff"  # a zkapex_flwr.posthoc name
+    steps: Int = 10  # local steps per copy and round
+    lr: Float = 5e-4
+    batch_size: Int = 32
+    defence: Str = "none"  # none | common-noise | independent-noise (against the copies' reconstruction)
+    defence_kappa: Float = 0.1
+    deadline_s: Float = 120.0  # per attempt of one train.mpu message
+    screen_threshold: Float = 0.1  # the consistency score below which a reply is flagged (the screen's default)
+
+    _alphas = field_validator("alphas", mode="before")(_float_tuple)
+
+
+class MPURequestSpec(_Spec):
+    """A client's own deletion request, served with MPU (the client holds the forget set)."""
+
+    partition: Int  # the requesting client
+    after_round: Int = 1
+    forget: Str = "class"  # class: the client's own samples of `classes` | samples: `count` of its samples
+    classes: tuple[Int, ...] = (3,)
+    count: Int = 20
+    behaviour: Str = "honest"  # honest | zero-update | garbage | random-update (zkapex_flwr.client.mpu.MPU_CHEATS)
+
+    _classes = field_validator("classes", mode="before")(_int_tuple)
+
+
 class ProfileSpec(_Spec):
     name: Str
     share: Float = 1.0  # fraction of the fleet
@@ -173,6 +217,8 @@ class Scenario(_Spec):
     unlearning: UnlearningSpec = Field(default_factory=UnlearningSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     requests: tuple[RequestSpec, ...] = ()
+    mpu: MPUSpec = Field(default_factory=MPUSpec)
+    mpu_requests: tuple[MPURequestSpec, ...] = ()
     profiles: tuple[ProfileSpec, ...] = (ProfileSpec(name="default"),)
     behaviours: tuple[tuple[str, float], ...] = (("honest", 1.0),)
     replay_wait_s: float = 20.0  # a replaying client waits this long for a bundle to capture
@@ -220,6 +266,8 @@ class _ScenarioFile(_Spec):
     unlearning: UnlearningSpec = Field(default_factory=UnlearningSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     requests: tuple[RequestSpec, ...] = ()
+    mpu: MPUSpec = Field(default_factory=MPUSpec)
+    mpu_requests: tuple[MPURequestSpec, ...] = ()
     profiles: dict[str, ProfileSpec] | None = None
     behaviours: dict[str, Any] | None = None
     replay_wait_s: Float = 20.0
@@ -232,6 +280,7 @@ _SECTIONS = {
     "training": TrainingSpec,
     "unlearning": UnlearningSpec,
     "resources": ResourcesSpec,
+    "mpu": MPUSpec,
 }
 
 
@@ -373,6 +422,8 @@ def _where(loc: tuple) -> str:
         return f"[profiles.{loc[1]}]" + (f" {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
     if head == "requests" and len(loc) > 1 and isinstance(loc[1], int):
         return f"[[requests]] #{loc[1] + 1}" + (f" {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
+    if head == "mpu_requests" and len(loc) > 1 and isinstance(loc[1], int):
+        return f"[[mpu_requests]] #{loc[1] + 1}" + (f" {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
     if head == "behaviours":
         return "[behaviours]" + (f" {'.'.join(map(str, loc[1:]))}" if len(loc) > 1 else "")
     return f"'{'.'.join(map(str, loc))}'"
@@ -388,6 +439,8 @@ def _owner(loc: tuple) -> tuple[str, type[BaseModel]]:
         return f"[profiles.{loc[1]}]: unknown key(s)", ProfileSpec
     if loc[0] == "requests" and len(loc) == 3:
         return f"[[requests]] #{loc[1] + 1}: unknown key(s)", RequestSpec
+    if loc[0] == "mpu_requests" and len(loc) == 3:
+        return f"[[mpu_requests]] #{loc[1] + 1}: unknown key(s)", MPURequestSpec
     return f"{_where(loc[:-1])}: unknown key(s)", _ScenarioFile
 
 
@@ -515,6 +568,8 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
         unlearning=f.unlearning,
         resources=f.resources,
         requests=f.requests,
+        mpu=f.mpu,
+        mpu_requests=f.mpu_requests,
         profiles=tuple(f.profiles.values()) if f.profiles is not None else (ProfileSpec(name="default"),),
         behaviours=tuple((b, float(w)) for b, w in behaviours.items() if w > 0),
         replay_wait_s=f.replay_wait_s,
@@ -540,6 +595,11 @@ def summary_line(sc: Scenario) -> str:
         f"{sum(n for b, n in counts.items() if b not in HONEST_BEHAVIOURS)} dishonest); behaviours "
         + ", ".join(f"{b} {n}" for b, n in counts.items())
         + f"; requests: {reqs}"
+        + (
+            f"; MPU requests: {', '.join(f'client {r.partition} ({r.behaviour})' for r in sc.mpu_requests)}"
+            if sc.mpu_requests
+            else ""
+        )
     )
 
 
@@ -645,6 +705,7 @@ def _validate(sc: Scenario) -> None:
         src,
         "[unlearning] deadline_s > 0, max_attempts >= 1 and max_in_flight >= 1",
     )
+    _validate_mpu(sc)
     names = [p.name for p in sc.profiles]
     _check(len(set(names)) == len(names), src, "profile names must be unique")
     for p in sc.profiles:
@@ -670,3 +731,62 @@ def _validate(sc: Scenario) -> None:
         src,
         "[behaviours] needs honest clients: a replaying client captures an honest client's bundle",
     )
+
+
+def _validate_mpu(sc: Scenario) -> None:
+    """The [mpu] table and the [[mpu_requests]] entries (clear errors before any work starts)."""
+    if not sc.mpu_requests:
+        return
+    from zkapex_flwr.client.mpu import MPU_CHEATS
+    from zkapex_flwr.mpu.perturb import MPUConfig
+
+    src, m = sc.source, sc.mpu
+    try:
+        MPUConfig(**mpu_config_kwargs(m))
+    except ValueError as err:
+        raise ScenarioError(f"{src}: [mpu] {err}") from None
+    try:
+        from zkapex_flwr.posthoc import get_algorithm
+
+        get_algorithm(m.algorithm)
+    except ValueError as err:
+        raise ScenarioError(f"{src}: [mpu] algorithm: {err}") from None
+    _check(m.deadline_s > 0 and m.steps >= 1, src, "[mpu] deadline_s > 0 and steps >= 1")
+    _check(m.kappa > 0 or m.defence != "none", src, "[mpu] kappa must be > 0 (κ = 0 sends θ itself)")
+    first = min(r.after_round for r in sc.requests)
+    parts = [r.partition for r in sc.mpu_requests]
+    _check(len(set(parts)) == len(parts), src, f"[[mpu_requests]] partitions must be unique, got {parts}")
+    behaviours = ("honest", *MPU_CHEATS)
+    for i, r in enumerate(sc.mpu_requests, 1):
+        where = f"[[mpu_requests]] #{i}"
+        _check(0 <= r.partition < sc.clients, src, f"{where}: partition {r.partition} is not in 0..{sc.clients - 1}")
+        _check(
+            first <= r.after_round <= sc.training.rounds,
+            src,
+            f"{where}: after_round {r.after_round} must be within {first}..rounds={sc.training.rounds} (the "
+            f"provider learns which node a partition is when the nodes commit, after round {first})",
+        )
+        _check(r.forget in ("class", "samples"), src, f"{where}: forget must be 'class' or 'samples'")
+        _check(
+            r.forget != "class" or (r.classes and all(0 <= c < sc.data.num_classes for c in r.classes)),
+            src,
+            f"{where}: classes must be in 0..{sc.data.num_classes - 1}",
+        )
+        _check(r.forget != "samples" or r.count >= 1, src, f"{where}: count must be >= 1")
+        _check(r.behaviour in behaviours, src, f"{where}: behaviour '{r.behaviour}': choose {', '.join(behaviours)}")
+
+
+def mpu_config_kwargs(m: MPUSpec) -> dict[str, Any]:
+    """The [mpu] table as :class:`zkapex_flwr.mpu.perturb.MPUConfig` keyword arguments."""
+    return {
+        "copies": m.copies,
+        "alphas": tuple(m.alphas),
+        "kappa": m.kappa,
+        "rounds": m.rounds,
+        "algorithm": m.algorithm,
+        "steps": m.steps,
+        "lr": m.lr,
+        "batch_size": m.batch_size,
+        "defence": m.defence,
+        "defence_kappa": m.defence_kappa,
+    }

@@ -21,12 +21,24 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from simulations.munkey_fleet import is_munkey_scenario, load_munkey_scenario, munkey_provider_main
     from simulations.runner import PROJECT_ROOT, SUPERNODE_WAIT_S, provider_main, resolve_scenario
     from simulations.scenario import load_scenario, run_config_overrides
 
     rc = context.run_config
     path = resolve_scenario(str(rc["scenario"]))
     overrides = run_config_overrides(rc)
+    if is_munkey_scenario(path):  # method = "munkey": a MUNKEY fleet (docs/munkey.md)
+        out = str(rc.get("out", "") or PROJECT_ROOT / "runs" / load_munkey_scenario(path, overrides).name)
+        munkey_provider_main(
+            grid,
+            path,
+            out,
+            resume=bool(rc.get("resume", False)),
+            overrides=overrides,
+            supernode_wait_s=float(rc.get("supernode-wait-s", SUPERNODE_WAIT_S)),
+        )
+        return
     out = str(rc.get("out", "") or PROJECT_ROOT / "runs" / load_scenario(path, overrides).name)
     provider_main(
         grid,

@@ -4,12 +4,17 @@
 * :class:`SaliencyMasker`, :class:`DeletionRequest` — what to delete, :mod:`.masking`;
 * :func:`dispatch` — deadlines and retries of one message round, :mod:`.dispatch`;
 * the durable state — :mod:`.store` (one SQLite file), :mod:`.registry` (commitments), :mod:`.ledger` (verdicts);
-* :class:`UnlearningResult` — what :meth:`VerifiedUnlearning.start` returns, :mod:`.result`.
+* :class:`UnlearningResult` — what :meth:`VerifiedUnlearning.start` returns, :mod:`.result`;
+* :class:`MPUUnlearning` — client-held forget sets on perturbed copies of θ (docs/mpu.md), :mod:`.mpu`;
+* :class:`MunkeyUnlearning` — key deletion on MUNKEY models, proven on committed key sets
+  (docs/munkey.md), :mod:`.munkey`.
 """
 
 from .dispatch import Outcome, dispatch
 from .ledger import Ledger
 from .masking import DeletionRequest, SaliencyMasker
+from .mpu import MPURequest, MPUResult, MPUUnlearning
+from .munkey import MunkeyConfig, MunkeyRequest, MunkeyUnlearning
 from .registry import Registry
 from .result import DeletionRecord, UnlearningResult
 from .verified_unlearning import UnlearningConfig, VerifiedUnlearning
@@ -25,4 +30,10 @@ __all__ = [
     "DeletionRecord",
     "Ledger",
     "Registry",
+    "MPUUnlearning",
+    "MPURequest",
+    "MPUResult",
+    "MunkeyUnlearning",
+    "MunkeyRequest",
+    "MunkeyConfig",
 ]

@@ -345,15 +345,74 @@ class VerifiedUnlearning(Strategy):
         evaluate_config: ConfigRecord,
         evaluate_fn,
     ) -> ArrayRecord:
+        return self.deletion_phase(
+            grid, arrays, rnd, result, timeout=timeout, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn
+        )
+
+    def deletion_phase(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        rnd: int,
+        result: UnlearningResult,
+        *,
+        timeout: float = 3600,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+        before: dict | None = None,
+    ) -> ArrayRecord:
+        """The requests due after round ``rnd``, then those of a wrapped deletion strategy; returns θg.
+
+        What :meth:`start` runs after each round. A wrapped strategy with a ``deletion_phase`` of its
+        own (e.g. :class:`~strategies.mpu.MPUUnlearning`, client-initiated MPU requests) runs right after
+        this one's requests, on the θg they left, with its records appended to the same ``result``; the
+        weights deleted here stay zero in what it returns."""
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        arrays, after = self._own_deletion_phase(
+            grid, arrays, rnd, result, timeout, evaluate_config, evaluate_fn, before
+        )
+        inner = getattr(self.strategy, "deletion_phase", None)
+        if callable(inner):
+            arrays = self.forget_in_global(
+                inner(
+                    grid,
+                    arrays,
+                    rnd,
+                    result,
+                    timeout=timeout,
+                    evaluate_config=evaluate_config,
+                    evaluate_fn=evaluate_fn,
+                    before=after,
+                )
+            )
+            result.arrays = arrays
+        return arrays
+
+    def _own_deletion_phase(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        rnd: int,
+        result: UnlearningResult,
+        timeout: float,
+        evaluate_config: ConfigRecord,
+        evaluate_fn,
+        before: dict | None,
+    ) -> tuple[ArrayRecord, dict | None]:
+        """This strategy's requests due after ``rnd``: θg after them and its evaluations (None: nothing due)."""
         due = [r for r in self.requests if r.after_round == rnd]
         if not due:
-            return arrays
+            return arrays, before
         flwr_log(INFO, "")
         flwr_log(INFO, "[UNLEARNING after round %s: %s]", rnd, ", ".join(r.request_id for r in due))
-        before = {
-            "serverapp": result.evaluate_metrics_serverapp.get(rnd),
-            "clientapp": result.evaluate_metrics_clientapp.get(rnd),
-        }
+        before = (
+            dict(before)
+            if before is not None
+            else {
+                "serverapp": result.evaluate_metrics_serverapp.get(rnd),
+                "clientapp": result.evaluate_metrics_clientapp.get(rnd),
+            }
+        )
         after_arrays = self.serve_requests(grid, arrays, rnd)
         after = {
             "serverapp": evaluate_fn(rnd, after_arrays) if evaluate_fn else None,
@@ -380,7 +439,7 @@ class VerifiedUnlearning(Strategy):
         if after["serverapp"] is not None:
             flwr_log(INFO, "\t└──> Global evaluation after the deletion: %s", after["serverapp"])
         result.arrays = after_arrays
-        return after_arrays
+        return after_arrays, after
 
     def serve_requests(self, grid: Grid, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """Serve the requests due after ``server_round``; returns θg with their deletions applied.

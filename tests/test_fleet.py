@@ -126,7 +126,9 @@ def test_quarantined_clients_excluded_from_next_training_round(smoke):
     after = set(rounds["participants"]["2"])  # the FedAvg round after the unlearning round
     assert after and not after & quarantined
     assert len(rounds["participants"]["1"]) == 10  # fraction_train 0.5 of 20, before any verdict
-    assert len(after) == 4  # 0.5 of the 8 nodes left after quarantine
+    mpu_cheaters = pd.read_csv(out / "mpu_requests.csv").query("behaviour != 'honest'")["node_id"]
+    hidden = quarantined | {int(n) for n in mpu_cheaters}  # the MPU screen quarantines too
+    assert len(after) == max(int(0.5 * (20 - len(hidden))), 2)  # FedAvg's fraction of what is left, at least 2
 
 
 def test_unlearning_replies_carry_no_weights(smoke):
@@ -156,3 +158,32 @@ def test_report_is_written(smoke):
         assert (out / name).stat().st_size > 0, name
     for b in EXPECTED:
         assert b in report
+
+
+# --------------------------------------------------------------------- client-held requests (MPU)
+MPU_CAUGHT = {"zero-update": {"flagged"}, "garbage": {"flagged", "malformed"}, "random-update": {"flagged"}}
+
+
+def test_mpu_requests_served_beside_the_providers(smoke):
+    """Each [[mpu_requests]] client is served with MPU after the provider's request, through the real
+    MPUMod and MPUUnlearning: honest ones accepted and θg forgets their own samples; every dishonest
+    reply is caught by the consistency screen, and its node quarantined from later training."""
+    out, s, _, clients = smoke
+    mpu = s["mpu"]
+    rows = pd.read_csv(out / "mpu_requests.csv")
+    assert len(rows) == mpu["requests"] == 5, rows
+    honest = rows[rows["behaviour"] == "honest"]
+    assert (honest["outcome"] == "accepted").all(), honest[["partition_id", "outcome", "detail"]]
+    assert (honest["rounds_done"] == honest["rounds"]).all() and mpu["honest_accepted"] == 2
+    for _, r in honest.iterrows():  # θg loses the requester's own samples, and keeps the rest of its utility
+        assert r["forget_acc_after"] < r["forget_acc_before"] - 0.2, r.to_dict()
+        assert r["test_acc_after"] > r["test_acc_before"] - 0.2, r.to_dict()  # the class itself is ~0.1 of it
+    cheats = rows[rows["behaviour"] != "honest"]
+    for _, r in cheats.iterrows():
+        assert r["outcome"] in MPU_CAUGHT[r["behaviour"]], r.to_dict()
+    assert mpu["cheaters_caught"] == mpu["cheaters"] == 3
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert not set(rounds["participants"]["2"]) & {int(n) for n in cheats["node_id"]}  # hidden from round 2
+    ledger = pd.read_csv(out / "mpu_ledger.csv")
+    assert set(ledger["request_id"]) == set(rows["request_id"])
+    assert "Client-held requests (MPU)" in (out / "report.md").read_text()

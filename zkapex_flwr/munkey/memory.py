@@ -65,8 +65,12 @@ class KeyValueMemory(nn.Module):
         """Add rows. ``ValueError`` naming any id that is negative, repeated in ``ids`` or already held."""
         ids = _as_ids(ids).to(self.ids.device)
         n = ids.shape[0]
-        keys = torch.as_tensor(keys).detach().to(device=self.keys.device, dtype=torch.float32).reshape(n, -1)
-        values = torch.as_tensor(values).detach().to(device=self.values.device, dtype=torch.float32).reshape(n, -1)
+        keys = torch.as_tensor(keys).detach().to(device=self.keys.device, dtype=torch.float32)
+        values = torch.as_tensor(values).detach().to(device=self.values.device, dtype=torch.float32)
+        if n == 0:  # nothing to add (an empty state, an empty batch): only the widths must agree
+            keys, values = keys.reshape(0, self.key_dim), values.reshape(0, self.value_dim)
+        else:
+            keys, values = keys.reshape(n, -1), values.reshape(n, -1)
         labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).to(self.labels.device)
         if keys.shape[1] != self.key_dim:
             raise ValueError(f"keys have width {keys.shape[1]}, the memory holds width {self.key_dim}")
