@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import tomli_w
 import torch
+from flwr.app import Context, RecordDict
 
+from simulations.client_app import build_client_app
 from simulations.munkey_fleet import (
     EXPECTED,
     FROM_SECOND,
@@ -22,6 +24,7 @@ from simulations.munkey_fleet import (
     munkey_world,
 )
 from simulations.scenario import PROJECT_ROOT, ScenarioError, effective_tables
+from simulations.server_app import main as server_main
 from strategies.munkey import LEDGER_REASONS
 from zkapex_flwr.munkey import cheats
 from zkapex_flwr.munkey.commitment import MemoryCommitment
@@ -47,9 +50,21 @@ def fleet(tmp_path_factory):
     path.write_text(tomli_w.dumps(effective_tables(SCENARIO, SMALL)), encoding="utf-8")
     sc = load_munkey_scenario(path)
     out = tmp / "out"
-    grid = SyncGrid(build_munkey_client_app(str(path)), sc.clients)
-    summary = munkey_provider_main(grid, path, out, supernode_wait_s=1.0)
+    # what `flwr run .` starts: the project's one ClientApp and one ServerApp, which dispatch on `method`
+    grid = SyncGrid(build_client_app(str(path)), sc.clients)
+    run_config = {"scenario": str(path), "out": str(out), "resume": False, "supernode-wait-s": 1.0}
+    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    summary = json.loads((out / "summary.json").read_text())
     return sc, munkey_world(path), grid, out, summary
+
+
+def test_the_same_fleet_through_its_own_apps(tmp_path):
+    """``simulate_munkey``'s own ClientApp and provider give the same verdicts as the project's apps."""
+    path = tmp_path / "munkey-tiny.toml"
+    path.write_text(tomli_w.dumps(effective_tables(SCENARIO, {**SMALL, "clients": 11, "behaviours.honest": 1})))
+    grid = SyncGrid(build_munkey_client_app(str(path)), 11)
+    summary = munkey_provider_main(grid, path, tmp_path / "out", supernode_wait_s=1.0)
+    assert summary["cheaters_caught"] == summary["catchable_cheaters"] and summary["honest_rejected"] == 0
 
 
 def test_every_behaviour_of_the_cheats_module_is_in_the_fleet(fleet):
