@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests   # two workers, each test file on one
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=25 tests   # two workers, each test file on one
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
