@@ -592,18 +592,19 @@ def _mpu_markdown(mpu: dict | None) -> list[str]:
         f"**{mpu['cheaters_caught']} of {mpu['cheaters']} dishonest MPU replies caught; {mpu['honest_accepted']} of "
         f"{mpu['honest']} honest requests accepted.** m = {c['copies']} copies, α = {c['alphas']}, κ = {c['kappa']}, "
         f"R = {c['rounds']} rounds of {c['algorithm']} ({c['steps']} steps, lr {c['lr']}), defence {c['defence']}. "
-        "θg's accuracy on the requester's own forget set and on the shared test pool, right before and after "
-        "its request (the screen only checks that the m updates agree: an update computed consistently on "
+        "θg's accuracy on the requester's own forget set, on the shared test pool and on the test pool without "
+        "the forgotten classes, right before and after its request (the screen only checks that the m updates agree: an update computed consistently on "
         "other data passes; docs/mpu.md):",
         "",
-        "| client | behaviour | outcome | min consistency | forget acc before | after | test acc before | after |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "| client | behaviour | outcome | min consistency | forget acc before | after | test acc before | after "
+        "| other classes before | after |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in mpu["rows"]:
         lines.append(
             f"| {r['partition_id']} | {r['behaviour']} | {r['outcome']} | {_fmt(r['consistency_min'])} "
             f"| {_fmt(r['forget_acc_before'])} | {_fmt(r['forget_acc_after'])} | {_fmt(r['test_acc_before'])} "
-            f"| {_fmt(r['test_acc_after'])} |"
+            f"| {_fmt(r['test_acc_after'])} | {_fmt(r.get('kept_acc_before'))} | {_fmt(r.get('kept_acc_after'))} |"
         )
     return [*lines, ""]
 

@@ -92,7 +92,8 @@ def partition_mpu(strategy, world, node_of_partition, **kwargs):
 def central_evaluation(world):
     """The provider's own evaluation of θg after each round: accuracy on the shared test pool (no domain
     shift), on its samples of each class a request deletes (``forget-accuracy-<request>``) and on each
-    MPU-requesting client's own forget set (``forget-accuracy-mpu-p<partition>``)."""
+    MPU-requesting client's own forget set (``forget-accuracy-mpu-p<partition>``) and on the test pool
+    without the classes it forgets (``kept-accuracy-mpu-p<partition>``)."""
     import torch
     from flwr.app import MetricRecord
 
@@ -108,14 +109,18 @@ def central_evaluation(world):
         if keep.any():
             forget[r.id] = TensorData((x[keep], y[keep]))
 
+    kept = {}  # per MPU request: the test pool without the classes it forgets (utility beside what it removes)
     for r in world.scenario.mpu_requests:  # a client's own forget set (research metric: only a simulation sees it)
         forget[mpu_request_id(r.partition)] = world.mpu_split(r.partition)[0]
+        other = ~torch.isin(y, torch.tensor(r.classes)) if r.forget == "class" else torch.ones_like(y, dtype=bool)
+        kept[mpu_request_id(r.partition)] = TensorData((x[other], y[other]))
 
     def evaluate(server_round: int, arrays: ArrayRecord):
         model = world.model()
         model.load_state_dict(arrays.to_torch_state_dict())
         metrics = {"accuracy": accuracy(model, ImageTask(), test)}
         metrics |= {f"forget-accuracy-{rid}": accuracy(model, ImageTask(), data) for rid, data in forget.items()}
+        metrics |= {f"kept-accuracy-{rid}": accuracy(model, ImageTask(), data) for rid, data in kept.items()}
         return MetricRecord(metrics)
 
     return evaluate
@@ -380,6 +385,8 @@ def mpu_summary(mpu, result, world, out: Path) -> dict:
                 "forget_acc_after": after.get(key),
                 "test_acc_before": before.get("accuracy"),
                 "test_acc_after": after.get("accuracy"),
+                "kept_acc_before": before.get(f"kept-accuracy-{rec.request_id}"),
+                "kept_acc_after": after.get(f"kept-accuracy-{rec.request_id}"),
                 "wall_s": rec.wall_s,
                 "bytes_sent": rec.bytes_sent,
                 "bytes_received": rec.bytes_received,
