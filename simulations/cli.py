@@ -179,7 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.munkey_fleet import is_munkey_scenario, simulate_munkey
+    from simulations.munkey_fleet import is_munkey_scenario
     from simulations.runner import simulate
     from simulations.scenario import parse_overrides
 
@@ -191,7 +191,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "ray_address": args.ray_address,
     }
     if is_munkey_scenario(args.scenario):  # method = "munkey": clients run MUNKEY models (docs/munkey.md)
-        summary = simulate_munkey(args.scenario, args.out, **kwargs)
+        summary = simulate(args.scenario, args.out, **kwargs)
         keys = ("clients", "catchable_cheaters", "cheaters_caught", "uncatchable", "honest_rejected", "wall_s")
         print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
         return (

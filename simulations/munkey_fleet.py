@@ -36,7 +36,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -1312,57 +1311,23 @@ def simulate_munkey(
     device: str | None = None,
     ray_address: str | None = None,
 ) -> dict:
-    """Run a MUNKEY scenario on Flower's simulation engine (Ray) and return its ``summary.json``; the
-    signature of :func:`simulations.runner.simulate`. ``cpus_per_client``, ``num_gpus`` and ``device``
-    are the ``resources.*`` keys (``device``: where the provider trains the backbone)."""
-    import tomli_w
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
+    """Run a MUNKEY scenario on Flower's simulation engine (Ray) and return its ``summary.json``:
+    :func:`simulations.runner.simulate`, which runs a ``method = "munkey"`` scenario here.
+    ``cpus_per_client``, ``num_gpus`` and ``device`` are the ``resources.*`` keys (``device``: where
+    the provider trains the backbone)."""
+    from .runner import simulate
 
-    from .scenario import effective_tables
-
-    overrides = dict(overrides or {})
-    for key, value in (
-        ("resources.num_cpus", cpus_per_client),
-        ("resources.num_gpus", num_gpus),
-        ("resources.device", device),
-    ):
-        if value is not None:
-            overrides[key] = value
-    path = resolve_scenario(scenario)
-    sc = load_munkey_scenario(path, overrides)  # every error before Ray starts
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if overrides:
-        tables = effective_tables(path, overrides)
-        tables.setdefault("name", sc.name)
-        effective = out / "scenario.toml"
-        given = " ".join(f"{k}={v!r}" for k, v in overrides.items())
-        effective.write_text(f"# {path} with overrides: {given}\n" + tomli_w.dumps(tables), encoding="utf-8")
-        path = effective
-        load_munkey_scenario(path)
-    summary_file = out / "summary.json"
-    summary_file.unlink(missing_ok=True)
-    server = ServerApp()
-
-    @server.main()
-    def _main(grid: Grid, context) -> None:
-        munkey_provider_main(grid, path, out)
-
-    res = sc.resources
-    backend: dict = {"client_resources": {"num_cpus": float(res.num_cpus), "num_gpus": float(res.num_gpus)}}
-    if ray_address:
-        backend["init_args"] = {"address": ray_address}
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    run_simulation(
-        server_app=server,
-        client_app=build_munkey_client_app(str(path), str(out)),
-        num_supernodes=sc.clients,
-        backend_config=backend,
+    if not is_munkey_scenario(scenario):
+        raise ScenarioError(f'{scenario}: not a MUNKEY scenario (it has no method = "{METHOD}")')
+    return simulate(
+        scenario,
+        out,
+        overrides=overrides,
+        cpus_per_client=cpus_per_client,
+        num_gpus=num_gpus,
+        device=device,
+        ray_address=ray_address,
     )
-    if not summary_file.exists():
-        raise RuntimeError(f"the simulation of {path} ended without writing {summary_file}; see the log above")
-    return json.loads(summary_file.read_text())
 
 
 app = build_munkey_client_app()  # for `flwr run .` (the scenario comes from the run config)

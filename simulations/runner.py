@@ -433,12 +433,16 @@ def simulate(
     ``overrides`` (dotted scenario keys) are applied on top of the file and validated before anything
     starts; ``cpus_per_client``, ``num_gpus`` and ``device`` are the ``resources.*`` keys. With
     overrides, the scenario that runs is written to ``out/scenario.toml`` (the file the provider and
-    every ClientApp load). Exactly ``clients`` SuperNodes are started."""
+    every ClientApp load). Exactly ``clients`` SuperNodes are started. A scenario with
+    ``method = "munkey"`` runs the MUNKEY fleet (:mod:`simulations.munkey_fleet`): its own scenario
+    model, provider and ClientApp, the same Ray set-up."""
     import tomli_w
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from simulations.client_app import build_client_app
+
+    from .munkey_fleet import build_munkey_client_app, is_munkey_scenario, load_munkey_scenario, munkey_provider_main
 
     overrides = dict(overrides or {})
     for key, value in (
@@ -449,7 +453,13 @@ def simulate(
         if value is not None:
             overrides[key] = value
     path = resolve_scenario(scenario)
-    sc = load_scenario(path, overrides)  # every error before Ray starts
+    munkey = is_munkey_scenario(path)
+    load, provider, client_app = (
+        (load_munkey_scenario, munkey_provider_main, build_munkey_client_app)
+        if munkey
+        else (load_scenario, provider_main, build_client_app)
+    )
+    sc = load(path, overrides)  # every error before Ray starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if overrides:
@@ -459,14 +469,14 @@ def simulate(
         given = " ".join(f"{k}={v!r}" for k, v in overrides.items())
         effective.write_text(f"# {path} with overrides: {given}\n" + tomli_w.dumps(tables), encoding="utf-8")
         path = effective
-        load_scenario(path)  # the written file is the same scenario
+        load(path)  # the written file is the same scenario
     summary_file = out / "summary.json"
     summary_file.unlink(missing_ok=True)
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context) -> None:
-        provider_main(grid, path, out)
+        provider(grid, path, out)
 
     res = sc.resources
     backend: dict = {"client_resources": {"num_cpus": float(res.num_cpus), "num_gpus": float(res.num_gpus)}}
@@ -475,7 +485,7 @@ def simulate(
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     run_simulation(
         server_app=server,
-        client_app=build_client_app(str(path), str(out)),
+        client_app=client_app(str(path), str(out)),
         num_supernodes=sc.clients,
         backend_config=backend,
     )

@@ -3,6 +3,7 @@
 * :class:`VerifiedUnlearning` — the Strategy (docs/protocol.md §2, §4), :mod:`.verified_unlearning`;
 * :class:`SaliencyMasker`, :class:`DeletionRequest` — what to delete, :mod:`.masking`;
 * :func:`dispatch` — deadlines and retries of one message round, :mod:`.dispatch`;
+* :func:`run_rounds` — Flower's round loop with a deletion phase after every round, :mod:`.rounds`;
 * the durable state — :mod:`.store` (one SQLite file), :mod:`.registry` (commitments), :mod:`.ledger` (verdicts);
 * :class:`UnlearningResult` — what :meth:`VerifiedUnlearning.start` returns, :mod:`.result`;
 * :class:`MPUUnlearning` — client-held forget sets on perturbed copies of θ (docs/mpu.md), :mod:`.mpu`;
@@ -17,6 +18,7 @@ from .mpu import MPURequest, MPUResult, MPUUnlearning
 from .munkey import MunkeyConfig, MunkeyRequest, MunkeyUnlearning
 from .registry import Registry
 from .result import DeletionRecord, UnlearningResult
+from .rounds import run_rounds
 from .verified_unlearning import UnlearningConfig, VerifiedUnlearning
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "DeletionRecord",
     "Ledger",
     "Registry",
+    "run_rounds",
     "MPUUnlearning",
     "MPURequest",
     "MPUResult",

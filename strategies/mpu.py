@@ -85,6 +85,7 @@ from zkapex_flwr.protocol import ProtocolError
 
 from .dispatch import Outcome, dispatch
 from .result import DeletionRecord, UnlearningResult
+from .rounds import federated_evaluate, run_rounds
 
 log = logging.getLogger("zkapex_flwr.mpu")
 
@@ -413,63 +414,25 @@ class MPUUnlearning(Strategy):
             log.warning(
                 "MPU requests %s come after the last round (%d) and are not served by this run", late, num_rounds
             )
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        result = MPUResult()
-        t_start = time.time()
-        arrays = result.arrays = initial_arrays
-        if evaluate_fn:
-            res = evaluate_fn(0, arrays)
-            flwr_log(INFO, "Initial global evaluation results: %s", res)
-            if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
-        arrays = self._deletion_phase(grid, arrays, 0, result, timeout, evaluate_config, evaluate_fn)
-        for rnd in range(1, num_rounds + 1):
-            flwr_log(INFO, "")
-            flwr_log(INFO, "[ROUND %s/%s]", rnd, num_rounds)
-            msgs = list(self.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), grid))
-            replies = grid.send_and_receive(msgs, timeout=timeout) if msgs else []
-            new_arrays, metrics = self.aggregate_train(rnd, replies)
-            if new_arrays is not None:
-                arrays = result.arrays = new_arrays
-            if metrics is not None:
-                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
-                result.train_metrics_clientapp[rnd] = metrics
-            agg = self._federated_evaluate(grid, rnd, arrays, evaluate_config, timeout)
-            if agg is not None:
-                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg)
-                result.evaluate_metrics_clientapp[rnd] = agg
-            if evaluate_fn:
-                flwr_log(INFO, "Global evaluation")
-                res = evaluate_fn(rnd, arrays)
-                flwr_log(INFO, "\t└──> MetricRecord: %s", res)
-                if res is not None:
-                    result.evaluate_metrics_serverapp[rnd] = res
-            arrays = self._deletion_phase(grid, arrays, rnd, result, timeout, evaluate_config, evaluate_fn)
-        result.arrays = arrays
-        flwr_log(INFO, "")
-        flwr_log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-        flwr_log(INFO, "")
-        flwr_log(INFO, "Final results:")
-        flwr_log(INFO, "")
-        for line in io.StringIO(str(result)):
-            flwr_log(INFO, "\t%s", line.strip("\n"))
-        flwr_log(INFO, "")
-        return result
+        return run_rounds(
+            self,
+            grid,
+            initial_arrays,
+            MPUResult(),
+            num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
 
     def _federated_evaluate(
         self, grid: Grid, rnd: int, arrays: ArrayRecord, config: ConfigRecord, timeout: float
     ) -> MetricRecord | None:
-        msgs = list(self.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid))
-        return self.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout)) if msgs else None
+        return federated_evaluate(self, grid, rnd, arrays, config, timeout)
 
     def _due(self, server_round: int) -> list[MPURequest]:
         return [r for r in self.requests if r.request_id not in self.served and r.after_round <= server_round]
-
-    def _deletion_phase(self, grid, arrays, rnd, result, timeout, evaluate_config, evaluate_fn) -> ArrayRecord:
-        return self.deletion_phase(
-            grid, arrays, rnd, result, timeout=timeout, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn
-        )
 
     def deletion_phase(
         self,
