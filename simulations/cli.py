@@ -98,6 +98,7 @@ def _local(args: argparse.Namespace) -> int:
         mia_references=args.mia_references,
         global_epochs=args.global_epochs,
         personal_epochs=args.personal_epochs,
+        backbone=args.backbone,
         prove=args.prove,
         slots=args.slots,
         steps=args.steps,
@@ -307,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=None, help="K masked columns per proof step (2)")
     p.add_argument("--steps", type=int, default=None, help="B proof steps per proof (1)")
     p.add_argument("--global-epochs", type=int, default=None)
+    p.add_argument(
+        "--backbone",
+        choices=["glyphs", "none"],
+        default=None,
+        help="images: start from a ViT pretrained on rendered letters (glyphs, the preset; built once per model "
+        "shape and cached) or from a random init (none)",
+    )
     p.add_argument("--personal-epochs", type=int, default=None)
     p.set_defaults(func=_local)
     f = sub.add_parser("simulate", help="a fleet scenario through Flower's simulation engine on Ray")

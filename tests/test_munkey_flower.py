@@ -211,3 +211,26 @@ def test_client_state_roundtrips_through_the_context(fleet):
     state = MemoryCommitment.from_bytes(meta["state"])
     assert state.mismatches(models[100].memory) == []  # the honest node's live memory is what it committed
     assert "salt" not in str(grid.contexts[100].state.config_records.keys())
+
+
+def test_two_requests_in_one_round_each_see_theta_as_the_earlier_left_it(tmp_path):
+    """r1 deletes provider-held rows of class 5, r2 (same round) the class: r2 must not ask for r1's rows again.
+
+    Served from the θg the round started with, r2's required ids would include rows 5 and 15, which every
+    honest node deleted for r1, so each honest answer to r2 would be judged against rows it no longer has."""
+    models: dict = {}
+    grid = SyncGrid(make_app(models), 2)
+    strat = MunkeyUnlearning(
+        FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
+        requests=[MunkeyRequest("r1", ids=(5, 15)), MunkeyRequest("r2", label=5)],
+        state_dir=tmp_path,
+        config=MunkeyConfig(deadline_s=5.0),
+    )
+    result = strat.start(grid, global_arrays(), num_rounds=0)
+    out = strat.ledger.outcomes().set_index(["request_id", "node_id"])["reason"].to_dict()
+    assert out == {(r, n): "compliant" for r in ("r1", "r2") for n in (100, 101)}, out
+    fives = {i for i in range(PROVIDER_ROWS) if i % 10 == 5}
+    assert not fives & set(result.arrays.to_torch_state_dict()["memory.ids"].tolist())
+    for node in (100, 101):
+        assert not fives & set(models[node].memory.ids.tolist())
+        assert strat.commitment(node) == client_commitment(grid, node)

@@ -23,7 +23,9 @@ REQUIRED = [
 
 
 def test_cli_vit_digits_writes_metrics_and_is_reproducible(tmp_path):
+    # random init: the preset's letter-pretrained backbone has its own test (test_backbone.py)
     args = ["local", "--model", "vit", "--dataset", "digits", "--global-epochs", "6", "--personal-epochs", "4"]
+    args += ["--backbone", "none"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert main(args + ["--out", str(tmp_path / "b")]) == 0
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -126,6 +128,7 @@ def test_local_run_with_real_proof_is_verified_compliant():
         prove=True,
         mia_references=1,
         model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
+        backbone="none",
     )
     result = run_local(cfg)
     proof = result["proof"]

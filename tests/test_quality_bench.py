@@ -18,6 +18,7 @@ from zkapex_flwr.pipeline import RunCache, preset, run_local  # noqa: E402
 from zkapex_flwr.unlearning.scope import DEFAULT_SCOPE, VERIFIED_LM_SCOPE  # noqa: E402
 
 TINY = dict(
+    backbone="none",
     num_clients=2,
     global_epochs=2,
     personal_epochs=2,
@@ -130,3 +131,20 @@ def test_quality_benchmark_quick(tmp_path):
     assert summary["proof_cost"][0]["verify_vs_retrain"] == pytest.approx(
         proof["retrain_s"][0] / (proof["verify_ms"][0] / 1000)
     )
+
+
+def test_held_out_targets_leave_the_tuning_seed_out():
+    rows = []
+    for seed, recovery in ((uq.TUNING_SEED, 1.0), (uq.TUNING_SEED + 1, 0.5)):
+        for method, forget in (("verified", 0.1), ("retrain", 0.0), ("no-op", 0.9)):
+            row = {m: 0.5 for m in uq.METRICS}
+            row.update(setting="vit-mnist-class-federation", method=method, seed=seed, client=0)
+            row.update(recovery=recovery if method == "verified" else 1.0, forget_acc_after=forget)
+            rows.append(row)
+    runs = uq.with_gap(pd.DataFrame(rows))
+    held = uq.held_out(runs)
+    assert held["excluded_seed"] == uq.TUNING_SEED and held["runs"] == {"vit-mnist-class-federation": 1}
+    row = held["targets"]["vit-mnist-class-federation"]
+    assert row["recovery"] == 0.5 and not row["recovery_ok"]  # the tuning seed's 1.0 is not averaged in
+    assert row["forget_gap_to_retrain"] == pytest.approx(0.1)
+    assert uq.held_out(runs[runs["seed"] == uq.TUNING_SEED])["targets"] == {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backbone import BACKBONES, glyph_backbone, load_backbone
 from .data.splits import UnlearningSplits
 from .machine import describe_machine
 from .membership import MembershipAudit
@@ -99,6 +100,8 @@ class LocalConfig:
     max_client_seqs: int = 1500
     # model and training
     model_kwargs: dict = field(default_factory=dict)
+    backbone: str = "none"  # images: "glyphs" starts every model from a ViT pretrained on rendered letters
+    #                          (zkapex_flwr.backbone, cached per shape); "none": random init
     global_epochs: int = 40
     global_lr: float = 2e-3
     personal_epochs: int = 30
@@ -135,6 +138,7 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
             personal_epochs=30,
             global_lr=3e-3,
             domain_shift="mild",
+            backbone="glyphs",
         ),
         ("vit", "mnist"): dict(
             model_kwargs=dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, patch_size=7),
@@ -144,6 +148,7 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
             global_lr=3e-3,
             augment=True,
             domain_shift="none",
+            backbone="glyphs",
         ),
         ("opt", "stdlib-code"): dict(
             model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4),
@@ -195,6 +200,10 @@ def _check_config(cfg: LocalConfig) -> None:
         raise ValueError(
             f"the membership attack needs at least one reference model, got mia_references={cfg.mia_references}"
         )
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone '{cfg.backbone}'; choose one of {BACKBONES}")
+    if cfg.backbone != "none" and cfg.model != "vit":
+        raise ValueError(f"backbone '{cfg.backbone}' is an image backbone; model '{cfg.model}' takes backbone 'none'")
     unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; choose from {list(BASELINES)}")
@@ -281,7 +290,14 @@ def _keys(cfg: LocalConfig) -> dict[str, tuple]:
         cfg.max_client_seqs,
         cfg.provider_fraction,
     )
-    model = (tuple(sorted(cfg.model_kwargs.items())), cfg.global_epochs, cfg.global_lr, cfg.batch_size, cfg.augment)
+    model = (
+        tuple(sorted(cfg.model_kwargs.items())),
+        cfg.backbone,
+        cfg.global_epochs,
+        cfg.global_lr,
+        cfg.batch_size,
+        cfg.augment,
+    )
     # provider data does not depend on the client (nor, for images, on whether clients keep the class)
     provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
     glob = ("global",) + data[1:4] + data[5:6] + data[8:] + (provider_split,) + model
@@ -307,7 +323,10 @@ def build_model(cfg: LocalConfig, model_args: dict, seed: int) -> nn.Module:
     if cfg.model == "vit":
         if "image_shape" not in model_args:
             raise ValueError(f"model 'vit' needs an image dataset, got '{cfg.dataset}'")
-        return build_vit(model_args["image_shape"], model_args["num_classes"], seed=seed, **cfg.model_kwargs)
+        model = build_vit(model_args["image_shape"], model_args["num_classes"], seed=seed, **cfg.model_kwargs)
+        if cfg.backbone == "glyphs":
+            load_backbone(model, glyph_backbone(tuple(model_args["image_shape"]), cfg.model_kwargs))
+        return model
     if cfg.model == "opt":
         if "vocab_size" not in model_args:
             raise ValueError(f"model 'opt' needs a code dataset, got '{cfg.dataset}'")
@@ -427,6 +446,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             )
 
         log(f"data: {splits.sizes()}")
+        if cfg.backbone == "glyphs":  # built (once per model shape) before any timed step
+            glyph_backbone(tuple(model_args["image_shape"]), cfg.model_kwargs, progress=progress, log=log)
         theta_g, theta_p = pipeline(splits.provider_train, splits.client_train, cfg.seed, "", "global")
         timings["global training"] = timings.pop("global global")
         timings["personalize"] = timings.pop("global personalize")
