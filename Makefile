@@ -11,7 +11,7 @@ OUT ?= runs/local-vit-digits
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet --no-compile -c constraints.txt -e '.[all]'   # no .pyc pass over torch: imports compile what they use
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
 install: $(STAMP)
