@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, cache_dir
 
 BACKBONES = ("none", "glyphs")
 
@@ -37,8 +36,8 @@ class GlyphPretraining:
 
 
 def _cache_root() -> Path:
-    path = Path(os.environ.get("ZKAPEX_CACHE", Path.home() / ".cache" / "zkapex_flwr")) / "backbones"
-    path.mkdir(parents=True, exist_ok=True)
+    path = cache_dir() / "backbones"
+    path.mkdir(exist_ok=True)
     return path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import cache_dir
 from .splits import UnlearningSplits
 from .tensors import TensorData
 
@@ -39,12 +40,6 @@ EXCLUDED = {
     "unittest",
     "encodings",
 }  # encodings: generated codec tables, not written code
-
-
-def cache_dir() -> Path:
-    path = Path(os.environ.get("ZKAPEX_CACHE", Path.home() / ".cache" / "zkapex_flwr"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass(frozen=True)

@@ -48,16 +48,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..files import cache_dir
+
 FORM = "col-v4"  # v2: wide units (G > 1) take the per-block column selector; v3: every proof is bound;
 #                   v4: every step input carries salt cells (hiding commitments)
 BINDING_CHUNKS = 6  # the binding input: 6 values of 24 bits (exact through fixed-point scales up to 2^24)
 SALT_CELLS = 8  # cells appended to every step input, ignored by the arithmetic (statement.salt_cells)
-
-
-def cache_root() -> Path:
-    root = Path(os.environ.get("ZKAPEX_CACHE", Path.home() / ".cache" / "zkapex_flwr"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 @contextlib.contextmanager
@@ -95,7 +91,7 @@ def srs_file(logrows: int) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"ZKAPEX_SRS_DIR={ceremony} has no kzg{logrows}.srs")
         return path
-    path = cache_root() / "srs" / f"kzg{logrows}.srs"
+    path = cache_dir() / "srs" / f"kzg{logrows}.srs"
     if not path.exists():
         import ezkl
 
@@ -282,7 +278,7 @@ def get_circuit(spec: CircuitSpec) -> Circuit:
     import ezkl
     import torch
 
-    base = cache_root() / "circuits" / spec.name()
+    base = cache_dir() / "circuits" / spec.name()
     meta = base / "circuit.json"
     with _locked(base.with_suffix(".lock")):
         if meta.exists():
