@@ -84,6 +84,9 @@ def test_image_metric_roles_do_not_leak(mode):
     assert not unseen & trained  # non-members were never trained on
     assert not _rows(s.client_test) & trained  # personalization accuracy on held-out data
     assert len(unseen) >= 0.9 * len(forget) or mode == "class"
+    holdout = _rows(s.provider_holdout)  # the provider's own never-trained data, which sizes the mask
+    assert len(holdout) >= 0.9 * len(unseen) or mode == "class"
+    assert holdout and not holdout & (trained | unseen | _rows(s.client_test) | forget)
     if mode == "class":
         assert (s.forget.tensors[1] == 3).all() and (s.client_unseen.tensors[1] == 3).all()
         assert not (s.client_test.tensors[1] == 3).any()  # forget class excluded from personalization acc

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import unlearning_quality as uq  # noqa: E402
 from zkapex_flwr.pipeline import RunCache, preset, run_local  # noqa: E402
+from zkapex_flwr.unlearning import SIZING_FRACTIONS  # noqa: E402
 from zkapex_flwr.unlearning.scope import DEFAULT_SCOPE, VERIFIED_LM_SCOPE  # noqa: E402
 
 TINY = dict(
@@ -105,6 +106,15 @@ def test_quality_benchmark_quick(tmp_path):
         expected = set(uq.METHODS) - (set() if setting.model == "vit" and "class" in setting.name else {"head-row"})
         assert methods == expected, setting.name
     assert runs[list(uq.METRICS)].notna().all().all()
+    # the LM setting ran in the second process (Plan.side); its rows come back in plan order
+    assert uq.QUICK.side and list(dict.fromkeys(runs["setting"])) == [s.name for s in uq.QUICK.settings]
+    # the sample request's mask was sized by the provider; the class request's is the fixed fraction
+    verified = runs[runs["method"] == "verified"].set_index("setting")
+    assert verified.loc["vit-digits-samples", "mask_fraction"] in SIZING_FRACTIONS
+    fixed = uq._cfg(uq.QUICK.settings[0], 0, 0)
+    assert fixed.mask_sizing == "fixed" and verified.loc[uq.QUICK.settings[0].name, "mask_fraction"] == (
+        fixed.mask_fraction
+    )
     # the retrain row is the reference of the gap columns
     retrain = runs[runs["method"] == "retrain"]
     assert (retrain["forget_gap_to_retrain"] == 0).all() and (retrain["mia_gap_to_retrain"] == 0).all()

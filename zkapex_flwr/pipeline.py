@@ -42,6 +42,7 @@ from .unlearning import (
     write_update,
 )
 from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_LM_SCOPE, VERIFIED_SCOPE
+from .unlearning.sizing import SIZING_FRACTIONS, SIZING_TARGET, size_mask
 
 METRIC_KEYS = (
     "personalization_acc_before",
@@ -83,6 +84,10 @@ class LocalConfig:
     saliency_gamma: float = 0.1
     scope: str = VERIFIED_SCOPE
     mask_exclude: str | None = None  # scope tensors the mask may not touch (regex); sample requests: the head
+    mask_sizing: str = "fixed"  # "fixed": mask_fraction; "membership": the provider sizes the mask per request on
+    #                             θg (size_mask: smallest of sizing_fractions whose update scores D_f ≤ sizing_target)
+    sizing_target: float = SIZING_TARGET
+    sizing_fractions: tuple[float, ...] = SIZING_FRACTIONS
     # request
     forget_mode: str = "class"  # class | samples (images), package (code)
     forget_classes: tuple[int, ...] = (3,)
@@ -120,6 +125,7 @@ class LocalConfig:
 
 
 METHODS = ("verified", "zk-apex-paper")
+MASK_SIZINGS = ("fixed", "membership")
 
 
 def preset(model: str, dataset: str, method: str = "verified", **overrides) -> LocalConfig:
@@ -179,17 +185,37 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
         for key, value in PAPER.items():
             if key not in given:
                 setattr(cfg, key, value)
-    elif cfg.forget_mode == "samples":  # the verified mask for sample requests: 16 % of fc1, off the class head
-        if "mask_exclude" not in given and cfg.scope == VERIFIED_SCOPE:
+    elif cfg.forget_mode == "samples":  # the verified mask for sample requests: fc1, off the class head, sized
+        if "mask_exclude" not in given and cfg.scope == VERIFIED_SCOPE:  # by the provider per request
             cfg.mask_exclude = CLASSIFIER_HEAD
         if "mask_fraction" not in given:
-            cfg.mask_fraction = 0.16
+            cfg.mask_fraction = 0.16  # used as is when mask_sizing is "fixed"
+            if "mask_sizing" not in given and splits_have_holdout(cfg.dataset):
+                cfg.mask_sizing = "membership"
     _check_config(cfg)
     return cfg
 
 
+def splits_have_holdout(dataset: str) -> bool:
+    """Whether :func:`build_splits` gives the provider a holdout (needed by ``mask_sizing='membership'``)."""
+    return dataset in ("digits", "mnist")
+
+
 def _check_config(cfg: LocalConfig) -> None:
     """Refuse a bad setting before any training starts (a clear error naming it)."""
+    if cfg.mask_sizing not in MASK_SIZINGS:
+        raise ValueError(f"unknown mask_sizing '{cfg.mask_sizing}'; choose one of {MASK_SIZINGS}")
+    if cfg.mask_sizing == "membership" and not splits_have_holdout(cfg.dataset):
+        raise ValueError(
+            f"mask_sizing 'membership' needs a provider holdout, which dataset '{cfg.dataset}' does not give; "
+            "use mask_sizing 'fixed'"
+        )
+    if cfg.mask_sizing == "membership":
+        f = tuple(cfg.sizing_fractions)
+        if not f or list(f) != sorted(f) or not all(0 < x < 1 for x in f):
+            raise ValueError(f"sizing_fractions must be increasing and in (0, 1), got {cfg.sizing_fractions}")
+        if not 0 < cfg.sizing_target < 1:
+            raise ValueError(f"sizing_target must be in (0, 1), got {cfg.sizing_target}")
     if not 0 < cfg.mask_fraction < 1:
         raise ValueError(f"mask fraction must be in (0, 1), got {cfg.mask_fraction}")
     if cfg.damping < 0:
@@ -494,15 +520,38 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                     gamma=cfg.saliency_gamma,
                 ),
             )
+            grouping = (cfg.group, cfg.group_positions) if cfg.group_positions else None
             t = time.perf_counter()
-            mask = select_mask(
-                scores,
-                layout,
-                fraction,
-                cfg.max_blocks,
-                (cfg.group, cfg.group_positions) if cfg.group_positions else None,
-                exclude,
-            )
+            if tag == "" and cfg.mask_sizing == "membership":  # the provider sizes this request's mask on θg
+                keys["provider-fisher"] = ("provider-fisher", keys["global"], layout.digest(), cfg.num_grads)
+                provider_fisher = timed(
+                    "provider-fisher",
+                    "provider fisher",
+                    lambda: BlockFisher.estimate(
+                        theta_g, task, splits.provider_retain, layout, num_grads=cfg.num_grads
+                    ),
+                )
+                t -= timings["provider fisher"]
+                sized = size_mask(
+                    theta_g,
+                    task,
+                    scores,
+                    layout,
+                    provider_fisher,
+                    splits.forget,
+                    splits.provider_holdout,
+                    damping=damping,
+                    fractions=tuple(cfg.sizing_fractions),
+                    target=cfg.sizing_target,
+                    max_blocks=cfg.max_blocks,
+                    grouping=grouping,
+                    exclude=exclude,
+                )
+                mask = sized.mask
+                sizing.update(fraction=sized.fraction, target=sized.target, candidates=sized.table)
+                log(f"mask sized on θg: {sized.fraction:.0%} (loss AUC of D_f ≤ {sized.target} on the holdout)")
+            else:
+                mask = select_mask(scores, layout, fraction, cfg.max_blocks, grouping, exclude)
             timings[f"{tag}provider mask"] = timings[f"{tag}provider saliency"] + time.perf_counter() - t
             t = time.perf_counter()
             update = compute_update(theta_p, mask, fisher, damping)
@@ -512,6 +561,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             seconds = timings[f"{tag}client fisher"] + timings[f"{tag}client group-obs"]
             return layout, fisher, mask, update, model, seconds
 
+        sizing: dict = {}
         layout, fisher, mask, update, theta_u, client_s = unlearn(
             cfg.scope, cfg.mask_fraction, cfg.damping, cfg.mask_exclude, ""
         )
@@ -588,6 +638,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
         "baselines": baselines,
         **({"proof": proof} if proof else {}),
         "masked_weights": len(mask),
+        "mask_fraction": sizing.get("fraction", cfg.mask_fraction),  # what the mask used (sized or fixed)
+        **({"mask_sizing": sizing} if sizing else {}),
         "scope_weights": layout.size,
         "touched_blocks": int(len(blocks)),
         "fisher_blocks": layout.n_blocks,

@@ -159,13 +159,16 @@ def image_splits(
     the unlearned model only by D_f. With ``client_keeps_forget=False`` a class request covers the whole
     federation: ``client_retain`` drops the client's own samples of those classes too, so the retrain
     baseline never sees the class. The client's partition is split into its
-    training data and ``client_holdout`` of held-out data (personalization accuracy); the shared test
-    pool supplies never-seen samples for the membership-inference attack.
+    training data and ``client_holdout`` of held-out data (personalization accuracy). The shared test
+    pool is halved: one half is the provider's holdout (``provider_holdout``, unshifted), the other
+    supplies never-seen samples for the membership-inference attack.
     """
     if not 0 <= client_id < num_clients:
         raise ValueError(f"client_id {client_id} is outside 0..{num_clients - 1}")
     x, y = load_images(dataset)
     test_idx, prov_idx, client_pool = _pools(len(y), seed, test_fraction, provider_fraction)
+    # the shared test pool, halved: the provider's own holdout (its domain), and the clients' never-seen samples
+    holdout_idx, test_idx = test_idx[::2], test_idx[1::2]
     parts = dirichlet_partitions(y[client_pool], num_clients, alpha, seed)
     client_idx = client_pool[parts[client_id]]
     g = torch.Generator().manual_seed(seed + 2)
@@ -210,6 +213,7 @@ def image_splits(
         client_test=TensorData((hx[hold_keep], hy[hold_keep])),
         client_forget=TensorData((shift(px[f_idx]), py[f_idx])),
         client_unseen=unseen,
+        provider_holdout=TensorData((x[holdout_idx], y[holdout_idx])),
         meta={
             "dataset": dataset,
             "client_id": client_id,

@@ -18,7 +18,9 @@ class UnlearningSplits:
     named data, so for the offline datasets it equals client_train);
     ``client_test`` is held-out client data with the forget classes/samples excluded (personalization
     accuracy); ``client_forget`` is D_f seen in the client's domain (forget accuracy, MIA members) and
-    ``client_unseen`` never-seen samples drawn like D_f (MIA non-members).
+    ``client_unseen`` never-seen samples drawn like D_f (MIA non-members). ``provider_holdout`` (images
+    only; None otherwise) is never-trained data the provider keeps for itself, disjoint from every other
+    role: it sizes a sample request's mask (:func:`zkapex_flwr.unlearning.size_mask`).
     """
 
     task: str  # "image" or "lm"
@@ -31,6 +33,7 @@ class UnlearningSplits:
     client_forget: TensorData
     client_unseen: TensorData
     meta: dict = field(default_factory=dict)
+    provider_holdout: TensorData | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -59,4 +62,4 @@ class UnlearningSplits:
                 "client_forget",
                 "client_unseen",
             )
-        }
+        } | ({"provider_holdout": len(self.provider_holdout)} if self.provider_holdout is not None else {})

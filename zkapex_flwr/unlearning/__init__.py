@@ -1,4 +1,4 @@
-"""The ZK-APEX unlearning math: scope and blocks, Fisher, provider mask, client Group-OBS."""
+"""The ZK-APEX unlearning math: scope and blocks, Fisher, provider mask (and its per-request size), client Group-OBS."""
 
 from .apply import BlockUpdate, compute_update, mask_only, write_update
 from .fisher import BlockFisher, diag_fisher, per_sample_grads
@@ -6,6 +6,7 @@ from .group_obs import GroupOBSResult, certificate_residual, group_obs, kkt_resi
 from .mask import UnlearningMask
 from .saliency import saliency_scores, select_mask
 from .scope import DEFAULT_SCOPE, BlockLayout
+from .sizing import SIZING_FRACTIONS, SIZING_TARGET, MaskSizing, size_mask
 
 __all__ = [
     "BlockLayout",
@@ -16,6 +17,10 @@ __all__ = [
     "per_sample_grads",
     "saliency_scores",
     "select_mask",
+    "size_mask",
+    "MaskSizing",
+    "SIZING_FRACTIONS",
+    "SIZING_TARGET",
     "group_obs",
     "kkt_residuals",
     "certificate_residual",
