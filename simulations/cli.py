@@ -85,6 +85,7 @@ def _local(args: argparse.Namespace) -> int:
         method=args.method,
         seed=args.seed,
         mask_fraction=args.mask_fraction,
+        mask_sizing=args.mask_sizing,
         block_size=args.block_size,
         max_blocks=args.max_blocks,
         damping=args.damping,
@@ -130,6 +131,12 @@ def _local(args: argparse.Namespace) -> int:
     for name, row in {args.method: result, **result["baselines"]}.items():
         table.add_row(name, *(f"{row[k]:.1f}" if k == "client_s" else f"{row[k]:.3f}" for k in cols))
     Console().print(table)
+    if "mask_sizing" in result:
+        tried = ", ".join(f"{c['fraction']:.0%}: {c['loss_auc']:.3f}" for c in result["mask_sizing"]["candidates"])
+        print(
+            f"mask sized by the provider on θg: {result['mask_fraction']:.0%} of the scope (loss AUC of D_f "
+            f"against its holdout ≤ {result['mask_sizing']['target']}; tried {tried})"
+        )
     if "proof" in result:
         pr = result["proof"]
         print(
@@ -261,7 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-fraction",
         type=float,
         default=None,
-        help="fraction of scope weights masked (0.08; 0.16 of fc1 for sample requests)",
+        help="fraction of scope weights masked (0.08); a fraction given here fixes the mask (no sizing)",
+    )
+    p.add_argument(
+        "--mask-sizing",
+        choices=["fixed", "membership"],
+        default=None,
+        help="membership: the provider sizes the mask per request on θg (the default for image sample "
+        "requests); fixed: --mask-fraction as given",
     )
     p.add_argument("--block-size", type=int, default=None, help="Fisher block size d (64)")
     p.add_argument("--max-blocks", type=int, default=None, help="cap on touched Fisher blocks (none)")

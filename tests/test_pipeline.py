@@ -86,6 +86,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     # settings are checked before any training starts
     assert main(["local", "--model", "vit", "--dataset", "digits", "--mask-fraction", "2", "--out", str(tmp_path)]) == 2
     assert "mask fraction must be in (0, 1), got 2.0" in capsys.readouterr().err
+    assert main(["local", "--model", "opt", "--mask-sizing", "membership", "--out", str(tmp_path)]) == 2
+    assert "needs a provider holdout" in capsys.readouterr().err  # code data has no provider holdout
     with pytest.raises(ValueError, match="unknown baseline"):
         preset("vit", "digits", baselines=("oracle",))
 
