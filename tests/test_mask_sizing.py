@@ -32,13 +32,13 @@ def test_the_smallest_fraction_that_reaches_the_target_is_chosen(provider):
     everything = _size(provider, 1e-6, fractions=FRACTIONS)  # unreachable: every candidate scored, the largest sent
     aucs = [row["loss_auc"] for row in everything.table]
     assert [row["fraction"] for row in everything.table] == list(FRACTIONS) and everything.fraction == FRACTIONS[-1]
-    # θg fits D_f (its class) at least as well as unseen digits; the larger masks make D_f look unseen, then worse
-    assert before > 0.5 and aucs[-1] < before - 0.2 and aucs[-1] < 0.5
-    # a target between two candidates' scores picks the first candidate at or below it, and stops there
-    i = next(i for i, a in enumerate(aucs) if a < before - 0.04)
-    assert 0 < i < len(aucs) - 1
-    sized = _size(provider, aucs[i] + 1e-9, fractions=FRACTIONS)
-    assert all(a > aucs[i] + 1e-9 for a in aucs[:i])
+    # the larger masks make D_f look unseen, then worse than unseen
+    assert aucs[-1] < 0.5 and aucs[-1] < before - 0.2 and aucs[0] > aucs[-1] + 0.1
+    # a target set at a middle candidate's score: the rule sends the first candidate at or below it, and stops
+    target = aucs[len(aucs) // 2] + 1e-9
+    i = next(k for k, a in enumerate(aucs) if a <= target)
+    sized = _size(provider, target, fractions=FRACTIONS)
+    assert aucs[0] > target and 0 < i <= len(aucs) // 2  # the smallest candidate was not enough
     assert sized.fraction == FRACTIONS[i] and len(sized.table) == i + 1
     expected = select_mask(provider[5], layout, FRACTIONS[i])
     assert torch.equal(sized.mask.indices, expected.indices)
