@@ -42,7 +42,7 @@ from .unlearning import (
     write_update,
 )
 from .unlearning.scope import CLASSIFIER_HEAD, DEFAULT_SCOPE, VERIFIED_LM_SCOPE, VERIFIED_SCOPE
-from .unlearning.sizing import SIZING_FRACTIONS, SIZING_TARGET, size_mask
+from .unlearning.sizing import SIZING_FRACTIONS, SIZING_TARGET, check_sizing, size_mask
 
 METRIC_KEYS = (
     "personalization_acc_before",
@@ -211,11 +211,7 @@ def _check_config(cfg: LocalConfig) -> None:
             "use mask_sizing 'fixed'"
         )
     if cfg.mask_sizing == "membership":
-        f = tuple(cfg.sizing_fractions)
-        if not f or list(f) != sorted(f) or not all(0 < x < 1 for x in f):
-            raise ValueError(f"sizing_fractions must be increasing and in (0, 1), got {cfg.sizing_fractions}")
-        if not 0 < cfg.sizing_target < 1:
-            raise ValueError(f"sizing_target must be in (0, 1), got {cfg.sizing_target}")
+        check_sizing(cfg.sizing_fractions, cfg.sizing_target)
     if not 0 < cfg.mask_fraction < 1:
         raise ValueError(f"mask fraction must be in (0, 1), got {cfg.mask_fraction}")
     if cfg.damping < 0:

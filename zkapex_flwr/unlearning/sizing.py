@@ -43,6 +43,15 @@ class MaskSizing:
     table: list[dict] = field(default_factory=list)  # one row per candidate: fraction, masked weights, loss_auc
 
 
+def check_sizing(fractions: tuple[float, ...], target: float) -> None:
+    """Refuse candidate fractions that are not increasing in (0, 1), or a target outside (0, 1)."""
+    f = tuple(fractions)
+    if not f or list(f) != sorted(f) or not all(0 < x < 1 for x in f):
+        raise ValueError(f"sizing_fractions must be increasing and in (0, 1), got {fractions}")
+    if not 0 < target < 1:
+        raise ValueError(f"sizing_target must be in (0, 1), got {target}")
+
+
 def loss_auc(model: nn.Module, task, members: TensorData, non_members: TensorData) -> float:
     """AUC of the loss-threshold attack (lower loss = member): 0.5 means D_f looks like unseen data."""
     from sklearn.metrics import roc_auc_score
@@ -81,10 +90,7 @@ def size_mask(
     """
     from ..models import clone_model
 
-    if not fractions or sorted(fractions) != list(fractions) or not all(0 < f < 1 for f in fractions):
-        raise ValueError(f"sizing fractions must be increasing and in (0, 1), got {fractions}")
-    if not 0 < target < 1:
-        raise ValueError(f"sizing target must be in (0, 1), got {target}")
+    check_sizing(fractions, target)
     if holdout is None or len(holdout) == 0:
         raise ValueError("mask sizing needs the provider's holdout data (never trained on); these splits have none")
     table, chosen = [], None
