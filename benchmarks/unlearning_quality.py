@@ -97,20 +97,26 @@ TUNING_SEED = 0  # the lab chose the verified default on seed 0 (docs/research/f
 FULL = Plan(
     settings=(
         Setting("vit-mnist-class-federation", "vit", "mnist", dict(MNIST, client_keeps_forget=False)),
-        # membership must be there to be removed: no augmentation, longer training, 5 % of the pool
+        # membership must be there to be removed: the provider trains longer and without augmentation, D_f is
+        # 5 % of its pool; the client personalizes with augmentation (its own data, no D_f in it)
         Setting(
             "vit-mnist-samples",
             "vit",
             "mnist",
-            dict(MNIST, forget_mode="samples", forget_count=100, augment=False, global_epochs=50),
+            dict(
+                MNIST,
+                forget_mode="samples",
+                forget_count=100,
+                augment=False,
+                personal_augment=True,
+                global_epochs=50,
+            ),
         ),
         Setting(
             "opt-stdlib-code-package-federation",
             "opt",
             "stdlib-code",
-            dict(
-                client_keeps_forget=False, num_clients=3, max_provider_seqs=1200, max_client_seqs=500, mia_references=1
-            ),
+            dict(client_keeps_forget=False, num_clients=3, max_client_seqs=500, mia_references=1),
         ),
         Setting("vit-mnist-class", "vit", "mnist", dict(MNIST, client_keeps_forget=True), seeds=(0,), headline=False),
     ),

@@ -113,7 +113,11 @@ class LocalConfig:
     personal_lr: float = 1e-3
     finetune_epochs: int = 3
     batch_size: int = 64
+    lr_warmup: float = 0.0  # share of each training's steps spent warming the learning rate up (linear)
+    clip_norm: float | None = None  # clip each step's gradient norm (None: no clipping)
     augment: bool = False  # images: random ±1–2 pixel translations while training
+    personal_augment: bool | None = None  # images: the same while the client trains (personalization, mask +
+    #                                       fine-tune); None: as augment
     baselines: tuple[str, ...] = ("zk-apex-paper", "no-op", "mask-only", "mask-finetune", "retrain", "head-row")
     # membership inference (RMIA): reference models trained by the same pipeline without D_f
     mia_references: int = 2
@@ -143,7 +147,7 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
             global_epochs=40,
             personal_epochs=30,
             global_lr=3e-3,
-            domain_shift="mild",
+            domain_shift="none",  # as on MNIST: the mild shift caps personalization near 0.94 (forgetting.md §4.2)
             backbone="glyphs",
         ),
         ("vit", "mnist"): dict(
@@ -160,14 +164,17 @@ def preset(model: str, dataset: str, method: str = "verified", **overrides) -> L
             model_kwargs=dict(hidden=128, layers=4, ffn=512, heads=4),
             num_clients=4,
             forget_mode="package",
-            global_epochs=8,
-            global_lr=2e-3,
+            global_epochs=2,
+            global_lr=3e-3,
             personal_epochs=4,
             personal_lr=1e-3,
             finetune_epochs=1,
             num_grads=512,
-            batch_size=32,
-            max_provider_seqs=3000,
+            batch_size=16,
+            lr_warmup=0.1,
+            clip_norm=1.0,
+            max_provider_seqs=6000,
+            mask_fraction=0.04,  # of fc1 + fc2: where the stronger LM's update meets retrain (forgetting.md §4.2)
             max_client_seqs=600,
             scope=VERIFIED_LM_SCOPE,
         ),
@@ -216,6 +223,10 @@ def _check_config(cfg: LocalConfig) -> None:
         raise ValueError(f"mask fraction must be in (0, 1), got {cfg.mask_fraction}")
     if cfg.damping < 0:
         raise ValueError(f"damping must be non-negative, got {cfg.damping}")
+    if not 0.0 <= cfg.lr_warmup < 1.0:
+        raise ValueError(f"lr_warmup is a share of the training steps in [0, 1), got {cfg.lr_warmup}")
+    if cfg.clip_norm is not None and not cfg.clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive or None, got {cfg.clip_norm}")
     if cfg.block_size < 1:
         raise ValueError(f"block_size must be positive, got {cfg.block_size}")
     if cfg.mia_references < 1:
@@ -319,11 +330,13 @@ def _keys(cfg: LocalConfig) -> dict[str, tuple]:
         cfg.global_lr,
         cfg.batch_size,
         cfg.augment,
+        cfg.lr_warmup,
+        cfg.clip_norm,
     )
     # provider data does not depend on the client (nor, for images, on whether clients keep the class)
     provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
     glob = ("global",) + data[1:4] + data[5:6] + data[8:] + (provider_split,) + model
-    personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr)
+    personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr, cfg.personal_augment)
     # the Fisher and the saliency are keyed by the resolved layout (see run_local): two scope patterns that
     # select the same tensors (the verified and the paper's scope on a model without a classifier head) share them
     keys = {
@@ -398,7 +411,9 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
     seed_everything(cfg.seed)
     splits, model_args = cache.get(keys["data"], lambda: build_splits(cfg))
     task = task_for(splits.task)
-    augment = (2 if model_args["image_shape"][-1] > 8 else 1) if cfg.augment and splits.task == "image" else 0
+    shift = (2 if model_args["image_shape"][-1] > 8 else 1) if splits.task == "image" else 0
+    augment = shift if cfg.augment else 0
+    personal_augment = shift if (cfg.augment if cfg.personal_augment is None else cfg.personal_augment) else 0
     timings: dict[str, float] = {}
 
     def log(msg: str) -> None:
@@ -425,7 +440,8 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
             timings[desc] = seconds
             return value
 
-        def fit(model, data, epochs, lr, desc, seed=None, **kw):
+        def fit(model, data, epochs, lr, desc, seed=None, client=False, **kw):
+            """``client``: the client's own training (personalization, fine-tune), augmented as it says."""
             return train(
                 model,
                 task,
@@ -434,7 +450,9 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                 lr=lr,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed if seed is None else seed,
-                augment=augment,
+                augment=personal_augment if client else augment,
+                warmup=cfg.lr_warmup,
+                clip_norm=cfg.clip_norm,
                 progress=progress,
                 desc=desc,
                 **kw,
@@ -464,6 +482,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                     cfg.personal_lr,
                     f"{desc} personalize",
                     seed=seed,
+                    client=True,
                 ),
             )
 
@@ -617,6 +636,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
                     cfg.finetune_epochs,
                     cfg.personal_lr,
                     "mask-finetune",
+                    client=True,
                     frozen_zero=_frozen(layout, mask),
                 )
             elif name == "retrain":

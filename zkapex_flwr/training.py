@@ -52,11 +52,17 @@ def train(
     seed: int = 0,
     frozen_zero: dict[str, torch.Tensor] | None = None,
     augment: int = 0,
+    warmup: float = 0.0,
+    clip_norm: float | None = None,
     progress=None,
     desc: str = "train",
     device: str | torch.device | None = None,
 ) -> nn.Module:
     """Train in place with AdamW and a cosine schedule, on ``device`` (None: where the model is).
+
+    ``warmup`` is the share of the steps over which the learning rate first rises linearly to ``lr``
+    (0: none); ``clip_norm`` clips the gradient's global norm (None: no clipping). The small code LM needs
+    both to train at a useful learning rate (docs/research/forgetting.md §4).
 
     ``frozen_zero`` maps parameter names to boolean masks of entries that must stay exactly zero (used by
     the mask + fine-tune baseline). ``augment`` > 0 translates image batches by up to that many pixels.
@@ -66,13 +72,28 @@ def train(
         raise ValueError(f"{desc}: no training data")
     if epochs < 0:
         raise ValueError(f"{desc}: epochs must be non-negative, got {epochs}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"{desc}: warmup is a share of the steps in [0, 1), got {warmup}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"{desc}: clip_norm must be positive or None, got {clip_norm}")
     if device is not None:
         model.to(resolve_device(device))
     on = next(model.parameters()).device
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    warm = int(warmup * steps)
+    if warm:
+        sched = torch.optim.lr_scheduler.SequentialLR(
+            opt,
+            [
+                torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warm, total_iters=warm),
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps - warm, 1)),
+            ],
+            milestones=[warm],
+        )
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
     task_id = progress.add_task(desc, total=steps) if progress is not None else None
     model.train()
@@ -84,6 +105,8 @@ def train(
             loss = task.per_sample_loss(task.forward(model, batch), batch).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             opt.step()
             sched.step()
             if frozen_zero:
