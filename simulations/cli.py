@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-fraction",
         type=float,
         default=None,
-        help="fraction of scope weights masked (0.08); a fraction given here fixes the mask (no sizing)",
+        help="fraction of scope weights masked (0.08; 0.04 for opt); a fraction given here fixes the mask (no sizing)",
     )
     p.add_argument(
         "--mask-sizing",
