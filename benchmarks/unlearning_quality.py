@@ -154,6 +154,7 @@ QUICK = Plan(
                 max_client_seqs=100,
                 global_epochs=1,
                 personal_epochs=1,
+                batch_size=32,  # half the preset's steps: the quick run's 2-minute budget
                 num_grads=32,
                 mia_references=1,
                 model_kwargs=dict(hidden=32, layers=1, ffn=64, heads=2),
