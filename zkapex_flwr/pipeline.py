@@ -29,7 +29,7 @@ from .membership import MembershipAudit
 from .metrics import quality
 from .models import build_opt, build_vit, clone_model
 from .tasks import task_for
-from .training import seed_everything, train
+from .training import check_schedule, seed_everything, train
 from .unlearning import (
     BlockFisher,
     BlockLayout,
@@ -223,10 +223,7 @@ def _check_config(cfg: LocalConfig) -> None:
         raise ValueError(f"mask fraction must be in (0, 1), got {cfg.mask_fraction}")
     if cfg.damping < 0:
         raise ValueError(f"damping must be non-negative, got {cfg.damping}")
-    if not 0.0 <= cfg.lr_warmup < 1.0:
-        raise ValueError(f"lr_warmup is a share of the training steps in [0, 1), got {cfg.lr_warmup}")
-    if cfg.clip_norm is not None and not cfg.clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {cfg.clip_norm}")
+    check_schedule(cfg.lr_warmup, cfg.clip_norm, "lr_warmup / clip_norm")
     if cfg.block_size < 1:
         raise ValueError(f"block_size must be positive, got {cfg.block_size}")
     if cfg.mia_references < 1:
@@ -305,6 +302,11 @@ class RunCache:
         self._store.clear()
 
 
+def client_augments(cfg: LocalConfig) -> bool:
+    """Whether the client's own training (personalization, mask + fine-tune) is augmented."""
+    return cfg.augment if cfg.personal_augment is None else cfg.personal_augment
+
+
 def _keys(cfg: LocalConfig) -> dict[str, tuple]:
     data = (
         "data",
@@ -336,7 +338,7 @@ def _keys(cfg: LocalConfig) -> dict[str, tuple]:
     # provider data does not depend on the client (nor, for images, on whether clients keep the class)
     provider_split = (cfg.provider_fraction, cfg.client_keeps_forget if cfg.dataset == "stdlib-code" else None)
     glob = ("global",) + data[1:4] + data[5:6] + data[8:] + (provider_split,) + model
-    personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr, cfg.personal_augment)
+    personal = ("personal", data, model, cfg.personal_epochs, cfg.personal_lr, client_augments(cfg))
     # the Fisher and the saliency are keyed by the resolved layout (see run_local): two scope patterns that
     # select the same tensors (the verified and the paper's scope on a model without a classifier head) share them
     keys = {
@@ -413,7 +415,7 @@ def run_local(cfg: LocalConfig, out_dir: str | Path | None = None, console=None,
     task = task_for(splits.task)
     shift = (2 if model_args["image_shape"][-1] > 8 else 1) if splits.task == "image" else 0
     augment = shift if cfg.augment else 0
-    personal_augment = shift if (cfg.augment if cfg.personal_augment is None else cfg.personal_augment) else 0
+    personal_augment = shift if client_augments(cfg) else 0
     timings: dict[str, float] = {}
 
     def log(msg: str) -> None:

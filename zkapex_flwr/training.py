@@ -40,6 +40,14 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
 
 
+def check_schedule(warmup: float, clip_norm: float | None, what: str) -> None:
+    """Refuse a warmup share outside [0, 1) or a non-positive clipping norm (``what`` names the caller)."""
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"{what}: warmup is a share of the steps in [0, 1), got {warmup}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"{what}: clip_norm must be positive or None, got {clip_norm}")
+
+
 def train(
     model: nn.Module,
     task,
@@ -72,10 +80,7 @@ def train(
         raise ValueError(f"{desc}: no training data")
     if epochs < 0:
         raise ValueError(f"{desc}: epochs must be non-negative, got {epochs}")
-    if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"{desc}: warmup is a share of the steps in [0, 1), got {warmup}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"{desc}: clip_norm must be positive or None, got {clip_norm}")
+    check_schedule(warmup, clip_norm, desc)
     if device is not None:
         model.to(resolve_device(device))
     on = next(model.parameters()).device
